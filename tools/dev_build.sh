@@ -15,5 +15,9 @@ cmake -S "$root" -B "$bdir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DPython_EXECUTABLE="$(command -v "$py")" >/dev/null
 for m in "${mods[@]}"; do
   cmake --build "$bdir" --target "_${m}_c"
-  cp -f "$bdir"/_"${m}"_c*.so "$root/src/ollamamax/"
+  # copy then rename: a process that has the old module mapped keeps a valid file
+  for so in "$bdir"/_"${m}"_c*.so; do
+    cp -f "$so" "$root/src/ollamamax/.$(basename "$so").tmp"
+    mv -f "$root/src/ollamamax/.$(basename "$so").tmp" "$root/src/ollamamax/$(basename "$so")"
+  done
 done

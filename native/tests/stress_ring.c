@@ -1,0 +1,294 @@
+/*
+ * stress_ring.c -- standalone C11 stress test for native/src/ring.c (no Python).
+ *
+ * For several capacities (power of two and not, tiny and large) it runs
+ * P producer and C consumer pthreads that move P * N items through one ring,
+ * mixing single and batch push/pop.  It checks:
+ *   - every item arrives exactly once;
+ *   - per consumer, the items of one producer arrive in increasing order;
+ *   - single-threaded: exactly `capacity` items fit, FIFO order, batch prefix.
+ * Every wait loop is bounded by a wall-clock deadline; exit status 0 = pass.
+ * Run under TSan and ASan/UBSan by native/run_sanitizers.sh.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "ollamamax/ring.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#define NPROD 4
+#define NCONS 4
+#define BATCH 16
+
+typedef struct {
+    int producer;
+    int index;
+} item_t;
+
+typedef struct {
+    omx_ring *ring;
+    item_t *items; /* this producer's items */
+    int producer;
+    int n;
+} prod_arg;
+
+typedef struct {
+    omx_ring *ring;
+    int id;
+    int nprod;
+    int *last;          /* last index seen per producer */
+    _Atomic int *seen;  /* shared: times each item was received, [p * n + i] */
+    int n;
+    _Atomic long *remaining;
+    long received;
+    int errors;
+} cons_arg;
+
+static double deadline;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void *producer(void *vp) {
+    prod_arg *a = (prod_arg *)vp;
+    int i = 0;
+    unsigned spins = 0;
+    while (i < a->n) {
+        int ok;
+        if ((i / 7) % 2 == 0) { /* alternate single pushes and batches */
+            ok = omx_ring_try_push(a->ring, &a->items[i]);
+            i += ok;
+        } else {
+            void *batch[BATCH];
+            int k = a->n - i < BATCH ? a->n - i : BATCH;
+            for (int j = 0; j < k; j++) {
+                batch[j] = &a->items[i + j];
+            }
+            size_t got = omx_ring_push_many(a->ring, batch, (size_t)k);
+            ok = got > 0;
+            i += (int)got;
+        }
+        if (!ok) {
+            if ((++spins & 1023u) == 0 && now() > deadline) {
+                fprintf(stderr, "producer %d: timed out at item %d\n", a->producer, i);
+                return NULL;
+            }
+            sched_yield();
+        }
+    }
+    return NULL;
+}
+
+static void consume_one(cons_arg *a, void *p) {
+    item_t *it = (item_t *)p;
+    if (it->index <= a->last[it->producer]) {
+        if (a->errors++ < 5) {
+            fprintf(stderr, "consumer %d: producer %d order broken: %d after %d\n", a->id,
+                    it->producer, it->index, a->last[it->producer]);
+        }
+    }
+    a->last[it->producer] = it->index;
+    atomic_fetch_add_explicit(&a->seen[it->producer * a->n + it->index], 1, memory_order_relaxed);
+    a->received++;
+}
+
+static void *consumer(void *vp) {
+    cons_arg *a = (cons_arg *)vp;
+    unsigned spins = 0;
+    while (atomic_load(a->remaining) > 0) {
+        long got = 0;
+        if ((a->received / 5) % 2 == 0) {
+            void *p;
+            if (omx_ring_try_pop(a->ring, &p)) {
+                consume_one(a, p);
+                got = 1;
+            }
+        } else {
+            void *batch[BATCH];
+            size_t k = omx_ring_pop_many(a->ring, batch, BATCH);
+            for (size_t j = 0; j < k; j++) {
+                consume_one(a, batch[j]);
+            }
+            got = (long)k;
+        }
+        if (got) {
+            atomic_fetch_sub(a->remaining, got);
+        } else {
+            if ((++spins & 1023u) == 0 && now() > deadline) {
+                fprintf(stderr, "consumer %d: timed out\n", a->id);
+                return NULL;
+            }
+            sched_yield();
+        }
+    }
+    return NULL;
+}
+
+static int run_threads(size_t capacity, int n) {
+    omx_ring *r = omx_ring_new(capacity);
+    if (!r) {
+        fprintf(stderr, "omx_ring_new(%zu) failed\n", capacity);
+        return 1;
+    }
+    item_t *items = (item_t *)malloc(sizeof(item_t) * (size_t)NPROD * (size_t)n);
+    _Atomic int *seen = (_Atomic int *)calloc((size_t)NPROD * (size_t)n, sizeof(_Atomic int));
+    int *lasts = (int *)malloc(sizeof(int) * NPROD * NCONS);
+    if (!items || !seen || !lasts) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    for (int p = 0; p < NPROD; p++) {
+        for (int i = 0; i < n; i++) {
+            items[p * n + i].producer = p;
+            items[p * n + i].index = i;
+        }
+    }
+    for (int i = 0; i < NPROD * NCONS; i++) {
+        lasts[i] = -1;
+    }
+    _Atomic long remaining = (long)NPROD * n;
+    pthread_t pt[NPROD], ct[NCONS];
+    prod_arg pa[NPROD];
+    cons_arg ca[NCONS];
+    for (int c = 0; c < NCONS; c++) {
+        ca[c] = (cons_arg){r, c, NPROD, &lasts[c * NPROD], seen, n, &remaining, 0, 0};
+        pthread_create(&ct[c], NULL, consumer, &ca[c]);
+    }
+    for (int p = 0; p < NPROD; p++) {
+        pa[p] = (prod_arg){r, &items[p * n], p, n};
+        pthread_create(&pt[p], NULL, producer, &pa[p]);
+    }
+    for (int p = 0; p < NPROD; p++) {
+        pthread_join(pt[p], NULL);
+    }
+    for (int c = 0; c < NCONS; c++) {
+        pthread_join(ct[c], NULL);
+    }
+    int fail = 0;
+    long total = 0;
+    for (int c = 0; c < NCONS; c++) {
+        total += ca[c].received;
+        fail |= ca[c].errors != 0;
+    }
+    if (total != (long)NPROD * n) {
+        fprintf(stderr, "capacity %zu: received %ld of %ld\n", capacity, total, (long)NPROD * n);
+        fail = 1;
+    }
+    for (long i = 0; i < (long)NPROD * n; i++) {
+        if (atomic_load(&seen[i]) != 1) {
+            fprintf(stderr, "capacity %zu: item %ld seen %d times\n", capacity, i, atomic_load(&seen[i]));
+            fail = 1;
+            break;
+        }
+    }
+    void *p;
+    if (omx_ring_try_pop(r, &p) || omx_ring_size(r) != 0) {
+        fprintf(stderr, "capacity %zu: ring not empty at the end\n", capacity);
+        fail = 1;
+    }
+    printf("   capacity %-5zu %d producers x %d items, %d consumers: %s\n", capacity, NPROD, n, NCONS,
+           fail ? "FAIL" : "ok");
+    omx_ring_free(r);
+    free(items);
+    free((void *)seen);
+    free(lasts);
+    return fail;
+}
+
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+            return 1;                                                          \
+        }                                                                      \
+    } while (0)
+
+static int count_visit(void *item, void *ctx) {
+    size_t *n = (size_t *)ctx;
+    (void)item;
+    (*n)++;
+    return 0;
+}
+
+static int stop_visit(void *item, void *ctx) {
+    (void)ctx;
+    return *(int *)item == 1 ? 7 : 0;
+}
+
+static int single_threaded(size_t capacity) {
+    omx_ring *r = omx_ring_new(capacity);
+    CHECK(r != NULL);
+    CHECK(omx_ring_capacity(r) == capacity);
+    int vals[4096];
+    void *out[4096];
+    CHECK(capacity <= 4000);
+    for (int lap = 0; lap < 3; lap++) {
+        for (size_t i = 0; i < capacity; i++) {
+            vals[i] = (int)i;
+            CHECK(omx_ring_try_push(r, &vals[i]) == 1);
+        }
+        CHECK(omx_ring_try_push(r, &vals[0]) == 0);
+        CHECK(omx_ring_size(r) == capacity);
+        size_t visited = 0;
+        CHECK(omx_ring_visit(r, count_visit, &visited) == 0);
+        CHECK(visited == capacity);
+        CHECK(omx_ring_visit(r, stop_visit, NULL) == (capacity > 1 ? 7 : 0));
+        for (size_t i = 0; i < capacity; i++) {
+            void *p = NULL;
+            CHECK(omx_ring_try_pop(r, &p) == 1);
+            CHECK(p == &vals[i]);
+        }
+        void *p;
+        CHECK(omx_ring_try_pop(r, &p) == 0);
+        CHECK(omx_ring_size(r) == 0);
+        /* batches: prefix semantics */
+        void *in[4096];
+        for (size_t i = 0; i < capacity + 3; i++) {
+            in[i] = &vals[i % capacity];
+        }
+        CHECK(omx_ring_push_many(r, in, 0) == 0);
+        CHECK(omx_ring_push_many(r, in, capacity + 3) == capacity);
+        CHECK(omx_ring_push_many(r, in, 1) == 0);
+        CHECK(omx_ring_pop_many(r, out, 0) == 0);
+        size_t half = capacity / 2;
+        CHECK(omx_ring_pop_many(r, out, half) == half);
+        CHECK(omx_ring_push_many(r, in, capacity) == half);
+        CHECK(omx_ring_pop_many(r, out, 4096) == capacity);
+        for (size_t i = 0; i < capacity - half; i++) {
+            CHECK(out[i] == in[half + i]);
+        }
+        CHECK(omx_ring_pop_many(r, out, 4) == 0);
+    }
+    omx_ring_free(r);
+    return 0;
+}
+
+int main(void) {
+    CHECK(omx_ring_new(0) == NULL);
+    CHECK(omx_ring_new(OMX_RING_MAX_CAPACITY + 1) == NULL);
+    omx_ring_free(NULL);
+    size_t caps1[] = {1, 2, 3, 5, 64, 100, 1000, 1024};
+    for (size_t i = 0; i < sizeof caps1 / sizeof caps1[0]; i++) {
+        if (single_threaded(caps1[i])) {
+            fprintf(stderr, "single-threaded checks failed for capacity %zu\n", caps1[i]);
+            return 1;
+        }
+    }
+    printf("   single-threaded checks ok\n");
+    const char *env = getenv("STRESS_RING_ITEMS");
+    int n = env ? atoi(env) : 100000;
+    deadline = now() + 240.0;
+    size_t caps2[] = {1, 3, 64, 100, 1024};
+    int fail = 0;
+    for (size_t i = 0; i < sizeof caps2 / sizeof caps2[0]; i++) {
+        fail |= run_threads(caps2[i], caps2[i] < 8 ? n / 10 : n);
+    }
+    return fail;
+}
