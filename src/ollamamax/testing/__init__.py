@@ -1,0 +1,51 @@
+"""Test helpers: an emulated Ollama host.
+
+* :class:`FakeOllama` is one emulated ``ollama serve`` on loopback: the native ``/api/*``
+  routes, the OpenAI-compatible ``/v1/*`` routes, a scheduler (loads, slots, eviction,
+  keep-alive, queue limit) and fault switches (``fail_rate``, ``midstream_fail_rate``,
+  ``busy``, ``hanging``, ``kill()``)::
+
+      async with FakeOllama(["llama3.2", "nomic-embed-text"], load_delay=0, tokens_per_sec=0) as host:
+          client = ollama.AsyncClient(host=host.url)
+
+* :class:`ThreadedFakeOllama` runs one on a background thread's loop, for synchronous
+  clients (``with ThreadedFakeOllama(...) as host: ollama.Client(host=host.url)``).
+* ``ollamamax mock --port 11435 --models llama3.2,qwen3:8b`` runs one from the shell.
+* The pytest plugin (entry point ``ollamamax``) provides the ``fake_ollama`` factory
+  fixture: ``host = await fake_ollama(models=[...], load_delay=0)``; hosts stop at teardown.
+* ``GET /_mock/stats`` (and ``host.stats()``) report per model ``in_flight``, ``queued``,
+  ``served``, ``rejected_503``, ``loads``, ``failed``, plus totals and loaded models.
+
+Names are resolved lazily so that importing the pytest plugin stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["FakeOllama", "HttpError", "ThreadedFakeOllama"]
+
+_LAZY = {
+    "FakeOllama": "._emulator",
+    "HttpError": "._emulator",
+    "ThreadedFakeOllama": "._threaded",
+}
+
+if TYPE_CHECKING:
+    from ._emulator import FakeOllama, HttpError
+    from ._threaded import ThreadedFakeOllama
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'ollamamax.testing' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

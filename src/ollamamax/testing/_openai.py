@@ -1,0 +1,412 @@
+"""The OpenAI-compatible ``/v1`` routes of the emulator.
+
+Real Ollama rewrites ``/v1`` requests into native ones and the replies back; the emulator
+renders the OpenAI shapes directly from the same plan/scheduler path (no second
+encoding pass). SSE framing: ``data: <json>\\n\\n`` per event, a separate finish chunk,
+an optional usage chunk, then ``data: [DONE]``. Errors use OpenAI's
+``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ._emulator import CT_SSE, MIDSTREAM_MSG, HttpError, _events, decode_body, _json_kind, keep_alive_of
+from ._models import TOKENS_JSON, go_dumps
+
+if TYPE_CHECKING:
+    from ._emulator import FakeOllama
+
+__all__ = ["chat_completions", "completions", "embeddings", "error_response", "get_model", "list_models"]
+
+_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+
+
+def error_response(emu: FakeOllama, status: int, message: str) -> web.Response:
+    body = {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": None, "code": None}}
+    return emu.json(body, status)
+
+
+def _sse_error(message: str) -> bytes:
+    return ("data: " + go_dumps({"error": {"message": message, "type": "api_error", "param": None, "code": None}}) + "\n\n").encode()
+
+
+async def _obj(request: web.BaseRequest, struct: str) -> dict[str, Any]:
+    raw = await request.read()
+    obj = decode_body(raw, struct)
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise HttpError(400, f"json: cannot unmarshal {_json_kind(obj)} into Go value of type openai.{struct}")
+    return obj
+
+
+def _text_of(content: Any, images: list[int]) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for p in content:
+            if isinstance(p, Mapping):
+                if p.get("type") == "text" and isinstance(p.get("text"), str):
+                    parts.append(p["text"])
+                elif p.get("type") == "image_url":
+                    images.append(1)
+                    continue
+                else:
+                    raise HttpError(400, "invalid message format")
+            else:
+                raise HttpError(400, "invalid message format")
+        return "\n".join(parts)
+    if content is None:
+        return ""
+    raise HttpError(400, "invalid message content type")
+
+
+def _think_of(body: Mapping[str, Any]) -> bool | str | None:
+    eff = body.get("reasoning_effort")
+    reasoning = body.get("reasoning")
+    if eff is None and isinstance(reasoning, Mapping):
+        eff = reasoning.get("effort")
+    if eff is None:
+        return None
+    if eff == "none":
+        return False
+    if eff in ("high", "medium", "low", "max"):
+        return eff
+    raise HttpError(400, f"invalid reasoning value: '{eff}' (must be \"high\", \"medium\", \"low\", or \"none\")")
+
+
+def _format_of(body: Mapping[str, Any]) -> Any:
+    rf = body.get("response_format")
+    if not isinstance(rf, Mapping):
+        return None
+    t = rf.get("type")
+    if t == "json_object":
+        return "json"
+    if t == "json_schema":
+        js = rf.get("json_schema")
+        if isinstance(js, Mapping) and isinstance(js.get("schema"), Mapping):
+            return js["schema"]
+        return "json"
+    return None
+
+
+def _options(body: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
+    opts: dict[str, Any] = {}
+    if isinstance(body.get("seed"), int):
+        opts["seed"] = body["seed"]
+    stop = body.get("stop")
+    if isinstance(stop, (str, list)):
+        opts["stop"] = stop
+    mt = body.get("max_completion_tokens", body.get("max_tokens"))
+    num_predict = mt if isinstance(mt, int) and not isinstance(mt, bool) else None
+    return opts, num_predict
+
+
+def _usage(plan: Any) -> dict[str, int]:
+    return {
+        "prompt_tokens": plan.prompt_eval_count,
+        "completion_tokens": plan.eval_count,
+        "total_tokens": plan.prompt_eval_count + plan.eval_count,
+    }
+
+
+def _finish(plan: Any) -> str:
+    if plan.tool_calls:
+        return "tool_calls"
+    return plan.done_reason
+
+
+def _oa_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for i, c in enumerate(calls):
+        fn = c["function"]
+        out.append({"id": c["id"], "index": i, "type": "function", "function": {"name": fn["name"], "arguments": go_dumps(fn["arguments"])}})
+    return out
+
+
+async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
+    body = await _obj(request, "ChatCompletionRequest")
+    model = body.get("model")
+    if not isinstance(model, str):
+        model = ""
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise HttpError(400, "[] is too short - 'messages'")
+    texts = []
+    images: list[int] = []
+    last_role = None
+    last_user = None
+    for m in msgs:
+        if not isinstance(m, Mapping):
+            raise HttpError(400, "invalid message format")
+        role = str(m.get("role") or "").lower()
+        t = _text_of(m.get("content"), images)
+        texts.append(t)
+        last_role = role
+        if role == "user":
+            last_user = t
+    if last_role != "user":
+        last_user = None
+    keep_alive = keep_alive_of(body)
+    think_v = _think_of(body)
+    if not model.strip():
+        raise HttpError(400, "model is required")
+    info = emu.resolve(model, not_found="model '{name}' not found")
+    if not info.has("completion"):
+        raise HttpError(400, f'"{model}" does not support chat')
+    tools = body.get("tools") or None
+    if tools and not info.has("tools"):
+        raise HttpError(400, f"{info.name.full} does not support tools")
+    if images and not info.has("vision"):
+        raise HttpError(400, f'"{model}" does not support vision')
+    think = emu.check_think(info, model, think_v)
+    opts, num_predict = _options(body)
+    stream = body.get("stream") is True
+    so = body.get("stream_options")
+    include_usage = isinstance(so, Mapping) and so.get("include_usage") is True
+    emu.pre_schedule_faults(info)
+    plan = emu.plan(
+        info,
+        text="\n".join(texts),
+        last_user=last_user,
+        last_role=last_role,
+        think=think,
+        fmt=_format_of(body),
+        tools=tools,
+        options=opts,
+        num_predict=num_predict,
+    )
+    runner, _ = await emu.acquire(info, keep_alive)
+    ok = False
+    try:
+        cid = f"chatcmpl-{emu._rng.randint(0, 999)}"
+        created = int(time.time())
+        t_gen = await emu._first_token_wait(plan)
+        if not stream:
+            if emu.midstream_fail_at(plan.eval_count, plan) >= 0:
+                raise HttpError(500, MIDSTREAM_MSG)
+            await emu.pace(t_gen, plan.eval_count)
+            msg: dict[str, Any] = {"role": "assistant", "content": "".join(plan.content)}
+            if plan.thinking:
+                msg["reasoning"] = "".join(plan.thinking)
+            if plan.tool_calls:
+                msg["tool_calls"] = _oa_tool_calls(plan.tool_calls)
+            out = {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"index": 0, "message": msg, "finish_reason": _finish(plan)}],
+                "usage": _usage(plan),
+            }
+            ok = True
+            return emu.json(out)
+        events = _events(plan)
+        n = len(events)
+        fail_at = emu.midstream_fail_at(n, plan)
+        limit = n if fail_at < 0 else fail_at
+        head = (
+            '{"id":"' + cid + '","object":"chat.completion.chunk","created":' + str(created) + ',"model":' + go_dumps(model)
+            + ',"system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{'
+        )  # fmt: skip
+        tail = '},"finish_reason":null}]}\n\n'
+        idx = plan.content_idx
+        nthink = len(plan.thinking)
+        resp: web.StreamResponse | None = None
+        pending: list[str] = []
+        first = True
+        i = 0
+        while i < limit:
+            await emu.pace(t_gen, i + 1)
+            j = emu.batch_end(t_gen, i, limit)
+            parts = []
+            for k in range(i, j):
+                kind, val = events[k]
+                role = '"role":"assistant",' if first else ""
+                first = False
+                if kind == 1:
+                    tok = TOKENS_JSON[idx[k - nthink]] if idx is not None else go_dumps(val)
+                    parts.append(f"data: {head}{role}\"content\":{tok}{tail}")
+                elif kind == 0:
+                    parts.append(f"data: {head}{role}\"content\":\"\",\"reasoning\":{go_dumps(val)}{tail}")
+                else:
+                    parts.append(f"data: {head}{role}\"content\":\"\",\"tool_calls\":{go_dumps(_oa_tool_calls(val))}{tail}")
+            if emu.tokens_per_sec > 0:
+                if resp is None:
+                    resp = await emu.start_stream(request, CT_SSE)
+                await resp.write("".join(parts).encode())
+            else:  # unpaced: everything goes out in one write with the final line
+                pending.append("".join(parts))
+            i = j
+        if resp is None:
+            resp = await emu.start_stream(request, CT_SSE)
+        if fail_at >= 0:
+            await resp.write_eof("".join(pending).encode() + _sse_error(MIDSTREAM_MSG))
+            return resp
+        fin = f'data: {head}}},"finish_reason":"{_finish(plan)}"}}]}}\n\n'
+        if include_usage:
+            fin += (
+                'data: {"id":"' + cid + '","object":"chat.completion.chunk","created":' + str(created) + ',"model":' + go_dumps(model)
+                + ',"system_fingerprint":"fp_ollama","choices":[],"usage":' + go_dumps(_usage(plan)) + "}\n\n"
+            )  # fmt: skip
+        fin += "data: [DONE]\n\n"
+        pending.append(fin)
+        await resp.write_eof("".join(pending).encode())
+        ok = True
+        return resp
+    finally:
+        emu.release(runner, ok and not plan.failed)
+
+
+async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
+    body = await _obj(request, "CompletionRequest")
+    model = body.get("model")
+    if not isinstance(model, str):
+        model = ""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise HttpError(400, "invalid type for 'prompt' field: must be a string")
+    keep_alive = keep_alive_of(body)
+    info = emu.resolve(model, not_found="model '{name}' not found")
+    if not info.has("completion"):
+        raise HttpError(400, f'"{model}" does not support generate')
+    if body.get("suffix") and not info.has("insert"):
+        raise HttpError(400, f'"{model}" does not support insert')
+    opts, num_predict = _options(body)
+    stream = body.get("stream") is True
+    so = body.get("stream_options")
+    include_usage = isinstance(so, Mapping) and so.get("include_usage") is True
+    emu.pre_schedule_faults(info)
+    plan = emu.plan(
+        info, text="\n" + prompt, last_user=prompt, last_role="user", think=False, fmt=None, tools=None, options=opts, num_predict=num_predict
+    )
+    runner, _ = await emu.acquire(info, keep_alive)
+    ok = False
+    try:
+        cid = f"cmpl-{emu._rng.randint(0, 999)}"
+        created = int(time.time())
+        t_gen = await emu._first_token_wait(plan)
+        if not stream:
+            if emu.midstream_fail_at(plan.eval_count, plan) >= 0:
+                raise HttpError(500, MIDSTREAM_MSG)
+            await emu.pace(t_gen, plan.eval_count)
+            out = {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"text": "".join(plan.content), "index": 0, "finish_reason": plan.done_reason}],
+                "usage": _usage(plan),
+            }
+            ok = True
+            return emu.json(out)
+        toks = plan.content
+        n = len(toks)
+        fail_at = emu.midstream_fail_at(n, plan)
+        limit = n if fail_at < 0 else fail_at
+        head = (
+            '{"id":"' + cid + '","object":"text_completion","created":' + str(created) + ',"model":' + go_dumps(model)
+            + ',"system_fingerprint":"fp_ollama","choices":[{"text":'
+        )  # fmt: skip
+        idx = plan.content_idx
+        resp: web.StreamResponse | None = None
+        pending: list[str] = []
+        i = 0
+        fin_reason = go_dumps(plan.done_reason)
+        while i < limit:
+            await emu.pace(t_gen, i + 1)
+            j = emu.batch_end(t_gen, i, limit)
+            parts = []
+            for k in range(i, j):
+                tok = TOKENS_JSON[idx[k]] if idx is not None else go_dumps(toks[k])
+                fr = fin_reason if (k == n - 1 and fail_at < 0) else "null"
+                parts.append(f'data: {head}{tok},"index":0,"finish_reason":{fr}}}]}}\n\n')
+            if emu.tokens_per_sec > 0:
+                if resp is None:
+                    resp = await emu.start_stream(request, CT_SSE)
+                await resp.write("".join(parts).encode())
+            else:  # unpaced: everything goes out in one write with the final line
+                pending.append("".join(parts))
+            i = j
+        if resp is None:
+            resp = await emu.start_stream(request, CT_SSE)
+        if fail_at >= 0:
+            await resp.write_eof("".join(pending).encode() + _sse_error(MIDSTREAM_MSG))
+            return resp
+        fin = ""
+        if n == 0:
+            fin += f'data: {head}"","index":0,"finish_reason":{fin_reason}}}]}}\n\n'
+        if include_usage:
+            fin += (
+                'data: {"id":"' + cid + '","object":"text_completion","created":' + str(created) + ',"model":' + go_dumps(model)
+                + ',"system_fingerprint":"fp_ollama","choices":[],"usage":' + go_dumps(_usage(plan)) + "}\n\n"
+            )  # fmt: skip
+        fin += "data: [DONE]\n\n"
+        pending.append(fin)
+        await resp.write_eof("".join(pending).encode())
+        ok = True
+        return resp
+    finally:
+        emu.release(runner, ok and not plan.failed)
+
+
+async def embeddings(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
+    body = await _obj(request, "EmbedRequest")
+    model = body.get("model")
+    if not isinstance(model, str):
+        model = ""
+    inp = body.get("input")
+    if isinstance(inp, str):
+        inputs = [inp]
+    elif isinstance(inp, list) and inp and all(isinstance(x, str) for x in inp):
+        inputs = inp
+    elif inp is None or inp == "" or inp == []:
+        raise HttpError(400, "invalid input")
+    else:
+        raise HttpError(400, "invalid input type")
+    fmt = body.get("encoding_format")
+    if fmt not in (None, "", "float", "base64"):
+        raise HttpError(400, f'invalid encoding format: "{fmt}" (must be "float" or "base64")')
+    dims = body.get("dimensions")
+    if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims < 0):
+        raise HttpError(400, "invalid dimensions")
+    keep_alive = keep_alive_of(body)
+    info = emu.resolve(model, not_found='model "{name}" not found, try pulling it first')
+    vecs, _, _ = await emu.run_embedding(info, keep_alive, inputs, dims)
+    data = []
+    for i, v in enumerate(vecs):
+        if fmt == "base64":
+            emb: Any = base64.b64encode(v.astype("<f4").tobytes()).decode()
+        else:
+            emb = emu.vector_json(v)
+        data.append({"object": "embedding", "embedding": emb, "index": i})
+    count = sum(len(t.split()) + 1 for t in inputs)
+    return emu.json({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": count, "total_tokens": count}})
+
+
+def _model_obj(info: Any) -> dict[str, Any]:
+    return {"id": info.display, "object": "model", "created": info.modified_ns // 1_000_000_000, "owned_by": info.name.namespace}
+
+
+async def list_models(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
+    models = sorted(emu.models.values(), key=lambda i: i.modified_ns, reverse=True)
+    return emu.json({"object": "list", "data": [_model_obj(i) for i in models]})
+
+
+async def get_model(emu: FakeOllama, request: web.BaseRequest, name: str) -> web.StreamResponse:
+    info = emu.lookup(name)
+    if info is None:
+        raise HttpError(404, f"model '{name}' not found")
+    return emu.json(_model_obj(info))
+

@@ -1,0 +1,345 @@
+"""The emulator's scheduler: loads, slots, eviction, keep-alive.
+
+Semantics (as Ollama's ``server/sched.go`` + per-runner semaphore, simplified):
+
+* A model answers only once loaded. Loading takes ``load_delay`` seconds; every request
+  that arrives for a model that is loading waits for that one load (shared cold load).
+* At most ``num_parallel`` requests per loaded model hold a slot; the rest wait FIFO.
+  Embedding-only models get one slot (Ollama forces parallel 1 for them).
+* At most ``max_loaded_models`` models are resident (loaded or loading). A cold model at
+  the limit evicts the least recently used *idle* model (no request in flight or waiting);
+  when none is idle it waits, in arrival order, until one becomes idle.
+* ``max_queue`` bounds the number of *waiting* requests (for a load, an eviction or a
+  slot) over the whole host; one more is refused at once with the 503 busy error.
+  (Real Ollama only bounds the scheduler channel; counting every waiter is simpler to
+  reason about in tests and gives the same 503 under bursts.)
+* keep_alive: the last request's value is remembered on the runner. The idle timer starts
+  when the last in-flight request finishes; 0 unloads at once; ``inf`` never expires.
+
+Bookkeeping never awaits: every state change ends in :meth:`Scheduler._pump`, which
+grants slots and starts loads synchronously. A waiter is a future; a cancelled waiter
+(client gone) leaves its queue, or gives its slot back if it was granted in the same
+tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from typing import Any
+
+from ._models import FOREVER, ModelInfo
+
+__all__ = ["QueueFullError", "Runner", "Scheduler"]
+
+
+class QueueFullError(Exception):
+    pass
+
+
+class Runner:
+    """State of one model on the emulated host."""
+
+    __slots__ = (
+        "info",
+        "loaded",
+        "load_task",
+        "in_flight",
+        "waiters",
+        "keep_alive",
+        "timer",
+        "idle_since",
+        "last_used",
+        "loaded_at",
+        "expires_override",
+        "want_load",
+        "parallel",
+        "timer_when",
+    )
+
+    def __init__(self, info: ModelInfo, keep_alive: float) -> None:
+        self.info = info
+        self.loaded = False
+        self.load_task: asyncio.Task[None] | None = None
+        self.in_flight = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.keep_alive = keep_alive
+        self.timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # monotonic
+        self.last_used = 0.0  # monotonic, for LRU
+        self.loaded_at = 0.0
+        self.want_load = False  # in the scheduler's load queue
+        self.parallel = 1  # slots (set by the scheduler)
+        self.timer_when = 0.0  # loop time the idle timer fires at
+
+    @property
+    def resident(self) -> bool:
+        return self.loaded or self.load_task is not None
+
+    @property
+    def idle(self) -> bool:
+        return self.loaded and self.in_flight == 0 and not self.waiters
+
+
+class ModelStats:
+    __slots__ = ("served", "rejected_503", "loads", "failed")
+
+    def __init__(self) -> None:
+        self.served = 0
+        self.rejected_503 = 0
+        self.loads = 0
+        self.failed = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        num_parallel: int,
+        max_loaded_models: int,
+        max_queue: int,
+        default_keep_alive: float,
+        load_delay_fn: Any,
+    ) -> None:
+        if num_parallel < 1:
+            raise ValueError("num_parallel must be >= 1")
+        if max_loaded_models < 1:
+            raise ValueError("max_loaded_models must be >= 1")
+        if max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
+        self.num_parallel = num_parallel
+        self.max_loaded_models = max_loaded_models
+        self.max_queue = max_queue
+        self.default_keep_alive = default_keep_alive
+        self._load_delay_fn = load_delay_fn  # () -> seconds (read when a load starts)
+        self.runners: dict[str, Runner] = {}
+        self.stats: dict[str, ModelStats] = {}
+        self.queued = 0
+        self._load_queue: deque[Runner] = deque()
+        self._closed = False
+
+    # ------------------------------------------------------------------ helpers
+
+    def runner(self, info: ModelInfo) -> Runner:
+        r = self.runners.get(info.key)
+        if r is None:
+            r = self.runners[info.key] = Runner(info, self.default_keep_alive)
+            # as in Ollama, embedding-only models run with one slot
+            r.parallel = 1 if "completion" not in info.capabilities else self.num_parallel
+        else:
+            r.info = info
+        return r
+
+    def stat(self, key: str) -> ModelStats:
+        s = self.stats.get(key)
+        if s is None:
+            s = self.stats[key] = ModelStats()
+        return s
+
+    def resident_count(self) -> int:
+        return sum(1 for r in self.runners.values() if r.resident)
+
+    def loaded_runners(self) -> list[Runner]:
+        return [r for r in self.runners.values() if r.loaded]
+
+    def preload(self, info: ModelInfo) -> None:
+        r = self.runner(info)
+        if not r.loaded:
+            r.loaded = True
+            r.loaded_at = time.monotonic()
+            r.last_used = r.loaded_at
+            self.stat(info.key).loads += 1
+            self._start_idle(r)
+
+    # ------------------------------------------------------------------ acquire / release
+
+    async def acquire(self, info: ModelInfo, keep_alive: float | None) -> tuple[Runner, float]:
+        """Wait for a slot on a loaded runner; returns (runner, seconds spent waiting for load)."""
+        r = self.runner(info)
+        if keep_alive is not None:
+            r.keep_alive = keep_alive
+        t0 = time.monotonic()
+        if r.loaded and r.in_flight < r.parallel and not r.waiters:
+            self._take(r)
+            return r, 0.0
+        if self.queued >= self.max_queue:
+            self.stat(info.key).rejected_503 += 1
+            raise QueueFullError()
+        was_loaded = r.loaded
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        r.waiters.append(fut)
+        self.queued += 1
+        if not r.resident and not r.want_load:
+            r.want_load = True
+            self._load_queue.append(r)
+        self._pump()
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                # slot was granted but we are going away: give it back
+                self.release(r)
+            else:
+                try:
+                    r.waiters.remove(fut)
+                    self.queued -= 1
+                except ValueError:
+                    pass
+                if not r.waiters and r.want_load:
+                    r.want_load = False
+                    try:
+                        self._load_queue.remove(r)
+                    except ValueError:
+                        pass
+                self._pump()
+            raise
+        load_wait = 0.0 if was_loaded else (r.loaded_at - t0 if r.loaded_at > t0 else 0.0)
+        return r, load_wait
+
+    def _take(self, r: Runner) -> None:
+        # The idle timer is left running: when it fires it re-checks (see _expire). That
+        # saves a cancel + reschedule per request on a busy model.
+        r.in_flight += 1
+
+    def release(self, r: Runner) -> None:
+        if self._closed:
+            return  # the host was killed/stopped: close() already zeroed everything
+        r.in_flight -= 1
+        now = time.monotonic()
+        r.last_used = now
+        if r.in_flight == 0 and not r.waiters and r.loaded:
+            if r.keep_alive == 0:
+                self.unload(r)
+            else:
+                self._start_idle(r)
+        self._pump()
+
+    def _start_idle(self, r: Runner) -> None:
+        r.idle_since = time.monotonic()
+        if r.keep_alive == 0:
+            self.unload(r)
+            return
+        if math.isinf(r.keep_alive):
+            if r.timer is not None:
+                r.timer.cancel()
+                r.timer = None
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + r.keep_alive
+        if r.timer is not None:
+            if r.timer_when <= deadline + 1e-3:
+                return  # fires no later than needed; _expire re-arms for the rest
+            r.timer.cancel()
+        r.timer_when = deadline
+        r.timer = loop.call_at(deadline, self._expire, r)
+
+    def _expire(self, r: Runner) -> None:
+        r.timer = None
+        if not r.idle:
+            return  # busy again: release() starts a new idle period
+        if math.isinf(r.keep_alive):
+            return
+        remaining = r.idle_since + r.keep_alive - time.monotonic()
+        if remaining > 1e-3:
+            loop = asyncio.get_running_loop()
+            r.timer_when = loop.time() + remaining
+            r.timer = loop.call_at(r.timer_when, self._expire, r)
+            return
+        self.unload(r)
+        self._pump()
+
+    def unload(self, r: Runner) -> None:
+        if r.timer is not None:
+            r.timer.cancel()
+            r.timer = None
+        if r.load_task is not None:
+            r.load_task.cancel()
+            r.load_task = None
+        r.loaded = False
+
+    def set_keep_alive_and_touch(self, info: ModelInfo, keep_alive: float | None) -> Runner:
+        r = self.runner(info)
+        if keep_alive is not None:
+            r.keep_alive = keep_alive
+        return r
+
+    # ------------------------------------------------------------------ the pump
+
+    def _pump(self) -> None:
+        if self._closed:
+            return
+        # 1. grant slots on loaded runners
+        for r in self.runners.values():
+            if r.loaded:
+                while r.waiters and r.in_flight < r.parallel:
+                    fut = r.waiters.popleft()
+                    self.queued -= 1
+                    if fut.done():
+                        continue
+                    self._take(r)
+                    fut.set_result(None)
+        # 2. start loads in order, evicting idle LRU models when at the limit
+        while self._load_queue:
+            r = self._load_queue[0]
+            if r.resident or not r.waiters:
+                self._load_queue.popleft()
+                r.want_load = False
+                continue
+            if self.resident_count() >= self.max_loaded_models:
+                idle = [x for x in self.runners.values() if x.idle]
+                if not idle:
+                    break
+                victim = min(idle, key=lambda x: x.last_used)
+                self.unload(victim)
+            self._load_queue.popleft()
+            r.want_load = False
+            self._start_load(r)
+
+    def _start_load(self, r: Runner) -> None:
+        delay = float(self._load_delay_fn())
+        self.stat(r.info.key).loads += 1
+        r.load_task = asyncio.get_running_loop().create_task(self._load(r, delay))
+
+    async def _load(self, r: Runner, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        r.load_task = None
+        r.loaded = True
+        r.loaded_at = time.monotonic()
+        r.last_used = r.loaded_at
+        if not r.waiters:
+            self._start_idle(r)
+        self._pump()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Forget everything (process death): cancel loads, timers and waiters."""
+        self._closed = True
+        for r in self.runners.values():
+            if r.timer is not None:
+                r.timer.cancel()
+                r.timer = None
+            if r.load_task is not None:
+                r.load_task.cancel()
+                r.load_task = None
+            r.loaded = False
+            while r.waiters:
+                fut = r.waiters.popleft()
+                if not fut.done():
+                    fut.cancel()
+            r.in_flight = 0
+        self.queued = 0
+        self._load_queue.clear()
+
+    def expires_at_ns(self, r: Runner) -> int:
+        """When the idle timer will unload ``r`` (as Ollama's /api/ps reports it)."""
+        now_wall = time.time_ns()
+        if math.isinf(r.keep_alive) or r.keep_alive == FOREVER:
+            return now_wall + (292 * 365 * 86400 * 1_000_000_000)
+        if r.in_flight or r.waiters:
+            return now_wall + int(r.keep_alive * 1e9)
+        remaining = r.idle_since + r.keep_alive - time.monotonic()
+        return now_wall + int(max(0.0, remaining) * 1e9)
