@@ -1,0 +1,1075 @@
+"""``ollamamax bench``: a closed-loop load generator for any Ollama API endpoint.
+
+Point it at a gateway (``ollamamax serve``), a real Ollama or the emulator
+(``ollamamax mock``); for each concurrency level it runs C workers for a fixed time and
+prints one table row: requests/s, latency p50/p90/p99, time to first token p50/p99,
+tokens/s (aggregate and per request) and errors by kind.
+
+Method (closed loop, per level):
+
+* C workers share one ``aiohttp.TCPConnector(limit=C)``; each sends its next request as
+  soon as the previous one finished (no think time).
+* The first ``--warmup`` seconds are a warm-up: requests *started* in it are not counted
+  (they are reported separately as ``warmup_ok`` / ``warmup_errors``).
+* Requests started in the measurement window (``--duration``) are counted; when the window
+  closes no new request starts, and those still in flight are awaited (bounded by
+  ``--timeout``) and counted too.  ``elapsed`` runs from the end of the warm-up to the last
+  counted completion, so requests/s = successful requests / elapsed is exact for a closed
+  loop whatever the request length.
+* Latencies (microseconds) go into :class:`ollamamax.LatencyHistogram` (relative error
+  below 1 %), successes only.  TTFT is the time to the first streamed chunk (NDJSON line /
+  SSE event); without ``--stream`` the whole reply is the first chunk, so TTFT = latency.
+* Tokens: ``eval_count`` (native) or ``usage.completion_tokens`` (``--openai``); per-request
+  tokens/s is ``eval_count / eval_duration`` when the server reports it, else it is
+  estimated from the client-side timing (first chunk to end when streaming).
+* Errors: ``http <status>`` (a non-200 answer), ``in-band`` (an ``error`` object in a 200
+  reply or stream), ``connection`` (refused, reset, closed early), ``timeout``,
+  ``protocol`` (a reply that cannot be parsed or a stream cut before its end).  After a
+  connection error a worker pauses ``0.05`` s so a dead URL does not spin a core.
+
+Coordinated omission: a closed loop only sends when a worker is free, so when the server
+stalls the generator stalls with it and the requests that *would* have arrived meanwhile
+are never timed.  The latencies here are therefore service times at a given concurrency,
+not the latency users arriving at a fixed rate would see (for that, use an open-loop,
+fixed-rate generator).  Use the levels to see where throughput stops growing and latency
+starts to.
+
+Only argparse is imported at module level (the ``ollamamax`` command imports every
+subcommand's ``add_arguments``); aiohttp, numpy and the histogram load inside :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any, Callable, TextIO
+
+__all__ = ["LevelResult", "add_arguments", "main", "parse_concurrency", "parse_duration", "run_bench"]
+
+DEFAULT_PROMPT = "Why is the sky blue? Answer in one sentence."
+DEFAULT_MODEL = "llama3.2"
+ENDPOINTS = ("chat", "generate", "embed")
+_NATIVE_PATHS = {"chat": "/api/chat", "generate": "/api/generate", "embed": "/api/embed"}
+_OPENAI_PATHS = {"chat": "/v1/chat/completions", "generate": "/v1/completions", "embed": "/v1/embeddings"}
+CONNECTION_BACKOFF = 0.05  # seconds a worker pauses after a connection error
+QUANTILES = (0.5, 0.9, 0.99)
+
+_EPILOG = """\
+method: closed loop. Each of C workers sends its next request when the previous one
+finished; requests started during --warmup are not counted; requests started during
+--duration are counted, and those still in flight when it ends are awaited (up to
+--timeout) and counted. requests/s = successes / (warm-up end -> last counted reply).
+
+coordinated omission: a closed loop sends only when a worker is free, so when the server
+stalls the load generator stalls too and the requests that would have arrived meanwhile
+are never timed. The latencies are service times at concurrency C, not what users
+arriving at a fixed rate would see.
+
+TTFT: time to the first streamed chunk (--stream); without --stream it equals latency.
+tok/s: aggregate output tokens per second (eval_count, or usage.completion_tokens with
+--openai); tok/s/req: median per-request eval_count/eval_duration.
+errors: http <status> | in-band (error object in a 200 reply/stream) | connection |
+timeout | protocol (unparsable reply, stream cut before its end).
+
+examples:
+  ollamamax bench http://127.0.0.1:11434 --model llama3.2 --concurrency 1,4,8 --duration 30s
+  ollamamax bench http://127.0.0.1:8000 --stream --json out.json --plot out.png
+  ollamamax bench http://127.0.0.1:8000 --openai --stream --api-key sk-...
+"""
+
+
+class UsageError(ValueError):
+    """A bad option value (reported with exit status 2)."""
+
+
+# --------------------------------------------------------------------------- argument parsing
+
+
+def parse_duration(text: str | float | int, *, name: str = "duration", allow_zero: bool = False) -> float:
+    """``"10s"``, ``"500ms"``, ``"2m"``, ``"1h"`` or plain seconds (``"1.5"``) -> seconds."""
+    import math
+    import re
+
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", str(text))
+        if m is None:
+            raise UsageError(f"--{name}: expected a duration like 10s, 500ms, 2m or seconds, got {text!r}")
+        value = float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[m.group(2)]
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"--{name}: must be {'>= 0' if allow_zero else '> 0'}, got {text!r}")
+    return value
+
+
+def parse_concurrency(text: str) -> list[int]:
+    """``"1,10,50"`` -> ``[1, 10, 50]`` (each an integer >= 1, order kept)."""
+    levels: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            c = int(part)
+        except ValueError:
+            raise UsageError(f"--concurrency: {part!r} is not an integer (expected e.g. 1,10,50)") from None
+        if c < 1:
+            raise UsageError(f"--concurrency: levels must be >= 1, got {c}")
+        if c > 100_000:
+            raise UsageError(f"--concurrency: {c} is more than 100000 workers")
+        levels.append(c)
+    if not levels:
+        raise UsageError("--concurrency: give at least one level, e.g. 1,10,50")
+    return levels
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _EPILOG
+    a = parser.add_argument
+    a("url", help="base URL of an Ollama API (gateway, Ollama or emulator), e.g. http://127.0.0.1:11434")
+    a("--model", default=None, help="model to ask for (default: the first one the server lists)")
+    a("--concurrency", default="1,10,50,100,250,500", metavar="C1,C2,...",
+      help="comma-separated concurrency levels (default 1,10,50,100,250,500)")
+    a("--duration", default="10s", help="measured time per level: 10s, 500ms, 2m or seconds (default 10s)")
+    a("--warmup", default="1s", help="warm-up per level, not counted (default 1s; 0 for none)")
+    a("--endpoint", default="chat", choices=ENDPOINTS, help="API to load (default chat)")
+    a("--stream", action="store_true", help="ask for streamed replies (TTFT then measures the first chunk)")
+    a("--openai", action="store_true",
+      help="use the OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/embeddings; SSE streams)")
+    a("--prompt", default=DEFAULT_PROMPT, help="prompt text; '{n}' is replaced by a request counter (defeats caches)")
+    a("--num-predict", type=int, default=None, metavar="N",
+      help="cap output tokens (options.num_predict, or max_tokens with --openai; default: server's)")
+    a("--seed", type=int, default=None, help="sampling seed sent with each request (options.seed / seed)")
+    a("--api-key", default=None, help="send 'Authorization: Bearer KEY'")
+    a("--timeout", default="60s",
+      help="per-request timeout for the whole reply; also bounds the end-of-level wait (default 60s)")
+    a("--json", dest="json_out", default=None, metavar="OUT.json", help="write results and metadata as JSON")
+    a("--plot", default=None, metavar="OUT.png", help="draw the results with matplotlib (pip install 'ollamamax[plot]')")
+    a("--progress", action=argparse.BooleanOptionalAction, default=None,
+      help="progress bar on stderr (default: only when stderr is a terminal)")
+    a("--no-uvloop", action="store_true", help="use the default asyncio loop even if uvloop is installed")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class LevelResult:
+    """What one concurrency level measured (histograms hold successes only, in microseconds)."""
+
+    concurrency: int
+    warmup_s: float
+    duration_s: float
+    elapsed_s: float = 0.0
+    ok: int = 0
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    error_samples: dict[str, str] = field(default_factory=dict)
+    drained: int = 0  # counted requests still in flight when the window closed
+    abandoned: int = 0  # of those, not finished within the bound (counted as "timeout" errors)
+    warmup_ok: int = 0
+    warmup_errors: int = 0
+    output_tokens: int = 0
+    interrupted: bool = False
+    latency_us: Any = None  # LatencyHistogram
+    ttft_us: Any = None  # LatencyHistogram
+    tps_request: Any = None  # LatencyHistogram of per-request tokens/s
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 and self.ok else float("nan")
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.elapsed_s if self.elapsed_s > 0 and self.output_tokens else float("nan")
+
+    def latency_ms(self) -> list[float]:
+        """p50, p90, p99 latency in milliseconds (NaN when nothing succeeded)."""
+        return [v / 1000.0 for v in self.latency_us.quantiles(QUANTILES)]
+
+    def ttft_ms(self) -> list[float]:
+        """p50, p99 time to first token in milliseconds."""
+        return [v / 1000.0 for v in self.ttft_us.quantiles((0.5, 0.99))]
+
+    def tps_request_median(self) -> float:
+        return self.tps_request.quantile(0.5)
+
+    def to_dict(self) -> dict[str, Any]:
+        import base64
+
+        def num(x: float) -> float | None:
+            return None if x != x else round(x, 6)
+
+        lat = self.latency_ms()
+        ttft = self.ttft_ms()
+        return {
+            "concurrency": self.concurrency,
+            "warmup_s": self.warmup_s,
+            "duration_s": self.duration_s,
+            "elapsed_s": round(self.elapsed_s, 6),
+            "ok": self.ok,
+            "errors": self.errors,
+            "error_kinds": dict(sorted(self.error_kinds.items())),
+            "error_samples": dict(sorted(self.error_samples.items())),
+            "drained": self.drained,
+            "abandoned": self.abandoned,
+            "warmup_ok": self.warmup_ok,
+            "warmup_errors": self.warmup_errors,
+            "interrupted": self.interrupted,
+            "requests_per_s": num(self.requests_per_s),
+            "latency_ms": {"p50": num(lat[0]), "p90": num(lat[1]), "p99": num(lat[2]),
+                           "mean": num(self.latency_us.mean / 1000.0), "max": num(self.latency_us.max / 1000.0)},
+            "ttft_ms": {"p50": num(ttft[0]), "p99": num(ttft[1])},
+            "output_tokens": self.output_tokens,
+            "tokens_per_s": num(self.tokens_per_s),
+            "tokens_per_s_per_request_p50": num(self.tps_request_median()),
+            # LatencyHistogram.to_bytes(), base64: merge runs with LatencyHistogram.from_bytes
+            "latency_us_histogram": base64.b64encode(self.latency_us.to_bytes()).decode("ascii"),
+            "ttft_us_histogram": base64.b64encode(self.ttft_us.to_bytes()).decode("ascii"),
+        }
+
+
+@dataclass
+class _Outcome:
+    t_start: float
+    kind: str | None = None  # None = success
+    message: str = ""
+    latency_us: float = 0.0
+    ttft_us: float = 0.0
+    tokens: int = 0
+    tps: float = 0.0  # per-request tokens/s, 0 = unknown
+
+
+@dataclass
+class _Spec:
+    """One request shape: where to send it and how to read the reply."""
+
+    url: str
+    endpoint: str
+    openai: bool
+    stream: bool
+    model: str
+    prompt: str
+    num_predict: int | None
+    seed: int | None
+    headers: dict[str, str]
+    _cached: bytes | None = None
+
+    def body(self, n: int) -> bytes:
+        """The request body; built once unless the prompt has a ``{n}`` counter."""
+        if self._cached is not None:
+            return self._cached
+        b = self._build(n)
+        if "{n}" not in self.prompt:
+            self._cached = b
+        return b
+
+    def _build(self, n: int) -> bytes:
+        import json
+
+        prompt = self.prompt.replace("{n}", str(n)) if "{n}" in self.prompt else self.prompt
+        b: dict[str, Any] = {"model": self.model}
+        if self.openai:
+            if self.endpoint == "embed":
+                b["input"] = prompt
+                b["encoding_format"] = "float"
+                return json.dumps(b).encode()
+            if self.endpoint == "chat":
+                b["messages"] = [{"role": "user", "content": prompt}]
+            else:
+                b["prompt"] = prompt
+            b["stream"] = self.stream
+            if self.stream:
+                b["stream_options"] = {"include_usage": True}
+            if self.num_predict is not None:
+                b["max_tokens"] = self.num_predict
+            if self.seed is not None:
+                b["seed"] = self.seed
+            return json.dumps(b).encode()
+        if self.endpoint == "embed":
+            b["input"] = prompt
+            return json.dumps(b).encode()
+        if self.endpoint == "chat":
+            b["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            b["prompt"] = prompt
+        b["stream"] = self.stream
+        opts: dict[str, Any] = {}
+        if self.num_predict is not None:
+            opts["num_predict"] = self.num_predict
+        if self.seed is not None:
+            opts["seed"] = self.seed
+        if opts:
+            b["options"] = opts
+        return json.dumps(b).encode()
+
+
+# --------------------------------------------------------------------------- one request
+
+
+def _error_text(raw: bytes) -> str:
+    import json
+
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return raw[:200].decode("utf-8", "replace").strip()
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, dict):  # OpenAI shape
+            return str(err.get("message", err))[:200]
+        if err is not None:
+            return str(err)[:200]
+    return raw[:200].decode("utf-8", "replace").strip()
+
+
+def _per_request_tps(obj: dict[str, Any], tokens: int, t_first: float, t_end: float, t_start: float) -> float:
+    ev_ns = obj.get("eval_duration") if obj else None
+    if tokens > 0 and isinstance(ev_ns, (int, float)) and ev_ns > 0:
+        return tokens / (ev_ns / 1e9)
+    if tokens > 1 and t_end > t_first > t_start:
+        return (tokens - 1) / (t_end - t_first)
+    if tokens > 0 and t_end > t_start:
+        return tokens / (t_end - t_start)
+    return 0.0
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    import json
+
+    obj = json.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("reply is not a JSON object")
+    return obj
+
+
+async def _one_request(session: Any, spec: _Spec, n: int, done_re: Any) -> _Outcome:
+    """Send one request, read the whole reply, classify it."""
+    import asyncio
+    import time
+
+    import aiohttp
+
+    clock = time.perf_counter
+    t0 = clock()
+    out = _Outcome(t_start=t0)
+    try:
+        async with session.post(spec.url, data=spec.body(n), headers=spec.headers) as resp:
+            if resp.status != 200:
+                raw = await resp.read()
+                out.kind = f"http {resp.status}"
+                out.message = _error_text(raw)
+                return out
+            tokens = 0
+            final: dict[str, Any] = {}
+            if spec.stream and spec.endpoint != "embed":
+                t_first = 0.0
+                finished = False
+                if spec.openai:
+                    chunks = 0
+                    async for line in resp.content:
+                        if not line.startswith(b"data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            finished = True
+                            break
+                        if not t_first:
+                            t_first = clock()
+                        chunks += 1
+                        if b'"error"' in data or b'"usage"' in data:
+                            obj = _json_object(data)
+                            if "error" in obj:
+                                out.kind = "in-band"
+                                err = obj["error"]
+                                out.message = str(err.get("message", err) if isinstance(err, dict) else err)[:200]
+                                return out
+                            usage = obj.get("usage")
+                            if isinstance(usage, dict):
+                                tokens = int(usage.get("completion_tokens") or 0)
+                    if finished and not tokens:
+                        tokens = max(0, chunks - 1)  # no usage chunk: count content chunks
+                else:
+                    async for line in resp.content:
+                        if not t_first:
+                            if not line.strip():
+                                continue
+                            t_first = clock()
+                        if b'"error"' in line or done_re.search(line) is not None:
+                            obj = _json_object(line)
+                            if "error" in obj:
+                                out.kind = "in-band"
+                                out.message = str(obj["error"])[:200]
+                                return out
+                            if obj.get("done") is True:
+                                final = obj
+                                finished = True
+                    tokens = int(final.get("eval_count") or 0)
+                t_end = clock()
+                if not finished:
+                    out.kind = "protocol"
+                    out.message = "stream ended before its final chunk"
+                    return out
+            else:
+                raw = await resp.read()
+                t_end = t_first = clock()
+                obj = _json_object(raw)
+                if "error" in obj:
+                    out.kind = "in-band"
+                    out.message = _error_text(raw)
+                    return out
+                if spec.endpoint == "embed":
+                    if ("data" if spec.openai else "embeddings") not in obj:
+                        out.kind = "protocol"
+                        out.message = "embedding reply without vectors"
+                        return out
+                elif spec.openai:
+                    usage = obj.get("usage")
+                    tokens = int(usage.get("completion_tokens") or 0) if isinstance(usage, dict) else 0
+                else:
+                    final = obj
+                    tokens = int(obj.get("eval_count") or 0)
+            out.latency_us = (t_end - t0) * 1e6
+            out.ttft_us = (t_first - t0) * 1e6
+            out.tokens = tokens
+            out.tps = _per_request_tps(final, tokens, t_first, t_end, t0)
+            return out
+    except asyncio.TimeoutError:  # also aiohttp's ServerTimeoutError (checked before ClientError)
+        out.kind = "timeout"
+        out.message = "no complete reply within --timeout"
+    except aiohttp.ClientPayloadError as exc:
+        out.kind = "connection"
+        out.message = f"reply cut: {exc}"[:200]
+    except aiohttp.ClientError as exc:
+        out.kind = "connection"
+        out.message = f"{type(exc).__name__}: {exc}"[:200]
+    except OSError as exc:
+        out.kind = "connection"
+        out.message = f"{type(exc).__name__}: {exc}"[:200]
+    except ValueError as exc:  # JSON decoding, over-long line
+        out.kind = "protocol"
+        out.message = f"unreadable reply: {exc}"[:200]
+    return out
+
+
+# --------------------------------------------------------------------------- one level
+
+
+class _Level:
+    """Book-keeping of one level while it runs (single event loop, no locks)."""
+
+    def __init__(self, result: LevelResult, t_w: float, t_end: float) -> None:
+        self.r = result
+        self.t_w = t_w
+        self.t_end = t_end
+        self.last_done = 0.0
+        self.in_flight: dict[int, float] = {}  # worker id -> start of its current request
+
+    def add(self, o: _Outcome, t_done: float) -> None:
+        r = self.r
+        if o.t_start < self.t_w:
+            if o.kind is None:
+                r.warmup_ok += 1
+            else:
+                r.warmup_errors += 1
+            return
+        if t_done > self.t_end:
+            r.drained += 1
+        self.last_done = max(self.last_done, t_done)
+        if o.kind is None:
+            r.ok += 1
+            r.latency_us.record(o.latency_us)
+            r.ttft_us.record(o.ttft_us)
+            r.output_tokens += o.tokens
+            if o.tps > 0:
+                r.tps_request.record(o.tps)
+        else:
+            self.error(o.kind, o.message)
+
+    def error(self, kind: str, message: str) -> None:
+        r = self.r
+        r.errors += 1
+        r.error_kinds[kind] = r.error_kinds.get(kind, 0) + 1
+        r.error_samples.setdefault(kind, message)
+
+
+async def _run_level(
+    spec: _Spec,
+    concurrency: int,
+    *,
+    warmup: float,
+    duration: float,
+    timeout: float,
+    stop: Any,
+    progress: Any,
+    index: int,
+    count: int,
+    counter: list[int],
+) -> LevelResult:
+    import asyncio
+    import re
+    import time
+
+    import aiohttp
+
+    from ._hist import LatencyHistogram
+
+    clock = time.perf_counter
+    done_re = re.compile(rb'"done"\s*:\s*true')
+    result = LevelResult(
+        concurrency=concurrency, warmup_s=warmup, duration_s=duration,
+        latency_us=LatencyHistogram(), ttft_us=LatencyHistogram(),
+        tps_request=LatencyHistogram(lowest=0.01, highest=1e9),
+    )
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
+    session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout))
+    try:
+        t0 = clock()
+        t_w = t0 + warmup
+        t_end = t_w + duration
+        level = _Level(result, t_w, t_end)
+
+        async def worker(wid: int) -> None:
+            while not stop.is_set() and clock() < t_end:
+                counter[0] += 1
+                level.in_flight[wid] = clock()
+                o = await _one_request(session, spec, counter[0], done_re)
+                del level.in_flight[wid]
+                level.add(o, clock())
+                if o.kind == "connection" and not stop.is_set():
+                    await asyncio.sleep(min(CONNECTION_BACKOFF, max(0.0, t_end - clock())))
+
+        tasks = [asyncio.ensure_future(worker(i)) for i in range(concurrency)]
+        deadline = t_end + timeout + 1.0
+        try:
+            while True:
+                pending = [t for t in tasks if not t.done()]
+                if not pending:
+                    break
+                now = clock()
+                if stop.is_set():
+                    result.interrupted = True
+                    level.last_done = max(level.last_done, now)
+                    await _cancel(pending)
+                    break
+                if now > deadline:  # in flight beyond the bound: count them as timeouts
+                    for started in list(level.in_flight.values()):
+                        if started >= t_w:
+                            result.abandoned += 1
+                            result.drained += 1
+                            level.error("timeout", "still in flight at the end-of-level bound")
+                    level.last_done = max(level.last_done, now)
+                    await _cancel(pending)
+                    break
+                if progress is not None:
+                    progress.update(index=index, count=count, concurrency=concurrency, elapsed=now - t0,
+                                    total=warmup + duration, warming=now < t_w, draining=now >= t_end,
+                                    ok=result.ok, errors=result.errors, in_flight=len(level.in_flight))
+                await asyncio.wait(pending, timeout=0.1)
+        finally:
+            await _cancel([t for t in tasks if not t.done()])
+        if stop.is_set() and not result.interrupted:  # workers saw the stop before this loop did
+            result.interrupted = True
+            level.last_done = max(level.last_done, min(clock(), t_end))
+        for t in tasks:  # surface unexpected worker failures
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        end = max(level.last_done, t_end) if not result.interrupted else level.last_done
+        result.elapsed_s = max(0.0, end - t_w)
+    finally:
+        await session.close()
+        if progress is not None:
+            progress.clear()
+    return result
+
+
+async def _cancel(tasks: list[Any]) -> None:
+    import asyncio
+
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- progress bar
+
+
+class Progress:
+    """A one-line progress bar on a text stream (``\\r`` updates on a terminal, else one line a second)."""
+
+    def __init__(self, stream: TextIO, *, tty: bool, width: int = 24) -> None:
+        import time
+
+        self.stream = stream
+        self.tty = tty
+        self.width = width
+        self._clock = time.monotonic
+        self._last = -1e9
+        self._shown = 0
+
+    def update(self, *, index: int, count: int, concurrency: int, elapsed: float, total: float,
+               warming: bool, draining: bool, ok: int, errors: int, in_flight: int) -> None:
+        now = self._clock()
+        if now - self._last < (0.1 if self.tty else 1.0):
+            return
+        self._last = now
+        frac = min(1.0, elapsed / total) if total > 0 else 1.0
+        fill = int(frac * self.width)
+        phase = "warm-up" if warming else ("draining" if draining else "measuring")
+        line = (f"level {index + 1}/{count} c={concurrency} [{'#' * fill}{'.' * (self.width - fill)}] "
+                f"{min(elapsed, total):.1f}/{total:.1f}s {phase}  req {ok}  err {errors}  in-flight {in_flight}")
+        if self.tty:
+            pad = max(0, self._shown - len(line))
+            self.stream.write("\r" + line + " " * pad)
+            self._shown = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.tty and self._shown:
+            self.stream.write("\r" + " " * self._shown + "\r")
+            self.stream.flush()
+        self._shown = 0
+        self._last = -1e9
+
+
+# --------------------------------------------------------------------------- the API
+
+
+async def run_bench(
+    url: str,
+    *,
+    model: str = DEFAULT_MODEL,
+    concurrency: Any = (1, 10, 50),
+    duration: float = 10.0,
+    warmup: float = 1.0,
+    endpoint: str = "chat",
+    stream: bool = False,
+    openai: bool = False,
+    prompt: str = DEFAULT_PROMPT,
+    num_predict: int | None = None,
+    api_key: str | None = None,
+    timeout: float = 60.0,
+    seed: int | None = None,
+    progress: Progress | None = None,
+    on_level: Callable[[LevelResult], None] | None = None,
+    stop: Any = None,
+) -> list[LevelResult]:
+    """Run the closed-loop benchmark at each level in ``concurrency``; one result per level.
+
+    ``stop`` (an ``asyncio.Event``) ends the run early: in-flight requests are cancelled,
+    the level being run is returned marked ``interrupted`` and later levels are skipped.
+    ``on_level`` is called with each result as soon as its level ends.
+    """
+    import asyncio
+
+    if endpoint not in ENDPOINTS:
+        raise ValueError(f"endpoint must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
+    levels = parse_concurrency(concurrency) if isinstance(concurrency, str) else [int(c) for c in concurrency]
+    if not levels or min(levels) < 1:
+        raise ValueError("concurrency levels must be >= 1")
+    if duration <= 0 or warmup < 0 or timeout <= 0:
+        raise ValueError("duration and timeout must be > 0, warmup >= 0")
+    if stream and endpoint == "embed":
+        raise ValueError("stream does not apply to the embed endpoint")
+    base = url.rstrip("/")
+    if openai and base.endswith("/v1"):
+        base = base[:-3]
+    headers = {"Content-Type": "application/json", "User-Agent": "ollamamax-bench"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    spec = _Spec(url=base + (_OPENAI_PATHS if openai else _NATIVE_PATHS)[endpoint], endpoint=endpoint,
+                 openai=openai, stream=stream, model=model, prompt=prompt, num_predict=num_predict,
+                 seed=seed, headers=headers)
+    stop = stop if stop is not None else asyncio.Event()
+    counter = [0]
+    results: list[LevelResult] = []
+    for i, c in enumerate(levels):
+        if stop.is_set():
+            break
+        r = await _run_level(spec, c, warmup=warmup, duration=duration, timeout=timeout, stop=stop,
+                             progress=progress, index=i, count=len(levels), counter=counter)
+        results.append(r)
+        if on_level is not None:
+            on_level(r)
+    return results
+
+
+async def discover_model(url: str, *, openai: bool, endpoint: str, api_key: str | None, timeout: float = 5.0) -> str | None:
+    """The first model the server lists (an embedding model for ``embed`` when there is one)."""
+    import asyncio
+
+    import aiohttp
+
+    base = url.rstrip("/")
+    if openai and base.endswith("/v1"):
+        base = base[:-3]
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+            async with s.get(base + ("/v1/models" if openai else "/api/tags"), headers=headers) as resp:
+                if resp.status != 200:
+                    return None
+                obj = await resp.json(content_type=None)
+    except (aiohttp.ClientError, OSError, ValueError, asyncio.TimeoutError):
+        return None
+    try:
+        names = [m["id"] for m in obj["data"]] if openai else [m["name"] for m in obj["models"]]
+    except (KeyError, TypeError):
+        return None
+    if not names:
+        return None
+    if endpoint == "embed":
+        for n in names:
+            if "embed" in n:
+                return str(n)
+    else:
+        for n in names:
+            if "embed" not in n:
+                return str(n)
+    return str(names[0])
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt_ms(v: float) -> str:
+    if v != v:
+        return "-"
+    if v < 10:
+        return f"{v:.2f}"
+    if v < 100:
+        return f"{v:.1f}"
+    return f"{v:.0f}"
+
+
+def _fmt_rate(v: float) -> str:
+    if v != v:
+        return "-"
+    return f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+
+
+_HEAD = ("conc", "req/s", "p50 ms", "p90 ms", "p99 ms", "ttft p50", "ttft p99", "tok/s", "tok/s/req", "ok", "errors")
+_WIDTHS = (6, 9, 9, 9, 9, 9, 9, 9, 10, 8)
+
+
+def format_header() -> str:
+    return "".join(h.rjust(w) for h, w in zip(_HEAD, _WIDTHS)) + "  " + _HEAD[-1]
+
+
+def _errors_cell(r: LevelResult) -> str:
+    if not r.errors:
+        return "0"
+    kinds = ", ".join(f"{k}: {n}" for k, n in sorted(r.error_kinds.items(), key=lambda kv: -kv[1]))
+    return f"{r.errors} ({kinds})"
+
+
+def format_row(r: LevelResult) -> str:
+    return "".join(c.rjust(w) for c, w in zip(_cells(r), _WIDTHS)) + "  " + _errors_cell(r)
+
+
+def metadata(args: argparse.Namespace, *, model: str, levels: list[int], duration: float, warmup: float,
+             timeout: float) -> dict[str, Any]:
+    import datetime
+    import os
+    import platform
+    import shlex
+    import sys
+
+    from . import __version__
+
+    cmd = ["ollamamax", "bench", args.url, "--model", model, "--endpoint", args.endpoint,
+           "--concurrency", ",".join(map(str, levels)), "--duration", args.duration, "--warmup", args.warmup,
+           "--timeout", args.timeout]
+    if args.stream:
+        cmd.append("--stream")
+    if args.openai:
+        cmd.append("--openai")
+    if args.prompt != DEFAULT_PROMPT:
+        cmd += ["--prompt", args.prompt]
+    if args.num_predict is not None:
+        cmd += ["--num-predict", str(args.num_predict)]
+    if args.seed is not None:
+        cmd += ["--seed", str(args.seed)]
+    if args.api_key:
+        cmd += ["--api-key", "***"]
+    return {
+        "tool": f"ollamamax bench {__version__}",
+        "url": args.url,
+        "endpoint": args.endpoint,
+        "api": "openai" if args.openai else "ollama",
+        "model": model,
+        "stream": bool(args.stream),
+        "concurrency": levels,
+        "duration_s": duration,
+        "warmup_s": warmup,
+        "timeout_s": timeout,
+        "num_predict": args.num_predict,
+        "seed": args.seed,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "histogram": "native" if _native_hist() else "pure",
+        "machine": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "hostname": platform.node(),
+        },
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(cmd),
+        "argv": sys.argv,
+    }
+
+
+def _native_hist() -> bool:
+    from . import _hist
+
+    return _hist.IMPLEMENTATIONS["c"] is not None and _hist.LatencyHistogram is _hist.IMPLEMENTATIONS["c"].LatencyHistogram
+
+
+def write_plot(path: str, results: list[LevelResult], meta: dict[str, Any]) -> None:
+    """Charts of the table (throughput, latency, TTFT, tokens/s) plus the table itself, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r.concurrency for r in results]
+    lat = [r.latency_ms() for r in results]
+    ttft = [r.ttft_ms() for r in results]
+    fig = plt.figure(figsize=(12, 9.5))
+    gs = fig.add_gridspec(3, 2, height_ratios=[1, 1, 0.35 + 0.09 * len(results)])
+    axes = [fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, 0]), fig.add_subplot(gs[1, 1])]
+    log_x = len(xs) > 1 and max(xs) / min(xs) >= 10
+    ax = axes[0]
+    ax.plot(xs, [r.requests_per_s for r in results], "o-", color="tab:blue", label="successes")
+    if any(r.errors for r in results):
+        ax.plot(xs, [r.errors / r.elapsed_s if r.elapsed_s > 0 else float("nan") for r in results], "x--",
+                color="tab:red", label="errors")
+        ax.legend(loc="upper left")
+    ax.set_title("throughput")
+    ax.set_ylabel("requests/s")
+    ax = axes[1]
+    for j, (name, style) in enumerate((("p50", "o-"), ("p90", "s--"), ("p99", "^:"))):
+        ax.plot(xs, [v[j] for v in lat], style, label=name)
+    ax.set_title("latency")
+    ax.set_ylabel("ms")
+    ax.legend(loc="upper left")
+    ax = axes[2]
+    for j, (name, style) in enumerate((("p50", "o-"), ("p99", "^:"))):
+        ax.plot(xs, [v[j] for v in ttft], style, label=name)
+    ax.set_title("time to first token" + ("" if meta.get("stream") else " (= latency, not streamed)"))
+    ax.set_ylabel("ms")
+    ax.legend(loc="upper left")
+    ax = axes[3]
+    ax.plot(xs, [r.tokens_per_s for r in results], "o-", color="tab:green", label="aggregate")
+    ax.set_ylabel("aggregate output tokens/s")
+    ax2 = ax.twinx()
+    ax2.plot(xs, [r.tps_request_median() for r in results], "s--", color="tab:purple", label="per request (p50)")
+    ax2.set_ylabel("per-request tokens/s (p50)")
+    ax.set_title("tokens/s")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="lower right")
+    for ax in (*axes, ax2):
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # from zero (honest), with room for the legend
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+    for ax in axes:
+        if log_x:
+            ax.set_xscale("log")
+            ax.set_xlim(min(xs) / 1.4, max(xs) * 1.4)
+        else:
+            pad = max(1.0, (max(xs) - min(xs)) * 0.08)
+            ax.set_xlim(min(xs) - pad, max(xs) + pad)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(x) for x in xs])
+        if log_x:
+            ax.minorticks_off()
+        ax.set_xlabel("concurrency (closed-loop workers)")
+        ax.grid(True, alpha=0.3)
+    tab = fig.add_subplot(gs[2, :])
+    tab.axis("off")
+    rows = []
+    for r in results:
+        err = _errors_cell(r)
+        rows.append(_cells(r) + [err if len(err) < 60 else err[:57] + "..."])
+    widths = [0.06, 0.075, 0.07, 0.07, 0.07, 0.07, 0.07, 0.075, 0.08, 0.065, 0.28]
+    table = tab.table(cellText=rows, colLabels=list(_HEAD), colWidths=widths, loc="center", cellLoc="right")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8.5)
+    table.scale(1, 1.3)
+    api = "OpenAI /v1" if meta.get("api") == "openai" else "Ollama /api"
+    fig.suptitle(
+        f"ollamamax bench: {meta.get('model')} at {meta.get('url')} ({api} {meta.get('endpoint')}, "
+        f"{'stream' if meta.get('stream') else 'no stream'}; {meta.get('duration_s')}s per level, "
+        f"warm-up {meta.get('warmup_s')}s)\n"
+        f"{meta.get('date')}  Python {meta.get('python')}  {meta.get('machine', {}).get('platform')}",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cells(r: LevelResult) -> list[str]:
+    lat = r.latency_ms()
+    ttft = r.ttft_ms()
+    return [str(r.concurrency) + ("*" if r.interrupted else ""), _fmt_rate(r.requests_per_s),
+            _fmt_ms(lat[0]), _fmt_ms(lat[1]), _fmt_ms(lat[2]), _fmt_ms(ttft[0]), _fmt_ms(ttft[1]),
+            _fmt_rate(r.tokens_per_s), _fmt_rate(r.tps_request_median()), str(r.ok)]
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def main(args: argparse.Namespace) -> int:
+    import asyncio
+    import sys
+
+    def fail(msg: str) -> int:
+        print(f"ollamamax bench: error: {msg}", file=sys.stderr)
+        return 2
+
+    try:
+        levels = parse_concurrency(args.concurrency)
+        duration = parse_duration(args.duration, name="duration")
+        warmup = parse_duration(args.warmup, name="warmup", allow_zero=True)
+        timeout = parse_duration(args.timeout, name="timeout")
+    except UsageError as exc:
+        return fail(str(exc))
+    url = args.url.strip()
+    if not (url.startswith("http://") or url.startswith("https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
+        return fail(f"URL must start with http:// or https:// and name a host, got {args.url!r}")
+    if args.stream and args.endpoint == "embed":
+        return fail("--stream does not apply to --endpoint embed")
+    if args.num_predict is not None and args.num_predict < -2:
+        return fail(f"--num-predict must be >= -2 (-1 = no limit), got {args.num_predict}")
+    if args.model is not None and not args.model.strip():
+        return fail("--model must not be empty")
+    import os
+
+    for opt, target in (("--json", args.json_out), ("--plot", args.plot)):
+        if target and not os.path.isdir(os.path.dirname(os.path.abspath(target))):
+            return fail(f"{opt}: directory of {target!r} does not exist")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return fail("--plot needs matplotlib: pip install 'ollamamax[plot]'")
+    if args.progress is None:
+        show_progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    else:
+        show_progress = bool(args.progress)
+
+    coro = _main_async(args, url=url, levels=levels, duration=duration, warmup=warmup, timeout=timeout,
+                       show_progress=show_progress)
+    if not args.no_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return int(uvloop.run(coro))
+    return int(asyncio.run(coro))
+
+
+async def _main_async(args: argparse.Namespace, *, url: str, levels: list[int], duration: float, warmup: float,
+                      timeout: float, show_progress: bool) -> int:
+    import asyncio
+    import json
+    import signal
+    import sys
+
+    out = sys.stdout
+    err = sys.stderr
+    model = args.model
+    if model is None:
+        model = await discover_model(url, openai=args.openai, endpoint=args.endpoint, api_key=args.api_key)
+        if model is None:
+            print(f"ollamamax bench: could not list models at {url}; using {DEFAULT_MODEL!r} (pass --model)", file=err)
+            model = DEFAULT_MODEL
+    path = (_OPENAI_PATHS if args.openai else _NATIVE_PATHS)[args.endpoint]
+    print(f"ollamamax bench: POST {url.rstrip('/')}{path}  model {model}  "
+          f"{'stream' if args.stream else 'no stream'}  {duration:g}s per level after {warmup:g}s warm-up  "
+          f"(closed loop; see --help on coordinated omission)", file=out)
+    print(format_header(), file=out, flush=True)
+
+    progress = Progress(err, tty=bool(getattr(err, "isatty", lambda: False)())) if show_progress else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = False
+
+    def on_sigint() -> None:
+        if not stop.is_set():
+            print("\nollamamax bench: interrupted, printing results so far", file=err, flush=True)
+        stop.set()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        installed = True
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+        pass
+
+    def on_level(r: LevelResult) -> None:
+        print(format_row(r), file=out, flush=True)
+
+    results: list[LevelResult] = []
+    try:
+        results = await run_bench(
+            url, model=model, concurrency=levels, duration=duration, warmup=warmup, endpoint=args.endpoint,
+            stream=args.stream, openai=args.openai, prompt=args.prompt, num_predict=args.num_predict,
+            api_key=args.api_key, timeout=timeout, seed=args.seed, progress=progress, on_level=on_level, stop=stop,
+        )
+    except KeyboardInterrupt:  # pragma: no cover - only without a signal handler
+        stop.set()
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    total_ok = sum(r.ok for r in results)
+    kinds: dict[str, int] = {}
+    samples: dict[str, str] = {}
+    for r in results:
+        for k, n in r.error_kinds.items():
+            kinds[k] = kinds.get(k, 0) + n
+        for k, m in r.error_samples.items():
+            samples.setdefault(k, m)
+    if any(r.interrupted for r in results):
+        print("* interrupted level: partial results", file=out)
+    if kinds:
+        total_err = sum(kinds.values())
+        print(f"errors: {total_err} in the measured windows", file=out)
+        for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]):
+            print(f"  {k}: {n}  (e.g. {samples.get(k, '')})", file=out)
+    if results and total_ok == 0:
+        print(f"no successful request at {url} (model {model!r}); see the errors above", file=out)
+    out.flush()
+
+    meta = metadata(args, model=model, levels=levels, duration=duration, warmup=warmup, timeout=timeout)
+    failed_write = False
+    if args.json_out:
+        doc = {"metadata": meta, "levels": [r.to_dict() for r in results]}
+        try:
+            with open(args.json_out, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=2)
+                f.write("\n")
+        except OSError as exc:
+            print(f"ollamamax bench: cannot write {args.json_out}: {exc}", file=err)
+            failed_write = True
+        else:
+            print(f"wrote {args.json_out}", file=out)
+    if args.plot and results:
+        try:
+            write_plot(args.plot, results, meta)
+        except OSError as exc:
+            print(f"ollamamax bench: cannot write {args.plot}: {exc}", file=err)
+            failed_write = True
+        else:
+            print(f"wrote {args.plot}", file=out)
+    if stop.is_set():
+        return 130
+    return 0 if total_ok > 0 and not failed_write else 1
