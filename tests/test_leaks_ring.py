@@ -1,4 +1,5 @@
-"""Leak checks in a fresh subprocess: RSS after 1M put/get pairs, weakrefs after drop."""
+"""Leak checks in a fresh subprocess: RSS after 1M put/get pairs (plus blocking calls and
+queue churn), weakrefs after drop."""
 
 from __future__ import annotations
 
@@ -54,6 +55,26 @@ SCRIPT = textwrap.dedent(
             except ns.QueueFull:
                 pass
         q.get_many(q.capacity)
+        put, get = q.put, q.get
+        for i in range(n // 10):
+            put(Obj(i))
+            get(timeout=1.0)
+        for i in range(n // 1000):
+            try:
+                q.get(timeout=0)
+            except ns.QueueEmpty:
+                pass
+            assert q.get_many(5, timeout=0.0) == []
+            r = ns.RingQueue(2)  # each queue allocates (and must free) its wake-up locks
+            r.put(Obj(0), timeout=None)
+            r.put_many([Obj(1), Obj(2)], timeout=0.0)
+            try:
+                r.put(Obj(3), timeout=0)
+            except ns.QueueFull:
+                pass
+            r.get_many(2, timeout=None)
+        for _ in range(n // 10):
+            ns.RingQueue(2)  # 100k queues: leaked locks would show in RSS
 
     q = ns.RingQueue(1024)
     churn(q, 100_000)  # warm up allocators

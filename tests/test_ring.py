@@ -393,6 +393,32 @@ class RingMachine(RuleBasedStateMachine):
         expect = [self.model.popleft() for _ in range(min(k, len(self.model)))]
         assert got == expect
 
+    @rule(zero=st.sampled_from([0, 0.0]))
+    def put_get_no_wait(self, zero: float) -> None:
+        """The blocking API with timeout 0 behaves like the nowait calls."""
+        v = self._next()
+        if len(self.model) < self.cap:
+            self.q.put(v, timeout=zero)
+            self.model.append(v)
+        else:
+            with pytest.raises(QueueFull):
+                self.q.put(v, timeout=zero)
+        if self.model:
+            assert self.q.get(timeout=zero) == self.model.popleft()
+        else:
+            with pytest.raises(QueueEmpty):
+                self.q.get(timeout=zero)
+
+    @rule(k=st.integers(min_value=0, max_value=12), as_list=st.booleans())
+    def many_with_short_timeout(self, k: int, as_list: bool) -> None:
+        """put_many/get_many with a tiny timeout store/take what fits, then give up."""
+        vals = [self._next() for _ in range(k)]
+        n = self.q.put_many(vals if as_list else iter(vals), timeout=0.0001)
+        assert n == min(k, self.cap - len(self.model))
+        self.model.extend(vals[:n])
+        got = self.q.get_many(k, timeout=0.0001)
+        assert got == [self.model.popleft() for _ in range(min(k, len(self.model)))]
+
     @precondition(lambda self: hasattr(self, "q"))
     @invariant()
     def sizes(self) -> None:

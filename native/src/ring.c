@@ -24,7 +24,7 @@
  *
  * OPERATIONS AND COST (uncontended)
  *   try_push / try_pop: one relaxed load of head (tail), one acquire load of
- *     the cell's seq, one CAS on head (tail), one plain store (load) of data and
+ *     the cell's seq, one (seq_cst) CAS on head (tail), one plain store (load) of data and
  *     one release store of seq.  O(1); ~1 CAS each.  A non-power-of-two
  *     capacity adds one relaxed load of tail on push.
  *   push_many / pop_many of k items: k acquire loads, ONE CAS, k release stores.
@@ -35,15 +35,34 @@
  *   wait-free): the loop retries from the fresh position it got back.
  *
  * MEMORY-ORDERING CONTRACT
- *   Producer: claim p by CAS on head (relaxed: head only arbitrates who owns
- *   p), write data (plain store), then store seq = p + 1 with RELEASE.
+ *   Producer: claim p by CAS on head (head only arbitrates who owns p; the
+ *   CAS is seq_cst only for the sleep/wake contract below), write data
+ *   (plain store), then store seq = p + 1 with RELEASE.
  *   Consumer: load seq with ACQUIRE; seeing p + 1 makes the producer's write
- *   of data visible; claim p by CAS on tail (relaxed), read data, then store
- *   seq = p + size with RELEASE, so the next producer of that cell (who loads
+ *   of data visible; claim p by CAS on tail (seq_cst, see below), read data,
+ *   then store seq = p + size with RELEASE, so the next producer of that cell (who loads
  *   seq with ACQUIRE) cannot overwrite data before this read happened.
  *   So: everything a producer did before push happens-before everything the
  *   consumer that pops that item does after pop.  There is no ordering
  *   between unrelated pushes/pops beyond FIFO order of the positions.
+ *
+ *   Claims are seq_cst read-modify-writes (the ordering is "seq_cst on
+ *   success"; a failed CAS is relaxed) and omx_ring_size loads tail then head
+ *   with seq_cst.  On x86 this costs nothing (lock cmpxchg and plain loads
+ *   either way); it exists for the SLEEP/WAKE CONTRACT below.
+ *
+ * SLEEP/WAKE CONTRACT (for callers that block on an empty/full ring)
+ *   A waiter (consumer) announces itself with a seq_cst RMW on a counter of its
+ *   own, then calls omx_ring_size and sleeps only if it returns 0.  A producer,
+ *   after a successful push, loads that counter with seq_cst and wakes a
+ *   waiter if it is non-zero.  In the single total order S of seq_cst
+ *   operations either the producer's claim comes before the waiter's load of
+ *   tail/head (then the waiter counts the item, or a consumer already claimed
+ *   it), or the producer's load of the counter comes after the waiter's
+ *   announcement (then the producer sees the waiter).  So no wake-up is lost
+ *   without a fence on the fast path.  The same holds for producers waiting
+ *   for room (they sleep only if size == capacity; every pop is a seq_cst
+ *   claim on tail).  The Python wrapper (_ring_c.pyx) implements this.
  *
  * PROGRESS CAVEAT (inherent to the design, documented for callers)
  *   A producer that claimed p but has not yet stored seq makes consumers see
@@ -165,7 +184,7 @@ int omx_ring_try_push(omx_ring *r, void *item) {
             if (r->limited && omx_room(r, pos) == 0) {
                 return 0;
             }
-            if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + 1, memory_order_relaxed,
+            if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + 1, memory_order_seq_cst,
                                                       memory_order_relaxed)) {
                 c->data = item;
                 atomic_store_explicit(&c->seq, pos + 1, memory_order_release);
@@ -187,7 +206,7 @@ int omx_ring_try_pop(omx_ring *r, void **out) {
         size_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
         ptrdiff_t dif = omx_diff(seq, pos + 1);
         if (dif == 0) {
-            if (atomic_compare_exchange_weak_explicit(&r->tail, &pos, pos + 1, memory_order_relaxed,
+            if (atomic_compare_exchange_weak_explicit(&r->tail, &pos, pos + 1, memory_order_seq_cst,
                                                       memory_order_relaxed)) {
                 *out = c->data;
                 atomic_store_explicit(&c->seq, pos + r->size, memory_order_release);
@@ -233,7 +252,7 @@ size_t omx_ring_push_many(omx_ring *r, void *const *items, size_t n) {
             pos = atomic_load_explicit(&r->head, memory_order_relaxed);
             continue;
         }
-        if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + k, memory_order_relaxed,
+        if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + k, memory_order_seq_cst,
                                                   memory_order_relaxed)) {
             for (size_t i = 0; i < k; i++) {
                 omx_ring_cell *c = &r->cells[(pos + i) & r->mask];
@@ -270,7 +289,7 @@ size_t omx_ring_pop_many(omx_ring *r, void **out, size_t n) {
             pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
             continue;
         }
-        if (atomic_compare_exchange_weak_explicit(&r->tail, &pos, pos + k, memory_order_relaxed,
+        if (atomic_compare_exchange_weak_explicit(&r->tail, &pos, pos + k, memory_order_seq_cst,
                                                   memory_order_relaxed)) {
             for (size_t i = 0; i < k; i++) {
                 omx_ring_cell *c = &r->cells[(pos + i) & r->mask];
@@ -304,8 +323,9 @@ size_t omx_ring_size(const omx_ring *r) {
      * [0, capacity] (tail <= head holds at every instant, but the pair read
      * here may come from different instants). */
     omx_ring *m = (omx_ring *)r;
-    size_t t = atomic_load_explicit(&m->tail, memory_order_acquire);
-    size_t h = atomic_load_explicit(&m->head, memory_order_acquire);
+    /* seq_cst, tail first: the sleep/wake contract in the header comment relies on it */
+    size_t t = atomic_load_explicit(&m->tail, memory_order_seq_cst);
+    size_t h = atomic_load_explicit(&m->head, memory_order_seq_cst);
     ptrdiff_t n = omx_diff(h, t);
     if (n <= 0) {
         return 0;

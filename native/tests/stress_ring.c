@@ -7,14 +7,19 @@
  *   - every item arrives exactly once;
  *   - per consumer, the items of one producer arrive in increasing order;
  *   - single-threaded: exactly `capacity` items fit, FIFO order, batch prefix.
+ * A second test exercises the SLEEP/WAKE CONTRACT of ring.c the way the Python
+ * wrapper uses it (waiter count + "signaled" flag + a semaphore, pass-on after a
+ * woken pop): consumers that sleep must always be woken while items remain.
  * Every wait loop is bounded by a wall-clock deadline; exit status 0 = pass.
  * Run under TSan and ASan/UBSan by native/run_sanitizers.sh.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "ollamamax/ring.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -270,6 +275,133 @@ static int single_threaded(size_t capacity) {
     return 0;
 }
 
+/* ---- sleep/wake contract (mirrors omx_gate in _ring_c.pyx) ---- */
+typedef struct {
+    omx_ring *ring;
+    _Atomic long waiting;
+    _Atomic int signaled;
+    sem_t sem;
+    _Atomic long remaining; /* items not yet popped */
+    _Atomic long stalls;    /* timed-out sleeps while items were inside: lost wake-ups */
+    _Atomic long sleeps;
+    int per_producer;
+    int nprod;
+    int lockstep; /* 1: one producer waits for each item to be popped before the next */
+} gate_test;
+
+static void gate_signal(gate_test *g) {
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&g->signaled, &expected, 1)) {
+        sem_post(&g->sem);
+    }
+}
+
+static void *gate_producer(void *vp) {
+    gate_test *g = (gate_test *)vp;
+    for (int i = 0; i < g->per_producer; i++) {
+        while (!omx_ring_try_push(g->ring, (void *)(size_t)(i + 1))) {
+            if (now() > deadline) {
+                return NULL;
+            }
+            sched_yield();
+        }
+        if (atomic_load(&g->waiting) > 0) { /* seq_cst, after the seq_cst claim */
+            gate_signal(g);
+        }
+        if (g->lockstep) { /* every item is a fresh race against a consumer going to sleep */
+            long left = (long)g->per_producer - i - 1;
+            while (atomic_load(&g->remaining) > left && now() < deadline) {
+                sched_yield();
+            }
+        } else if ((i & 255) == 0) {
+            sched_yield(); /* let consumers run dry and sleep now and then */
+        }
+    }
+    return NULL;
+}
+
+static void *gate_consumer(void *vp) {
+    gate_test *g = (gate_test *)vp;
+    void *p;
+    int woken = 0;
+    while (atomic_load(&g->remaining) > 0 && now() < deadline) {
+        if (omx_ring_try_pop(g->ring, &p)) {
+            if (woken && atomic_load(&g->waiting) > 0 && omx_ring_size(g->ring) > 0) {
+                gate_signal(g); /* pass the wake-up on */
+            }
+            woken = 0;
+            if (atomic_fetch_sub(&g->remaining, 1) == 1) {
+                for (int k = 0; k < NCONS; k++) {
+                    sem_post(&g->sem); /* finished: release every sleeper */
+                }
+            }
+            continue;
+        }
+        atomic_fetch_add(&g->waiting, 1);
+        if (omx_ring_size(g->ring) != 0 || atomic_load(&g->remaining) == 0) {
+            atomic_fetch_sub(&g->waiting, 1);
+            continue;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200000000L; /* 0.2 s: far longer than any hand-off */
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec += 1;
+            ts.tv_nsec -= 1000000000L;
+        }
+        atomic_fetch_add(&g->sleeps, 1);
+        int rc;
+        do {
+            rc = sem_timedwait(&g->sem, &ts);
+        } while (rc != 0 && errno == EINTR);
+        if (rc == 0) {
+            atomic_store(&g->signaled, 0);
+            woken = 1;
+        } else if (omx_ring_size(g->ring) != 0) {
+            atomic_fetch_add(&g->stalls, 1); /* slept 0.2 s with items inside */
+        }
+        atomic_fetch_sub(&g->waiting, 1);
+    }
+    return NULL;
+}
+
+static int run_gate(size_t capacity, int nprod, int n, int lockstep) {
+    gate_test g;
+    g.ring = omx_ring_new(capacity);
+    if (!g.ring || sem_init(&g.sem, 0, 0) != 0) {
+        fprintf(stderr, "gate test: setup failed\n");
+        return 1;
+    }
+    atomic_init(&g.waiting, 0);
+    atomic_init(&g.signaled, 0);
+    atomic_init(&g.remaining, (long)nprod * n);
+    atomic_init(&g.stalls, 0);
+    atomic_init(&g.sleeps, 0);
+    g.per_producer = n;
+    g.nprod = nprod;
+    g.lockstep = lockstep;
+    pthread_t pt[NPROD], ct[NCONS];
+    for (int c = 0; c < NCONS; c++) {
+        pthread_create(&ct[c], NULL, gate_consumer, &g);
+    }
+    for (int p = 0; p < nprod; p++) {
+        pthread_create(&pt[p], NULL, gate_producer, &g);
+    }
+    for (int p = 0; p < nprod; p++) {
+        pthread_join(pt[p], NULL);
+    }
+    for (int c = 0; c < NCONS; c++) {
+        pthread_join(ct[c], NULL);
+    }
+    int fail = atomic_load(&g.remaining) != 0 || atomic_load(&g.stalls) != 0;
+    printf("   sleep/wake capacity %-5zu %d x %d items%s, %ld sleeps, %ld stalls: %s\n", capacity, nprod, n,
+           lockstep ? " lock-step" : "", atomic_load(&g.sleeps), atomic_load(&g.stalls),
+           fail ? "FAIL" : "ok");
+    sem_destroy(&g.sem);
+    omx_ring_free(g.ring);
+    return fail;
+}
+
 int main(void) {
     CHECK(omx_ring_new(0) == NULL);
     CHECK(omx_ring_new(OMX_RING_MAX_CAPACITY + 1) == NULL);
@@ -290,5 +422,10 @@ int main(void) {
     for (size_t i = 0; i < sizeof caps2 / sizeof caps2[0]; i++) {
         fail |= run_threads(caps2[i], caps2[i] < 8 ? n / 10 : n);
     }
+    size_t caps3[] = {1, 4, 1024};
+    for (size_t i = 0; i < sizeof caps3 / sizeof caps3[0]; i++) {
+        fail |= run_gate(caps3[i], NPROD, n / 10, 0);
+    }
+    fail |= run_gate(4, 1, n / 10, 1);
     return fail;
 }

@@ -17,6 +17,15 @@ native ``ollamamax._ring_c.RingQueue``:
   the store: then :class:`QueueFull` is raised with ``.item`` (the pulled item, not
   stored) and ``.count`` (how many were stored before it).
 * ``get_many(max_items) -> list`` removes up to ``max_items`` oldest items.
+* ``get(timeout=None)`` / ``put(item, timeout=None)`` block while the queue is
+  empty / full (the GIL is released while waiting); when ``timeout`` seconds pass
+  they raise :class:`QueueEmpty` / :class:`QueueFull`.  ``timeout=None`` waits
+  without limit, ``0`` does not wait; a negative or NaN timeout is a ValueError.
+  ``get_many(max_items, timeout=0)`` and ``put_many(items, timeout=0)`` take the
+  same ``timeout`` (default: never wait): ``get_many`` waits for at least one item
+  (``[]`` when it expires); ``put_many`` waits for room whenever the queue is full
+  and returns how many it stored before the timeout expired.  Non-blocking calls
+  (``try_put``, ``get_nowait``, ...) wake blocked ones.
 * ``len()``, ``empty()``, ``full()`` are snapshots when other threads are active.
 
 Thread safety (this twin): it relies on single ``deque`` operations being atomic
@@ -25,7 +34,9 @@ builds).  Capacity is enforced with slot tokens: a producer takes a token
 (``tokens.pop()``) before it appends, a consumer returns one after ``popleft()``,
 so at most ``capacity`` items are ever inside and the steady state takes no lock.
 A ``threading.Lock`` only guards minting the first ``capacity`` tokens and the
-"full" answer.  Between a producer's token and its append (or a consumer's popleft
+"full" answer.  Blocking calls wait on two ``threading.Condition`` objects sharing
+one ``RLock``; the fast paths only test a waiter count (announced under that lock
+before the waiter re-checks the queue, so no wake-up is lost).  Between a producer's token and its append (or a consumer's popleft
 and its token return) another thread may briefly see the queue fuller than
 ``len()`` says -- the same transient window as the native ring's claimed slots.
 
@@ -54,6 +65,8 @@ from asyncio.events import _get_running_loop
 from collections import deque
 from collections.abc import Iterable
 from itertools import repeat
+from math import inf
+from time import monotonic
 from typing import Any, Generic, TypeVar
 
 from ._errors import QueueEmpty, QueueFull
@@ -78,6 +91,18 @@ def _check_int(value: object, what: str, minimum: int) -> int:
 _MAX_CAPACITY = 1 << 60
 
 
+def _deadline(timeout: float | None) -> float:
+    """monotonic() + timeout; ``inf`` for None (validates like the native ring)."""
+    if timeout is None:
+        return inf
+    if isinstance(timeout, (str, bytes)):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    t = float(timeout)
+    if not t >= 0.0:  # also rejects NaN
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    return monotonic() + t
+
+
 class RingQueue(Generic[T]):
     """Bounded multi-producer/multi-consumer FIFO (pure-Python twin).
 
@@ -91,9 +116,13 @@ class RingQueue(Generic[T]):
         "_append",
         "_cap",
         "_d",
+        "_getters",
+        "_items",
         "_minted",
         "_lock",
         "_popleft",
+        "_putters",
+        "_room",
         "_tokens",
         "_tpop",
         "_tput",
@@ -113,6 +142,14 @@ class RingQueue(Generic[T]):
         self._tput = self._tokens.append
         self._minted = 0  # tokens ever created (<= capacity), guarded by _lock
         self._lock = threading.Lock()
+        # Blocking calls: waiter counts (changed only under the conditions' lock)
+        # and the conditions they sleep on.  An RLock: a waiter that re-checks the
+        # queue under the lock may itself wake the other side.
+        wait_lock = threading.RLock()
+        self._items = threading.Condition(wait_lock)  # getters wait for items
+        self._room = threading.Condition(wait_lock)  # putters wait for room
+        self._getters = 0
+        self._putters = 0
 
     def _take_token(self) -> bool:
         try:
@@ -149,6 +186,8 @@ class RingQueue(Generic[T]):
             if not self._take_token():
                 return False
         self._append(item)
+        if self._getters:
+            self._wake(self._items)
         return True
 
     def try_get(self, default: Any = None) -> Any:
@@ -158,6 +197,8 @@ class RingQueue(Generic[T]):
         except IndexError:
             return default
         self._tput(None)
+        if self._putters:
+            self._wake(self._room)
         return item
 
     def put_nowait(self, item: T) -> None:
@@ -165,6 +206,8 @@ class RingQueue(Generic[T]):
         if not self._take_token():
             raise QueueFull(f"RingQueue is full (capacity {self._cap})")
         self._append(item)
+        if self._getters:
+            self._wake(self._items)
 
     def get_nowait(self) -> T:
         """Remove and return the oldest item; raise :class:`QueueEmpty` if empty."""
@@ -173,49 +216,150 @@ class RingQueue(Generic[T]):
         except IndexError:
             raise QueueEmpty("RingQueue is empty") from None
         self._tput(None)
+        if self._putters:
+            self._wake(self._room)
         return item
 
-    def put_many(self, items: Iterable[T]) -> int:
-        """Append items in order until full; return how many were stored (see module doc)."""
+    # -- blocking ------------------------------------------------------------
+    @staticmethod
+    def _wake(cond: threading.Condition, n: int = 1) -> None:
+        with cond:
+            cond.notify(n)
+
+    def _wait(self, for_items: bool, deadline: float) -> bool:
+        """Sleep until woken (True: retry) or ``deadline`` (False: timed out)."""
+        cond = self._items if for_items else self._room
+        with cond:
+            if for_items:
+                self._getters += 1
+            else:
+                self._putters += 1
+            try:
+                # re-check after announcing: a producer (consumer) that acted
+                # before the announcement is seen here, any later one wakes us
+                if (len(self._d) > 0) if for_items else (len(self._d) < self._cap):
+                    return True
+                left = deadline - monotonic()
+                if left <= 0.0:
+                    return False
+                return cond.wait(None if left == inf else left)
+            finally:
+                if for_items:
+                    self._getters -= 1
+                else:
+                    self._putters -= 1
+
+    def get(self, timeout: float | None = None) -> T:
+        """Remove and return the oldest item, waiting while the queue is empty.
+
+        Raises :class:`QueueEmpty` when ``timeout`` seconds pass (None: no limit).
+        """
+        deadline = _deadline(timeout)
+        while True:
+            item = self.try_get(_EMPTY)
+            if item is not _EMPTY:
+                return item
+            if not self._wait(True, deadline):
+                item = self.try_get(_EMPTY)
+                if item is _EMPTY:
+                    raise QueueEmpty("RingQueue.get timed out")
+                return item
+
+    def put(self, item: T, timeout: float | None = None) -> None:
+        """Append ``item``, waiting while the queue is full.
+
+        Raises :class:`QueueFull` when ``timeout`` seconds pass (item not stored).
+        """
+        deadline = _deadline(timeout)
+        while True:
+            if self.try_put(item):
+                return
+            if not self._wait(False, deadline):
+                if self.try_put(item):
+                    return
+                raise QueueFull(f"RingQueue.put timed out (capacity {self._cap})")
+
+    def put_many(self, items: Iterable[T], timeout: float | None = 0) -> int:
+        """Append items in order until full; return how many were stored (see module doc).
+
+        ``timeout``: seconds to wait for room whenever the queue is full (default
+        ``0``: never wait; ``None``: no limit).
+        """
+        waits = timeout is None or timeout != 0
+        deadline = _deadline(timeout) if waits else 0.0
         if type(items) is list or type(items) is tuple:
-            k = 0
             n = len(items)
-            take = self._take_token
-            while k < n and take():
-                k += 1
-            if k:
-                # one deque.extend: the run is contiguous, like the native batch push
-                self._d.extend(items if k == n else items[:k])
+            k = self._put_run(items, 0, n)
+            while waits and k < n:
+                woken = self._wait(False, deadline)
+                k += self._put_run(items, k, n)
+                if not woken:
+                    break
             return k
         count = 0
         it = iter(items)
-        while len(self._d) < self._cap:
+        while True:
+            while len(self._d) >= self._cap:
+                if (not waits or not self._wait(False, deadline)) and len(self._d) >= self._cap:
+                    return count
             try:
                 item = next(it)
             except StopIteration:
                 break
-            if not self._take_token():
+            while not self._take_token():
+                if waits and self._wait(False, deadline):
+                    continue
                 exc = QueueFull(f"RingQueue became full while put_many held an item ({count} stored)")
                 exc.item = item  # type: ignore[attr-defined]
                 exc.count = count  # type: ignore[attr-defined]
                 raise exc
             self._append(item)
+            if self._getters:
+                self._wake(self._items)
             count += 1
         return count
 
-    def get_many(self, max_items: int) -> list[T]:
-        """Remove and return up to ``max_items`` of the oldest items, in order."""
+    def _put_run(self, items: list[T] | tuple[T, ...], start: int, n: int) -> int:
+        """Store the longest run of items[start:n] that fits; return its length."""
+        k = start
+        take = self._take_token
+        while k < n and take():
+            k += 1
+        if k > start:
+            # one deque.extend: the run is contiguous, like the native batch push
+            self._d.extend(items if (start == 0 and k == n) else items[start:k])
+            if self._getters:
+                self._wake(self._items, k - start)
+        return k - start
+
+    def get_many(self, max_items: int, timeout: float | None = 0) -> list[T]:
+        """Remove and return up to ``max_items`` of the oldest items, in order.
+
+        ``timeout``: seconds to wait for at least one item while the queue is
+        empty (default ``0``: never wait; ``None``: no limit); ``[]`` when it expires.
+        """
         n = _check_int(max_items, "max_items", 0)
+        waits = timeout is None or timeout != 0
+        deadline = _deadline(timeout) if waits else 0.0
         out: list[T] = []
+        if n == 0:
+            return out
         popleft = self._popleft
-        try:
-            for _ in range(min(n, self._cap)):
-                out.append(popleft())
-        except IndexError:
-            pass
-        if out:
-            self._tokens.extend(repeat(None, len(out)))
-        return out
+        woken = True
+        while True:
+            try:
+                for _ in range(min(n, self._cap)):
+                    out.append(popleft())
+            except IndexError:
+                pass
+            if out:
+                self._tokens.extend(repeat(None, len(out)))
+                if self._putters:
+                    self._wake(self._room, len(out))
+                return out
+            if not waits or not woken:
+                return out
+            woken = self._wait(True, deadline)
 
     def __repr__(self) -> str:
         return f"<RingQueue size={len(self._d)} capacity={self._cap}>"

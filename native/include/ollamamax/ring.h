@@ -67,7 +67,10 @@ OMX_RING_API size_t omx_ring_pop_many(omx_ring *r, void **out, size_t n);
 OMX_RING_API int omx_ring_visit(const omx_ring *r, int (*fn)(void *item, void *ctx), void *ctx);
 
 /* Number of items inside: exact when no other thread is using the ring, a
- * snapshot in [0, capacity] otherwise (slots claimed by in-flight pushes count). */
+ * snapshot in [0, capacity] otherwise (slots claimed by in-flight pushes count).
+ * Loads tail then head with seq_cst; together with the seq_cst claims of every
+ * push/pop this lets a caller build a sleep/wake protocol without fences on the
+ * fast path (see "SLEEP/WAKE CONTRACT" in ring.c). */
 OMX_RING_API size_t omx_ring_size(const omx_ring *r);
 
 #ifdef __cplusplus
