@@ -1,0 +1,30 @@
+"""The dispatcher: run many Ollama hosts as one.
+
+``Dispatcher`` answers every Ollama and OpenAI-compatible route over a set of hosts
+(see ``core.py`` for the request path, ``routes.py`` for the route table);
+``DispatcherConfig`` / ``HostConfig`` hold its knobs (``_types.py``) and
+``DispatchResponse`` is what ``Dispatcher.handle()`` returns to a front end.
+
+Embedded use, no gateway hop (names and return shapes follow ``ollama.AsyncClient``)::
+
+    from ollamamax.dispatch import Dispatcher, HostConfig
+
+    async with Dispatcher(["http://gpu1:11434", HostConfig("http://gpu2:11434", max_concurrency=4)],
+                          strategy="affinity") as d:
+        reply = await d.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
+        async for part in await d.generate(model="llama3.2", prompt="hi", stream=True):
+            print(part["response"], end="")
+        print(d.status())
+
+Errors raise :class:`ResponseError` (same ``error`` / ``status_code`` / ``str()`` as
+``ollama.ResponseError``).  Per-host in-flight limit: ``HostConfig.max_concurrency``, else
+``DispatcherConfig.max_in_flight_per_host`` (default 8).
+"""
+
+from __future__ import annotations
+
+from ._types import DispatcherConfig, DispatchResponse, HostConfig
+from .core import Dispatcher
+from .errors import ResponseError
+
+__all__ = ["DispatchResponse", "Dispatcher", "DispatcherConfig", "HostConfig", "ResponseError"]

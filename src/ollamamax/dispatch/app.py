@@ -1,0 +1,332 @@
+"""The gateway as an aiohttp application: every method and path goes to ``dispatcher.handle``.
+
+``create_app(dispatcher)`` returns a :class:`aiohttp.web.Application` that ``ollamamax serve``
+runs, and that an existing aiohttp service can mount as a sub-application::
+
+    async with Dispatcher(["http://gpu1:11434", "http://gpu2:11434"]) as d:
+        parent.add_subapp("/ollama", create_app(d, api_keys=["k1"]))
+
+The front end owns transport concerns only (see ``_types.py`` for the contract):
+
+* **Authentication** (optional).  When any key is configured, every route needs
+  ``Authorization: Bearer <key>`` (an api or admin key): missing or wrong -> 401 with
+  Ollama's ``{"error": "unauthorized"}`` (OpenAI's error object on ``/v1``).  The model
+  management routes ``/api/pull``, ``/api/push``, ``/api/create``, ``/api/copy``,
+  ``/api/delete`` and blob uploads need an admin key -> 403 otherwise (the path is checked
+  after collapsing ``//``, ``.``/``..`` segments, a trailing slash and case, so no spelling
+  of an admin route slips through).  Keys are compared in
+  constant time; the gateway's ``Authorization`` header is not passed to the dispatcher
+  (upstream credentials belong in ``HostConfig.headers``).  Keys apply to ``GET /`` too, so
+  an unauthenticated health probe should use TCP checks or a key.
+* **Body size**.  A ``Content-Length`` over ``max_body_size`` is refused with 413 before
+  anything is read; a chunked body is counted while it is read and refused the moment it
+  passes the limit (this works the same when mounted, where the parent's
+  ``client_max_size`` would otherwise apply).  413 responses close the connection.  With
+  ``Expect: 100-continue`` the 401/403/413 answer comes before the client sends the body.
+* **Streaming** without buffering: status and headers are sent when the dispatcher answers,
+  then each chunk is written as it arrives (no compression).
+* **Disconnects**.  ``resp.aclose()`` runs in a ``finally`` on every path.  A client that
+  goes away cancels the handler: aiohttp does that itself when the server runs with
+  ``handler_cancellation=True`` (``ollamamax serve`` does); otherwise (e.g. mounted in an
+  app run with aiohttp's default) a cheap timer notices the closed transport within
+  ``disconnect_check_interval`` seconds, so a stalled or queued request never outlives its
+  client.  Cancelling makes the dispatcher drop the upstream request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import posixpath
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiohttp import HttpVersion11, web
+from multidict import CIMultiDict
+
+from ._types import (
+    HEADER_ATTEMPTS,
+    HEADER_COLD,
+    HEADER_HOST,
+    HEADER_QUEUE_MS,
+    DispatchResponse,
+)
+
+__all__ = ["create_app", "DEFAULT_MAX_BODY_SIZE", "ADMIN_PATHS", "GATEWAY_KEY", "Gateway"]
+
+log = logging.getLogger("ollamamax.gateway")
+
+DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
+ADMIN_PATHS = frozenset({"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"})
+
+# Headers that describe one hop's framing; aiohttp computes its own.
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer",
+     "upgrade", "proxy-connection"}
+)
+_JSON_CT = "application/json; charset=utf-8"
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
+                 403: "permission_error", 404: "not_found_error", 413: "invalid_request_error"}
+_MULTI_SLASH = re.compile(r"/{2,}")
+
+
+class Gateway:
+    """The request handler behind :func:`create_app` (one per application)."""
+
+    def __init__(
+        self,
+        dispatcher: Any,
+        *,
+        api_keys: Iterable[str] = (),
+        admin_keys: Iterable[str] = (),
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        disconnect_check_interval: float = 0.25,
+    ) -> None:
+        if max_body_size <= 0:
+            raise ValueError("max_body_size must be positive")
+        if disconnect_check_interval <= 0:
+            raise ValueError("disconnect_check_interval must be positive")
+        admin = tuple(admin_keys)
+        user = tuple(api_keys)
+        for k in admin + user:
+            if not isinstance(k, str) or not k.strip() or k != k.strip():
+                raise ValueError("API keys must be non-empty strings without surrounding space")
+        self.dispatcher = dispatcher
+        self._admin_keys = tuple(k.encode() for k in admin)
+        self._user_keys = tuple(k.encode() for k in user) + self._admin_keys
+        self.auth_enabled = bool(self._user_keys)
+        self.max_body_size = int(max_body_size)
+        self.disconnect_check_interval = float(disconnect_check_interval)
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _key_matches(presented: bytes, keys: tuple[bytes, ...]) -> bool:
+        ok = False
+        for k in keys:  # every key is compared: time does not depend on which one matched
+            ok |= hmac.compare_digest(presented, k)
+        return ok
+
+    @staticmethod
+    def _is_admin_path(method: str, path: str) -> bool:
+        # Be stricter than any router could be lenient: "//", "/./", "/x/../", a trailing
+        # slash, %-escapes (already decoded by aiohttp) and case all count as the admin route.
+        p = posixpath.normpath(_MULTI_SLASH.sub("/", path)).lower()
+        if p in ADMIN_PATHS:
+            return True
+        return p.startswith("/api/blobs") and method not in ("GET", "HEAD")
+
+    @staticmethod
+    def error_response(path: str, status: int, message: str, *, code: str | None = None,
+                       headers: Mapping[str, str] | None = None) -> web.Response:
+        """An error in the shape the route's clients expect (Ollama or OpenAI)."""
+        if path == "/v1" or path.startswith("/v1/"):
+            payload: dict[str, Any] = {"error": {
+                "message": message,
+                "type": _OPENAI_TYPES.get(status, "api_error"),
+                "param": None,
+                "code": code,
+            }}
+        else:
+            payload = {"error": message}
+        hdrs = {
+            "Content-Type": _JSON_CT,
+            HEADER_HOST: "-",
+            HEADER_COLD: "0",
+            HEADER_QUEUE_MS: "0",
+            HEADER_ATTEMPTS: "0",
+        }
+        if headers:
+            hdrs.update(headers)
+        return web.Response(status=status, headers=hdrs,
+                            body=json.dumps(payload, separators=(",", ":")).encode())
+
+    def _too_large(self, path: str, detail: str) -> web.Response:
+        resp = self.error_response(
+            path, 413,
+            f"request body too large: {detail} exceeds the limit of {self.max_body_size} bytes",
+        )
+        resp.force_close()  # the rest of the body is never read
+        return resp
+
+    @staticmethod
+    def _out_headers(headers: Mapping[str, str]) -> dict[str, str]:
+        return {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes | None:
+        """The body, or ``None`` once it passes ``max_body_size``."""
+        if not request.body_exists:
+            return b""
+        limit = self.max_body_size
+        content = request.content
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                return None
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    # ------------------------------------------------------------------ the handler
+
+    @staticmethod
+    def _path(request: web.BaseRequest) -> str:
+        tail = request.match_info.get("tail")
+        return "/" + tail if tail is not None else request.path
+
+    def precheck(self, request: web.BaseRequest, path: str) -> web.Response | None:
+        """401 / 403 / 413 decided from the request head alone, or ``None`` to go on."""
+        if self.auth_enabled:
+            auth = request.headers.get("Authorization", "")
+            scheme, _, presented = auth.partition(" ")
+            key = presented.strip().encode() if scheme.lower() == "bearer" else b""
+            if not key or not self._key_matches(key, self._user_keys):
+                resp = self.error_response(path, 401, "unauthorized", code="invalid_api_key",
+                                           headers={"WWW-Authenticate": "Bearer"})
+                if request.body_exists:
+                    resp.force_close()  # do not wait for (or read) a body we refuse
+                return resp
+            if (self._is_admin_path(request.method, path)
+                    and not self._key_matches(key, self._admin_keys)):
+                resp = self.error_response(path, 403, "forbidden: this route needs an admin key")
+                if request.body_exists:
+                    resp.force_close()
+                return resp
+        length = request.content_length
+        if length is not None and length > self.max_body_size:
+            return self._too_large(path, f"Content-Length {length}")
+        return None
+
+    async def expect_handler(self, request: web.Request) -> web.Response | None:
+        """``Expect: 100-continue``: refuse (401/403/413) before the client sends the body."""
+        refused = self.precheck(request, self._path(request))
+        if refused is not None:
+            return refused
+        if request.version == HttpVersion11:
+            if request.headers.get("Expect", "").lower() != "100-continue":
+                return self.error_response(self._path(request), 417, "expectation failed")
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        return None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = self._path(request)
+        method = request.method
+        headers: Mapping[str, str] = request.headers
+        refused = self.precheck(request, path)
+        if refused is not None:
+            return refused
+        if self.auth_enabled:  # the gateway's credentials are not passed on
+            fwd = CIMultiDict(request.headers)
+            fwd.popall("Authorization", None)
+            headers = fwd
+
+        task = asyncio.current_task()
+        watch = _DisconnectWatch(request, task, self.disconnect_check_interval)
+        try:
+            body = await self._read_body(request)
+            if body is None:
+                return self._too_large(path, "body")
+            try:
+                resp: DispatchResponse = await self.dispatcher.handle(
+                    method, path, body, headers, query=request.rel_url.raw_query_string
+                )
+            except Exception:
+                log.exception("dispatcher failed on %s %s", method, path)
+                return self.error_response(path, 500, "internal error in ollamamax gateway")
+            try:
+                out_headers = self._out_headers(resp.headers)
+                if resp.stream is None:
+                    return web.Response(status=resp.status, headers=out_headers,
+                                        body=resp.body or b"")
+                out = web.StreamResponse(status=resp.status, headers=out_headers)
+                await out.prepare(request)
+                try:
+                    async for chunk in resp.stream:
+                        if chunk:
+                            await out.write(chunk)
+                    await out.write_eof()
+                except (ConnectionError, OSError):  # client went away mid-write
+                    log.debug("client disconnected during %s %s", method, path)
+                return out
+            finally:
+                watch.stop()  # nothing of ours may interrupt the close
+                await resp.aclose()
+        finally:
+            watch.stop()
+
+
+class _DisconnectWatch:
+    """Cancels the handler's task when the client's transport closes (polling timer)."""
+
+    __slots__ = ("_request", "_task", "_interval", "_handle", "_loop")
+
+    def __init__(self, request: web.BaseRequest, task: asyncio.Task[Any] | None,
+                 interval: float) -> None:
+        self._request = request
+        self._task = task
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = (
+            self._loop.call_later(interval, self._check) if task is not None else None
+        )
+
+    def _check(self) -> None:
+        self._handle = None
+        transport = self._request.transport
+        if transport is None or transport.is_closing():
+            assert self._task is not None
+            log.debug("client gone; cancelling %s %s", self._request.method, self._request.path)
+            self._task.cancel()
+            return
+        self._handle = self._loop.call_later(self._interval, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("ollamamax_gateway", Gateway)
+
+
+def create_app(
+    dispatcher: Any,
+    *,
+    api_keys: Iterable[str] = (),
+    admin_keys: Iterable[str] = (),
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    disconnect_check_interval: float = 0.25,
+    observability: bool = True,
+    public_observability: bool = False,
+) -> web.Application:
+    """An aiohttp application serving the Ollama and OpenAI APIs through ``dispatcher``.
+
+    ``dispatcher`` is a started :class:`~ollamamax.dispatch.Dispatcher` (or anything with the
+    same ``handle()``); the application does not own it and never closes it.
+
+    With ``observability`` (the default) the app also serves ``GET /metrics`` (Prometheus),
+    ``/ollamamax/`` (HTML status page) and ``/ollamamax/status`` (JSON) and records this
+    process's GC pauses; see :mod:`ollamamax.dispatch.metrics`.  They need an API key when
+    keys are set, unless ``public_observability``.
+    """
+    gateway = Gateway(dispatcher, api_keys=api_keys, admin_keys=admin_keys,
+                      max_body_size=max_body_size,
+                      disconnect_check_interval=disconnect_check_interval)
+    # client_max_size only matters if someone calls request.read(); the gateway counts itself.
+    app = web.Application(client_max_size=max_body_size)
+    app[GATEWAY_KEY] = gateway
+    if observability:  # before the catch-all, so older aiohttp also resolves them first
+        from .metrics import install_observability
+
+        install_observability(app, dispatcher, public=public_observability)
+    app.router.add_route("*", "/{tail:.*}", gateway.handle,
+                         expect_handler=gateway.expect_handler)
+    return app

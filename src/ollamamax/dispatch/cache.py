@@ -1,0 +1,114 @@
+"""Response cache for deterministic requests (an ``LFUCache`` with TTL).
+
+What is cached
+    * always (unless ``cache_size == 0``): ``/api/embed``, ``/api/embeddings``,
+      ``/v1/embeddings`` — embeddings are a pure function of model and input;
+    * with ``cache_generate=True``: ``/api/generate``, ``/api/chat``, ``/v1/completions``,
+      ``/v1/chat/completions`` when the sampling is deterministic, i.e.
+      ``options.temperature == 0`` and ``options.seed`` set (native) or
+      ``temperature == 0`` and ``seed`` set (``/v1``).  A streamed answer is cached as
+      its full byte stream and replayed chunk by chunk.
+
+Only complete 200 answers are stored.  The key is ``(path, normalised model,
+blake2b(canonical body))`` where the canonical body is the parsed request re-encoded
+with sorted keys, minus ``keep_alive`` (which changes residency, not the answer).  The
+model string as sent stays in the canonical body, because the answer echoes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+__all__ = ["CachedResponse", "ResponseCache"]
+
+MAX_CACHED_BYTES = 4 * 1024 * 1024  # larger answers are not cached
+
+EMBED_PATHS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
+GEN_PATHS = frozenset({"/api/generate", "/api/chat", "/v1/completions", "/v1/chat/completions"})
+
+
+class CachedResponse:
+    __slots__ = ("status", "headers", "body", "chunks")
+
+    def __init__(
+        self, status: int, headers: dict[str, str], body: bytes | None, chunks: tuple[bytes, ...] | None
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.chunks = chunks
+
+
+def _deterministic(path: str, obj: dict[str, Any]) -> bool:
+    if path.startswith("/v1/"):
+        temp, seed = obj.get("temperature"), obj.get("seed")
+    else:
+        opts = obj.get("options")
+        if not isinstance(opts, dict):
+            return False
+        temp, seed = opts.get("temperature"), opts.get("seed")
+    return (
+        isinstance(temp, (int, float))
+        and not isinstance(temp, bool)
+        and temp == 0
+        and isinstance(seed, int)
+        and not isinstance(seed, bool)
+    )
+
+
+class ResponseCache:
+    def __init__(self, size: int, ttl: float | None, *, cache_generate: bool = False) -> None:
+        self.enabled = size > 0
+        self.cache_generate = cache_generate
+        self.hits = 0
+        self.misses = 0
+        self._lfu: Any = None
+        if self.enabled:
+            from .. import LFUCache
+
+            self._lfu = LFUCache(size, ttl=ttl)
+
+    def cacheable_route(self, path: str) -> bool:
+        """Routes that carry the X-Ollamamax-Cache header (whether or not cached)."""
+        return self.enabled and (path in EMBED_PATHS or (self.cache_generate and path in GEN_PATHS))
+
+    def key_for(self, path: str, model: str, obj: dict[str, Any]) -> tuple[str, str, bytes] | None:
+        """Cache key, or None when this request must not be cached."""
+        if not self.enabled:
+            return None
+        if path not in EMBED_PATHS:
+            if not (self.cache_generate and path in GEN_PATHS and _deterministic(path, obj)):
+                return None
+        if "keep_alive" in obj:
+            obj = {k: v for k, v in obj.items() if k != "keep_alive"}
+        try:
+            canon = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+        except (TypeError, ValueError):  # pragma: no cover - came from json.loads
+            return None
+        return (path, model, hashlib.blake2b(canon, digest_size=16).digest())
+
+    def get(self, key: tuple[str, str, bytes]) -> CachedResponse | None:
+        hit: CachedResponse | None = self._lfu.get(key)
+        if hit is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return hit
+
+    def put(self, key: tuple[str, str, bytes], value: CachedResponse) -> None:
+        size = len(value.body) if value.body is not None else sum(map(len, value.chunks or ()))
+        if size <= MAX_CACHED_BYTES:
+            self._lfu.set(key, value)
+
+    def clear(self) -> None:
+        if self._lfu is not None:
+            self._lfu.clear()
+
+    def stats(self) -> dict[str, int]:
+        out = {"hits": self.hits, "misses": self.misses}
+        if self._lfu is not None:
+            h, m, ev, maxsize, cur = self._lfu.stats()
+            out.update(evictions=ev, maxsize=maxsize, currsize=cur)
+        return out

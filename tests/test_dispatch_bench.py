@@ -1,0 +1,113 @@
+"""Dispatcher overhead benchmark (marked ``bench``; skipped in the default run).
+
+Run:  PYTHONPATH=src python -m pytest tests/test_dispatch_bench.py -m bench -s -q
+
+One emulated host runs in a child process (pinned to CPU 1 when ``taskset`` exists);
+this process (pinned to CPU 0) sends the same requests through a plain aiohttp client
+(the reference) and through ``Dispatcher.handle()``, interleaved over several rounds.
+It prints the median throughputs, their ratio and the implied added cost per request;
+nothing about speed is asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import aiohttp
+import pytest
+
+from ollamamax.dispatch import Dispatcher
+
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(600)]
+
+CHILD = """
+import asyncio, sys
+from ollamamax.testing import FakeOllama
+async def main():
+    async with FakeOllama(models=["llama3.2"], preload=["llama3.2"], tokens_per_sec=0, load_delay=0,
+                          num_parallel=64, response_tokens=(16, 16)) as h:
+        print(h.url, flush=True)
+        await asyncio.Event().wait()
+try:
+    import uvloop
+    uvloop.install()
+except ImportError:
+    pass
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def host_url() -> Iterator[str]:
+    cmd = [sys.executable, "-c", CHILD]
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        cmd = ["taskset", "-c", "1", *cmd]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().decode().strip()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def _rate(fn: Callable[[], Awaitable[None]], n: int, concurrency: int) -> tuple[float, float]:
+    """(requests per wall second, CPU microseconds of this process per request)."""
+    it = iter(range(n))
+
+    async def worker() -> None:
+        for _ in it:
+            await fn()
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
+async def test_dispatcher_overhead_vs_plain_client(host_url: str, stream: bool) -> None:
+    n, concurrency, rounds = 2000, 16, 5
+    body = json.dumps({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": stream}).encode()
+    hdrs = {"Content-Type": "application/json"}
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {0})
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s,
+        Dispatcher([host_url], max_in_flight_per_host=concurrency, refresh_interval=60) as d,
+    ):
+
+        async def direct() -> None:
+            async with s.post(host_url + "/api/chat", data=body, headers=hdrs) as r:
+                async for _ in r.content.iter_any():
+                    pass
+
+        async def via() -> None:
+            r = await d.handle("POST", "/api/chat", body, hdrs)
+            await r.read()
+
+        await _rate(direct, n // 4, concurrency)  # warm both paths
+        await _rate(via, n // 4, concurrency)
+        ref, ours = [], []
+        for _ in range(rounds):
+            ref.append(await _rate(direct, n, concurrency))
+            ours.append(await _rate(via, n, concurrency))
+    r = sorted(x[0] for x in ref)[rounds // 2]
+    o = sorted(x[0] for x in ours)[rounds // 2]
+    rc = sorted(x[1] for x in ref)[rounds // 2]
+    oc = sorted(x[1] for x in ours)[rounds // 2]
+    print(
+        f"\n[dispatch bench, {'stream' if stream else 'body'}] median of {rounds} interleaved rounds x {n} chat "
+        f"requests, concurrency {concurrency}: plain aiohttp {r:.0f} req/s ({rc:.0f} us CPU/req), "
+        f"Dispatcher.handle {o:.0f} req/s ({oc:.0f} us CPU/req); throughput ratio {o / r:.2f}, "
+        f"CPU ratio {oc / rc:.2f} (+{oc - rc:.0f} us CPU per request)"
+    )

@@ -1,0 +1,264 @@
+"""Unit tests of the dispatcher's pieces (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from ollamamax import QueueFull
+from ollamamax.dispatch import DispatcherConfig, HostConfig
+from ollamamax.dispatch.admission import Admission
+from ollamamax.dispatch.cache import ResponseCache
+from ollamamax.dispatch.core import _is_zero_keep_alive
+from ollamamax.dispatch.errors import go_json_error
+from ollamamax.dispatch.health import Health
+from ollamamax.dispatch.hosts import HostState, display_name, host_name_from_url, normalize_model
+from ollamamax.dispatch.routes import lookup
+from ollamamax.dispatch.routes import parse_time as _parse_time
+from ollamamax.dispatch.routes import version_key as _version_key
+from ollamamax.dispatch.strategies import (
+    AffinityStrategy,
+    HashRing,
+    Pick,
+    RoundRobinStrategy,
+    chat_prefix_hashes,
+    make_strategy,
+    stable_hash,
+)
+
+
+def mk_hosts(n: int, cap: int = 2) -> list[HostState]:
+    hosts = []
+    for i in range(n):
+        url = f"http://10.0.0.{i + 1}:11434"
+        h = HostState(index=i, config=HostConfig(url), name=host_name_from_url(url), url=url, capacity=cap)
+        h.down = False
+        hosts.append(h)
+    return hosts
+
+
+@pytest.mark.parametrize(
+    ("name", "norm"),
+    [
+        ("llama3.2", "llama3.2:latest"),
+        ("Llama3.2:Latest", "llama3.2:latest"),
+        ("registry.ollama.ai/library/qwen3:8b", "qwen3:8b"),
+        ("library/gemma3", "gemma3:latest"),
+        ("me/model", "me/model:latest"),
+        ("host:5000/me/model", "host:5000/me/model:latest"),
+    ],
+)
+def test_normalize_model(name: str, norm: str) -> None:
+    assert normalize_model(name) == norm
+
+
+def test_display_name_keeps_case() -> None:
+    assert display_name("NoSuch") == "NoSuch:latest"
+    assert display_name("registry.ollama.ai/library/x:1b") == "x:1b"
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ("{", "unexpected EOF"),
+        ('{"a": "b', "unexpected EOF"),
+        ("x", "invalid character 'x' looking for beginning of value"),
+        ("{x", "invalid character 'x' looking for beginning of object key string"),
+        ('{"a" 1}', "invalid character '1' after object key"),
+        ('{"a": 1 "b": 2}', "invalid character '\"' after object key:value pair"),
+        ("[1 2]", "invalid character '2' after array element"),
+    ],
+)
+def test_go_json_error(doc: str, message: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as exc:
+        json.loads(doc)
+    assert go_json_error(exc.value) == message
+
+
+def test_zero_keep_alive_forms() -> None:
+    for v in (0, 0.0, "0", "0s", "0m", "0h0m0s"):
+        assert _is_zero_keep_alive(v), v
+    for v in (None, False, 1, "5m", "-1", -1, "x", [0]):
+        assert not _is_zero_keep_alive(v), v
+
+
+def test_parse_time_and_version_key() -> None:
+    a = _parse_time("2026-01-01T00:00:00.123456789Z")
+    b = _parse_time("2026-01-01T01:00:00+01:00")
+    assert abs(a - b - 0.123456) < 1e-3
+    assert _parse_time("2318-01-01T00:00:00Z") > a
+    assert _parse_time("garbage") == 0.0 and _parse_time(None) == 0.0
+    assert _version_key("0.10.1") > _version_key("0.9.20")
+    assert _version_key("0.0.0-rc1") == (0, 0, 0)
+
+
+def test_routes_table() -> None:
+    assert lookup("POST", "/api/chat").kind == "model"  # type: ignore[union-attr]
+    assert lookup("GET", "/api/chat") is None
+    assert lookup("GET", "/v1/models/llama3.2").kind == "v1_model"  # type: ignore[union-attr]
+    assert lookup("HEAD", "/api/blobs/sha256:abc").kind == "blobs"  # type: ignore[union-attr]
+    assert lookup("DELETE", "/api/delete").kind == "delete"  # type: ignore[union-attr]
+    assert lookup("GET", "/nope") is None
+
+
+async def test_admission_slots_fifo_timeout_and_cancel() -> None:
+    hosts = mk_hosts(2, cap=1)
+    a, b = hosts
+    adm = Admission(hosts, queue_size=3)
+    assert adm.try_acquire(a) and not adm.try_acquire(a)
+    assert adm.try_acquire(b)
+    w1 = asyncio.create_task(adm.wait([a], 5))
+    w2 = asyncio.create_task(adm.wait([a, b], 5))
+    w3 = asyncio.create_task(adm.wait([b], 5))
+    await asyncio.sleep(0)
+    assert adm.waiting == 3
+    assert (a.queued, b.queued) == (2, 2)
+    with pytest.raises(QueueFull):
+        await adm.wait([a], 5)
+    adm.release(a)  # -> w1 (head of A's queue)
+    assert await w1 is a
+    adm.release(b)  # -> w2 (older than w3, accepts B)
+    assert await w2 is b
+    adm.release(a)  # nobody waits for A alone: slot stays free
+    assert a.in_flight == 0 and not w3.done()
+    adm.release(b)
+    assert await w3 is b
+    assert adm.waiting == 0 and a.queued == 0 and b.queued == 0
+    # timeout
+    with pytest.raises((TimeoutError, asyncio.TimeoutError)):
+        await adm.wait([b], 0.01)
+    # cancellation of a waiter that was just granted gives the slot back
+    t = asyncio.create_task(adm.wait([b], 5))
+    await asyncio.sleep(0)
+    adm.release(b)  # grants t
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    assert b.in_flight == 0 and adm.try_acquire(b)
+    adm.release(b)
+    adm.release(a) if a.in_flight else None
+    assert a.in_flight == 0 and b.in_flight == 0
+
+
+async def test_admission_down_host_not_granted_and_kick() -> None:
+    (a,) = mk_hosts(1, cap=1)
+    adm = Admission([a], queue_size=4)
+    assert adm.try_acquire(a)
+    t = asyncio.create_task(adm.wait([a], 5))
+    await asyncio.sleep(0)
+    a.down = True
+    adm.release(a)
+    await asyncio.sleep(0)
+    assert not t.done() and a.in_flight == 0
+    assert not adm.try_acquire(a)
+    a.down = False
+    adm.kick(a)
+    assert await t is a
+
+
+async def test_admission_compacts_stale_entries() -> None:
+    a, b = mk_hosts(2, cap=1)
+    adm = Admission([a, b], queue_size=2)
+    adm.try_acquire(a)
+    adm.try_acquire(b)
+    # many waiters that accept both are granted by B: A's ring fills with stale entries
+    for _ in range(10):
+        t = asyncio.create_task(adm.wait([a, b], 5))
+        await asyncio.sleep(0)
+        adm.release(b)
+        assert await t is b
+    assert a.waiters.qsize() <= 2
+    t = asyncio.create_task(adm.wait([a], 5))
+    await asyncio.sleep(0)
+    adm.release(a)
+    assert await t is a
+
+
+def test_health_ejects_and_doubles_cooldown() -> None:
+    cfg = DispatcherConfig(eject_after_failures=2, eject_cooldown=1.0, eject_max_cooldown=3.0)
+    health = Health(cfg)
+    (h,) = mk_hosts(1)
+    assert not health.record_failure(h)
+    health.record_success(h)
+    assert not health.record_failure(h)
+    assert health.record_failure(h)
+    assert h.down and health.ejections_total == 1
+    c1 = h.ejected_until - h.last_ejected
+    health.probe_failed(h)
+    c2 = h.ejected_until - h.last_ejected
+    health.probe_failed(h)
+    c3 = h.ejected_until - h.last_ejected
+    assert (c1, c2, c3) == (1.0, 2.0, 3.0)  # doubled, capped
+    assert health.reinstate(h) and not h.down
+    assert not health.reinstate(h)
+
+
+def test_hash_ring_is_stable_and_balanced() -> None:
+    hosts = mk_hosts(4)
+    r1, r2 = HashRing(hosts), HashRing(mk_hosts(4))
+    keys = [f"k{i}".encode() for i in range(2000)]
+    assert [r1.walk(k) for k in keys] == [r2.walk(k) for k in keys]
+    counts = [0] * 4
+    for k in keys:
+        counts[r1.walk(k)[0]] += 1
+    assert min(counts) > 250  # no host starves
+    assert stable_hash(b"x") == stable_hash(b"x")  # not Python's randomised hash()
+    # removing a host only moves its own keys
+    r3 = HashRing(hosts[:3])
+    moved = sum(1 for k in keys if r1.walk(k)[0] != 3 and r3.walk(k)[0] != r1.walk(k)[0])
+    assert moved == 0
+
+
+def test_affinity_prefix_memory_and_bounded_load() -> None:
+    hosts = mk_hosts(3, cap=4)
+    s = AffinityStrategy(hosts)
+    msgs = [{"role": "user", "content": "hello"}]
+    p1 = Pick("m", prefixes=chat_prefix_hashes("m", msgs))
+    first = s.order(hosts, p1)[0]
+    s.observe(p1, first)
+    longer = [*msgs, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}]
+    p2 = Pick("m", prefixes=chat_prefix_hashes("m", longer))
+    assert s.order(hosts, p2)[0] is first
+    # overload the home host: it moves to the end
+    first.in_flight = 4
+    assert s.order(hosts, p2)[0] is not first
+    assert chat_prefix_hashes("m", "not a list") == []
+
+
+def test_round_robin_and_factory() -> None:
+    hosts = mk_hosts(3)
+    rr = RoundRobinStrategy()
+    firsts = [rr.order(hosts, Pick("m"))[0].index for _ in range(6)]
+    assert firsts == [0, 1, 2, 0, 1, 2]
+    for name in ("least-loaded", "p2c", "round-robin", "latency", "affinity"):
+        assert make_strategy(name, hosts).name == name
+    with pytest.raises(ValueError):
+        make_strategy("nope", hosts)
+
+
+def test_cache_keys() -> None:
+    c = ResponseCache(16, None)
+    k1 = c.key_for("/api/embed", "m:latest", {"model": "m", "input": "x", "keep_alive": 5})
+    k2 = c.key_for("/api/embed", "m:latest", {"input": "x", "model": "m"})
+    assert k1 == k2
+    assert c.key_for("/api/chat", "m:latest", {"model": "m"}) is None  # not opted in
+    g = ResponseCache(16, None, cache_generate=True)
+    assert g.key_for("/api/chat", "m", {"model": "m", "options": {"temperature": 0, "seed": 1}}) is not None
+    assert g.key_for("/api/chat", "m", {"model": "m", "options": {"temperature": 0.5, "seed": 1}}) is None
+    assert g.key_for("/v1/chat/completions", "m", {"model": "m", "temperature": 0, "seed": 1}) is not None
+    assert g.key_for("/v1/chat/completions", "m", {"model": "m", "temperature": 0}) is None
+    assert ResponseCache(0, None).key_for("/api/embed", "m", {}) is None
+
+
+def test_path_parameters_are_validated() -> None:
+    from ollamamax.dispatch.routes import _DIGEST, _MODEL_IN_PATH
+
+    assert _DIGEST.fullmatch("sha256:" + "a" * 64)
+    assert not _DIGEST.fullmatch("../pull")
+    assert not _DIGEST.fullmatch("sha256:" + "a" * 63)
+    assert _MODEL_IN_PATH.fullmatch("llama3.2:latest")
+    assert _MODEL_IN_PATH.fullmatch("me/model:7b")
+    for bad in ("../api/tags", "a/../b", "x?y", "..", "a/./b"):
+        assert not _MODEL_IN_PATH.fullmatch(bad), bad

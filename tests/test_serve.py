@@ -1,0 +1,318 @@
+"""``ollamamax serve`` as a subprocess: readiness line, serving, SIGTERM drain, --workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from ollamamax.testing import FakeOllama
+
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
+
+REPO = Path(__file__).resolve().parents[1]
+URL_RE = re.compile(rb"serving (http://\S+)")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMAMAX_")}
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    if "OLLAMAMAX_NO_EXTENSIONS" in os.environ:
+        env["OLLAMAMAX_NO_EXTENSIONS"] = os.environ["OLLAMAMAX_NO_EXTENSIONS"]
+    return env
+
+
+class Serve:
+    """An ``ollamamax serve`` subprocess; ``url`` once it printed its readiness line."""
+
+    def __init__(self, *argv: str) -> None:
+        self.argv = argv
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+        self.banner = b""
+
+    async def start(self, timeout: float = 30.0) -> Serve:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ollamamax", "serve", "--log-level", "warning", *self.argv,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env())
+        assert self.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        except asyncio.TimeoutError:
+            await self.kill()
+            raise
+        m = URL_RE.search(line)
+        if not m:
+            err = await self.stderr()
+            raise AssertionError(f"no URL line: {line!r}; stderr: {err!r}")
+        self.banner = line
+        self.url = m.group(1).decode()
+        return self
+
+    async def stderr(self) -> bytes:
+        assert self.proc is not None and self.proc.stderr is not None
+        try:
+            return await asyncio.wait_for(self.proc.stderr.read(), 10)
+        except asyncio.TimeoutError:
+            return b"<timeout>"
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+@pytest.fixture
+async def host():
+    h = FakeOllama(models=["llama3.2"], load_delay=0.02, tokens_per_sec=0, num_parallel=4,
+                   host_id="serve-host", seed=1)
+    await h.start()
+    try:
+        yield h
+    finally:
+        await h.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_prints_url_serves_and_exits_0_on_sigterm(host):
+    srv = await Serve("--backend", host.url, "--listen", "127.0.0.1:0").start()
+    try:
+        assert srv.banner.startswith(b"ollamamax: serving http://127.0.0.1:")
+        async with aiohttp.ClientSession() as s:
+            async with s.get(srv.url + "/") as r:
+                assert r.status == 200 and await r.text() == "Ollama is running"
+            async with s.post(srv.url + "/api/generate", json={
+                    "model": "llama3.2", "prompt": "hi", "stream": False}) as r:
+                assert r.status == 200 and (await r.json())["done"] is True
+        srv.proc.send_signal(signal.SIGTERM)
+        assert await srv.wait() == 0
+    finally:
+        await srv.kill()
+
+
+async def test_sigterm_lets_an_in_flight_stream_finish(host):
+    host.tokens_per_sec = 20.0  # ~2 s for 40 tokens
+    host.response_tokens = (40, 40)
+    srv = await Serve("--backend", host.url, "--listen", "127.0.0.1:0",
+                      "--grace-period", "20").start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            r = await s.post(srv.url + "/api/generate", json={"model": "llama3.2", "prompt": "x"})
+            first = await asyncio.wait_for(r.content.readline(), 10)
+            assert json.loads(first)["done"] is False
+            srv.proc.send_signal(signal.SIGTERM)
+            # it stops accepting new connections while the stream is still running
+            refused = False
+            for _ in range(100):
+                conn = aiohttp.TCPConnector(force_close=True)
+                async with aiohttp.ClientSession(connector=conn) as s2:
+                    try:
+                        async with s2.get(srv.url + "/api/version"):
+                            pass
+                    except aiohttp.ClientConnectionError:
+                        refused = True
+                        break
+                await asyncio.sleep(0.02)
+            assert refused
+            rest = await asyncio.wait_for(r.read(), 20)
+            lines = [json.loads(x) for x in rest.splitlines()]
+            assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 40
+            r.release()
+        assert await srv.wait() == 0
+    finally:
+        await srv.kill()
+
+
+async def test_ipv6_listen(host):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    srv = await Serve("--backend", host.url, "--listen", "[::1]:0").start()
+    try:
+        assert srv.url.startswith("http://[::1]:")
+        async with aiohttp.ClientSession() as s:
+            async with s.get(srv.url + "/api/version") as r:
+                assert r.status == 200
+        srv.proc.send_signal(signal.SIGINT)
+        assert await srv.wait() == 0
+    finally:
+        await srv.kill()
+
+
+async def test_port_in_use_exits_1(host):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        srv = Serve("--backend", host.url, "--listen", f"127.0.0.1:{port}")
+        srv.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ollamamax", "serve", *srv.argv,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env())
+        out, err = await asyncio.wait_for(srv.proc.communicate(), 30)
+    assert srv.proc.returncode == 1
+    assert b"cannot listen on" in err
+
+
+async def test_api_keys_from_the_command_line(host):
+    srv = await Serve("--backend", host.url, "--listen", "127.0.0.1:0", "--api-key", "k").start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(srv.url + "/api/tags") as r:
+                assert r.status == 401
+            async with s.get(srv.url + "/api/tags", headers={"Authorization": "Bearer k"}) as r:
+                assert r.status == 200
+        srv.proc.send_signal(signal.SIGTERM)
+        assert await srv.wait() == 0
+    finally:
+        await srv.kill()
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing + /proc")
+async def test_two_workers_serve_one_port(host):
+    port = _free_port()
+    srv = await Serve("--backend", host.url, "--listen", f"127.0.0.1:{port}",
+                      "--workers", "2").start(timeout=60)
+    try:
+        assert srv.url == f"http://127.0.0.1:{port}"
+        pids = set()
+        for _ in range(60):  # a new connection each time; the kernel spreads them
+            conn = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=conn) as s:
+                async with s.get(srv.url + "/api/version") as r:
+                    assert r.status == 200
+                    pids.add(int(r.headers["X-Ollamamax-Worker"]))
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2
+        assert all(_ppid(p) == srv.proc.pid for p in pids)  # both are the supervisor's children
+        srv.proc.send_signal(signal.SIGTERM)
+        assert await srv.wait(40) == 0
+        for p in pids:  # the workers are gone too
+            assert not os.path.exists(f"/proc/{p}") or _zombie_or_gone(p)
+    finally:
+        await srv.kill()
+
+
+def _zombie_or_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if _ppid(int(entry)) == pid and not _zombie_or_gone(int(entry)):
+                    out.add(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                pass
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+async def test_supervisor_restarts_a_crashed_worker(host):
+    port = _free_port()
+    srv = await Serve("--backend", host.url, "--listen", f"127.0.0.1:{port}",
+                      "--workers", "2").start(timeout=60)
+    try:
+        before = _children(srv.proc.pid)
+        assert len(before) == 2
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        after: set[int] = set()
+        for _ in range(300):  # bounded: up to ~30 s for the replacement to appear
+            after = _children(srv.proc.pid)
+            if len(after) == 2 and victim not in after:
+                break
+            await asyncio.sleep(0.1)
+        assert len(after) == 2 and victim not in after
+        # the replacement serves too (it may still be booting: bounded retries)
+        (new,) = after - before
+        seen: set[int] = set()
+        for _ in range(300):
+            conn = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=conn) as s:
+                async with s.get(srv.url + "/api/version") as r:
+                    assert r.status == 200
+                    seen.add(int(r.headers["X-Ollamamax-Worker"]))
+            if new in seen:
+                break
+            await asyncio.sleep(0.02)
+        assert new in seen
+        srv.proc.send_signal(signal.SIGTERM)
+        assert await srv.wait(40) == 0
+    finally:
+        await srv.kill()
+
+
+async def test_grace_period_is_bounded(host):
+    host.tokens_per_sec = 5.0  # a 200-token stream would take 40 s
+    host.response_tokens = (200, 200)
+    srv = await Serve("--backend", host.url, "--listen", "127.0.0.1:0",
+                      "--grace-period", "0.5").start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            r = await s.post(srv.url + "/api/generate", json={"model": "llama3.2", "prompt": "x"})
+            await asyncio.wait_for(r.content.readline(), 10)
+            srv.proc.send_signal(signal.SIGTERM)
+            assert await srv.wait(15) == 0  # did not wait for the 40 s stream
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(r.read(), 10)  # the stream was cut, not completed
+            r.release()
+        # the host's slot was released when the gateway cut the stream
+        for _ in range(100):
+            if host.stats()["totals"]["in_flight"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert host.stats()["totals"]["in_flight"] == 0
+    finally:
+        await srv.kill()
+
+
+async def test_second_signal_skips_the_grace_period(host):
+    host.tokens_per_sec = 5.0
+    host.response_tokens = (200, 200)
+    srv = await Serve("--backend", host.url, "--listen", "127.0.0.1:0",
+                      "--grace-period", "60").start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            r = await s.post(srv.url + "/api/generate", json={"model": "llama3.2", "prompt": "x"})
+            await asyncio.wait_for(r.content.readline(), 10)
+            srv.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            srv.proc.send_signal(signal.SIGTERM)
+            assert await srv.wait(15) == 1
+            r.close()
+    finally:
+        await srv.kill()
