@@ -299,13 +299,14 @@ def test_frequency_counts_uses_and_ages(impl):
         assert c.frequency("k") == n
     c["k"] = 1  # a set is a use
     assert c.frequency("k") == 5
-    for _ in range(30):
+    for _ in range(40):
         c.get("k")
-    assert c.frequency("k") == 15  # saturates
-    # 10 * maxsize counted increments halve every counter
-    for i in range(40):
+    assert c.frequency("k") == 31  # saturates (5-bit counters)
+    # 60 * maxsize counted increments halve every counter; the saturated key's
+    # gets no longer count, so 240 - 31 other increments are needed
+    for i in range(300):
         c.get(("other", i))
-    assert c.frequency("k") < 15
+    assert c.frequency("k") < 31
 
 
 def test_uninitialised_native_cache_is_safe(impl):
@@ -351,6 +352,56 @@ def test_new_hot_set_replaces_old(impl):
             if c.get(("new", i)) is None:
                 c[("new", i)] = 1
     assert sum(("new", i) in c for i in range(80)) >= 75
+
+
+def test_shift_detector_fires_on_a_new_hot_set(impl):
+    """A new hot set (keys that miss again and again) trips the detector: the sketch
+    is zeroed, so the old hot keys' counts are gone at once."""
+    c = impl.LFUCache(100)
+    for _ in range(30):
+        for i in range(80):
+            if c.get(("old", i)) is None:
+                c[("old", i)] = 1
+    assert c._shifts == 0 and c.frequency(("old", 0)) > 10
+    for rnd in range(30):
+        for i in range(80):
+            if c.get(("new", i)) is None:
+                c[("new", i)] = 1
+        if rnd == 4:
+            assert c._shifts >= 1
+            assert c.frequency(("old", 0)) == 0
+    assert sum(("new", i) in c for i in range(80)) == 80
+
+
+def test_shift_detector_ignores_scans_and_a_stationary_load(impl, small_traces):
+    for name in ("scan", "static"):
+        c = impl.LFUCache(200)
+        _hit_ratio(c, small_traces[name][0])
+        assert c._shifts == 0, name
+    c = impl.LFUCache(100)
+    hot = [("hot", i) for i in range(50)]
+    for burst in range(20):     # long bursts of one-off keys: many periods of misses
+        for _ in range(3):
+            for k in hot:
+                if c.get(k) is None:
+                    c[k] = 1
+        for i in range(1000):
+            if c.get(("scan", burst, i)) is None:
+                c[("scan", burst, i)] = 1
+    assert c._shifts == 0
+    assert sum(k in c for k in hot) >= 45
+
+
+def test_shift_detector_state_is_reset_by_clear(impl):
+    c = impl.LFUCache(100)
+    for keyset in ("a", "b"):
+        for _ in range(30):
+            for i in range(80):
+                if c.get((keyset, i)) is None:
+                    c[(keyset, i)] = 1
+    assert c._shifts >= 1
+    c.clear()
+    assert c._shifts == 0 and c.stats() == (0, 0, 0, 100, 0)
 
 
 @pytest.mark.parametrize("base", [0, 1000, 69811, 159568])
@@ -626,3 +677,17 @@ def test_native_and_pure_agree_on_a_long_trace():
     assert _hit_ratio(c, keys) == _hit_ratio(p, keys)
     assert c.stats() == p.stats()
     assert all((k in c) == (k in p) for k in range(3000))
+
+
+@pytest.mark.skipif(not HAVE_NATIVE, reason="native _lfu_c not built")
+@pytest.mark.parametrize("name", ["shift", "scan"])
+def test_native_and_pure_agree_across_shifts_and_scans(small_traces, name):
+    keys, start = small_traces[name]
+    c = _lfu.IMPLEMENTATIONS["c"].LFUCache(200)
+    p = _lfu_py.LFUCache(200)
+    assert _hit_ratio(c, keys, start) == _hit_ratio(p, keys, start)
+    assert c.stats() == p.stats()
+    assert c._shifts == p._shifts
+    assert (c._shifts >= 1) == (name == "shift")
+    assert all((k in c) == (k in p) for k in set(keys))
+    assert [c.frequency(k) for k in keys[-300:]] == [p.frequency(k) for k in keys[-300:]]

@@ -446,3 +446,75 @@ def test_factory_handing_out_an_idle_object(impl):
     del a, p, holder["pool"]
     gc.collect()
     assert ref() is None
+
+
+# -- garbage collection: cycles through pooled objects ---------------------------------
+
+class Back:
+    """An object that refers back to its pool."""
+
+    pool: object = None
+
+
+def test_cycle_through_idle_object_is_collected(impl):
+    p = impl.ObjectPool(Back, maxsize=4)
+    a = p.acquire()
+    a.pool = p
+    p.release(a)                       # idle now, and a -> p -> a
+    ref_p, ref_a = weakref.ref(p), weakref.ref(a)
+    del a, p
+    gc.collect()
+    assert ref_p() is None and ref_a() is None
+
+
+def test_cycle_through_outstanding_object_is_collected(impl):
+    p = impl.ObjectPool(Back, maxsize=4)
+    a = p.acquire()
+    a.pool = p                         # in use, and a -> p -> a
+    b = p.acquire()
+    b.pool = p
+    p.release(b)                       # and an idle one in the same cycle
+    refs = [weakref.ref(p), weakref.ref(a), weakref.ref(b)]
+    del a, b, p
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_cycle_through_factory_and_reset_is_collected(impl):
+    class Factory(Back):
+        def __call__(self) -> Back:
+            return Back()
+
+        def reset(self, obj: object) -> None:
+            pass
+
+    f = Factory()
+    p = impl.ObjectPool(f, maxsize=1, reset=f.reset)
+    f.pool = p                         # p -> factory -> p
+    ref = weakref.ref(p)
+    del p, f
+    gc.collect()
+    assert ref() is None
+
+
+def test_gc_sees_pooled_objects(impl):
+    p = impl.ObjectPool(Back, maxsize=4)
+    a = p.acquire()
+    b = p.acquire()
+    p.release(b)
+    referents = gc.get_referents(p)
+    if impl.ObjectPool.__module__.endswith("_pool_py"):
+        referents = [x for r in referents if isinstance(r, (list, dict))
+                     for x in (r if isinstance(r, list) else r.values())]
+    assert any(x is a for x in referents) and any(x is b for x in referents)
+
+
+def test_pool_alive_while_referenced_survives_collection(impl):
+    p = impl.ObjectPool(Back, maxsize=4)
+    a = p.acquire()
+    a.pool = p
+    p.release(a)
+    gc.collect()                       # p is referenced from here: nothing is cleared
+    assert p.acquire() is a and a.pool is p
+    assert p.stats() == (1, 1, 0, 1, 4)
+    p.release(a)

@@ -1,18 +1,20 @@
 /* lfu.c -- the eviction structure of ollamamax.LFUCache: W-TinyLFU.
  *
  * Policy (identical, decision for decision, to src/ollamamax/_lfu_py.py)
- *   Frequency sketch: a count-min sketch with 4 rows of saturating 4-bit counters
- *   (stored one per byte, capped at 15).  The 4 counters of a key live in one
+ *   Frequency sketch: a count-min sketch with 4 rows of saturating 5-bit counters
+ *   (stored one per byte, capped at 31).  The 4 counters of a key live in one
  *   64-byte block (one cache line) chosen by the low bits of its spread hash; row r
  *   uses counter  block*64 + 16*r + ((h >> (32 + 4r)) & 15).  Blocks:
- *   max(1, next_pow2(maxsize) / 4), i.e. ~4 counters per row and resident entry.
+ *   max(1, next_pow2(maxsize) / 2), i.e. ~8 counters per row and resident entry.
  *   Increments are conservative (only counters equal to the minimum grow), and each
  *   increment that changed something counts towards a sample; after
- *   10 * maxsize of them every counter is halved and the sample count too (aging:
- *   old popularity fades within a few samples, so a shift in the hot set is followed,
- *   where plain LFU keeps the stale hot set forever).  Estimate = min of the 4.
+ *   60 * maxsize of them every counter is halved and the sample count too (aging:
+ *   old popularity fades, where plain LFU keeps a stale hot set forever).  The long
+ *   sample (and the 5-bit counters) tell apart keys near the admission boundary of
+ *   a skewed (Zipf) load, which a short sample cannot; an abrupt change of the hot
+ *   set is handled by the shift detector below instead.  Estimate = min of the 4.
  *   Entries sit in three LRU queues: window (max(1, maxsize/100) entries), and the
- *   main area = probation + protected (protected <= 80% of main).  Every new key
+ *   main area = probation + protected (protected <= 90% of main).  Every new key
  *   enters the window.  A hit in probation promotes to protected; protected overflow
  *   demotes its LRU entry to probation's MRU end.  Window overflow moves the window's
  *   LRU entry (the candidate) to probation; if main then overflows, the candidate
@@ -24,6 +26,18 @@
  *   last use is STALE_EPOCHS (6) or more epochs old moves to probation's LRU end, so a
  *   stale hot set is challenged even when nothing is promoted (without this, a cyclic
  *   pattern after a shift can leave the old hot set in protected forever).
+ *   Shift detector: get-style lookups are counted in periods of max(maxsize, 128)
+ *   requests.  A miss is *recurring* if the same key missed in this or the previous
+ *   period (two Bloom bit sets of 16 * next_pow2(period) bits, 2 probes, the older
+ *   one cleared and reused at each period end).  avg / avg_recur = moving averages
+ *   (fixed point x256, weight 1/8) of hits and recurring misses per period.  When a
+ *   period's hits fall below 70% of avg (avg at least 10% of a period) while its
+ *   recurring misses are at least period/8 and twice avg_recur, the hot set has
+ *   changed: the sketch is zeroed and every protected entry moves (in order) to the
+ *   LRU end of probation, so the new hot keys win admission at once instead of
+ *   waiting for the old counts to age away; both averages restart at the period's
+ *   values.  A scan (one-off keys: no recurring misses) never trips it, nor does a
+ *   stationary load (a 30% drop is many standard deviations of a period's hits).
  *
  * Layout
  *   slots[0 .. nslots)             entry slots, nslots = maxsize + 1: the spare slot
@@ -32,32 +46,43 @@
  *                                   the evicted one).
  *   slots[nslots + q - 1], q=1..3  sentinels of the circular doubly linked queues
  *                                   (window, probation, protected): head = LRU end.
- *   slots[nslots + 3]              sentinel of the age list (aprev/anext), used only
- *                                   with a TTL: entries ordered by expiry, which is
+ *   slots[nslots + 3]              unused (kept so the sentinel indexes match ages).
+ *   A slot is 24 bytes (hash, links, epoch, queue) so the hot path touches few
+ *   cache lines; TTL data lives apart:
+ *   ages[0 .. nslots + 4)          only with a TTL (else NULL): expiry and age-list
+ *                                   links per slot; ages[nslots + 3] is the sentinel
+ *                                   of the age list, ordered by expiry, which is
  *                                   insertion/update order because the TTL is fixed.
+ *   table                          the sketch; seen[0..1] the detector's bit sets.
  *   Free slots form a singly linked list through next, ending in OMX_LFU_NIL.
- *   The caller (Cython) keeps key/value objects in Python lists indexed by slot and a
- *   dict key -> slot, so key equality is Python equality.  Nothing here touches a
+ *   The caller (Cython) keeps key/value objects in a node per slot and a dict
+ *   key -> node, so key equality is Python equality.  Nothing here touches a
  *   Python object.
  *
  * Invariants (between calls)
  *   len[WINDOW] <= wcap, len[PROBATION] + len[PROTECTED] <= mcap, len[PROTECTED] <=
  *   pcap (after touch), wcap + mcap = maxsize; so at most maxsize slots are resident
  *   and at least one is free.  A slot is in exactly one queue or in the free list;
- *   queue == OMX_LFU_FREE iff free.  Counters <= 15.
+ *   queue == OMX_LFU_FREE iff free.  Counters <= 31.
  *
  * Cost per operation: record/frequency O(1) (one cache line); touch, insert, remove,
- * set_expire O(1); the halving (and the demotion walk, which visits only the entries
- * it moves) is O(maxsize) once per 10 * maxsize increments, i.e. amortised O(1).  Not thread-safe: the wrapper calls it under the GIL.
+ * set_expire, hit, miss O(1); the halving (and the demotion walk, which visits only
+ * the entries it moves) is O(maxsize) once per 60 * maxsize increments, and a
+ * detected shift O(maxsize) and the clearing of a bit set O(period) at most once
+ * per period of >= maxsize requests: all
+ * amortised O(1).  Not thread-safe: the wrapper calls it under the GIL.
  */
 #include "ollamamax/lfu.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define SKETCH_CAP 15u
-#define SAMPLE_FACTOR 10u
+#define SKETCH_CAP 31u
+#define SAMPLE_FACTOR 60u
 #define STALE_EPOCHS 6u
+#define PROTECTED_PCT 90u
+#define SHIFT_DROP_PCT 70   /* a period below this % of the average is a shift */
+#define SHIFT_MIN_AVG_PCT 10 /* ... provided the average hit rate is at least this */
 
 static inline uint32_t sentinel(const omx_lfu *c, int q) { return c->nslots + (uint32_t)q - 1u; }
 
@@ -99,13 +124,13 @@ static inline uint32_t q_head(const omx_lfu *c, int q) {
 }
 
 static void age_unlink(omx_lfu *c, uint32_t i) {
-    omx_lfu_slot *s = c->slots;
+    omx_lfu_age *s = c->ages;
     s[s[i].aprev].anext = s[i].anext;
     s[s[i].anext].aprev = s[i].aprev;
 }
 
 static void age_push_tail(omx_lfu *c, uint32_t i) {
-    omx_lfu_slot *s = c->slots;
+    omx_lfu_age *s = c->ages;
     uint32_t sen = c->nslots + 3u;
     uint32_t last = s[sen].aprev;
     s[i].aprev = last;
@@ -119,14 +144,21 @@ static void reset_lists(omx_lfu *c) {
     for (uint32_t i = 0; i < c->nslots; i++) {
         s[i].queue = OMX_LFU_FREE;
         s[i].next = (i + 1 < c->nslots) ? i + 1 : OMX_LFU_NIL;
-        s[i].prev = s[i].aprev = s[i].anext = OMX_LFU_NIL;
+        s[i].prev = OMX_LFU_NIL;
         s[i].hash = 0;
-        s[i].expire = 0.0;
         s[i].epoch = 0;
+    }
+    if (c->ages != NULL) {
+        for (uint32_t i = 0; i < c->nslots; i++) {
+            c->ages[i].expire = 0.0;
+            c->ages[i].aprev = c->ages[i].anext = OMX_LFU_NIL;
+        }
+        uint32_t sen = c->nslots + 3u;
+        c->ages[sen].aprev = c->ages[sen].anext = sen;
     }
     for (uint32_t k = 0; k < 4; k++) {
         uint32_t sen = c->nslots + k;
-        s[sen].prev = s[sen].next = s[sen].aprev = s[sen].anext = sen;
+        s[sen].prev = s[sen].next = sen;
         s[sen].queue = OMX_LFU_FREE;
         c->len[k] = 0;
     }
@@ -138,19 +170,34 @@ int omx_lfu_init(omx_lfu *c, uint32_t maxsize, int track_age) {
     if (maxsize < 1 || maxsize > OMX_LFU_MAXSIZE_LIMIT) return -2;
     uint64_t width = 1;
     while (width < maxsize) width <<= 1;
-    uint64_t nblocks = width >> 2;
+    uint64_t nblocks = width >> 1;
     if (nblocks < 1) nblocks = 1;
     c->maxsize = maxsize;
     c->nslots = maxsize + 1;
     c->wcap = maxsize / 100 > 1 ? maxsize / 100 : 1;
     c->mcap = maxsize - c->wcap;
-    c->pcap = (uint32_t)((uint64_t)c->mcap * 8 / 10);
+    c->pcap = (uint32_t)((uint64_t)c->mcap * PROTECTED_PCT / 100);
+    c->period = maxsize > OMX_LFU_MIN_PERIOD ? maxsize : OMX_LFU_MIN_PERIOD;
+    c->avg_fp = -1;
     c->block_mask = nblocks - 1;
     c->sample_size = (uint64_t)SAMPLE_FACTOR * maxsize;
     c->track_age = track_age != 0;
+    uint64_t seen_bytes = 1;
+    while (seen_bytes < c->period) seen_bytes <<= 1;
+    seen_bytes *= 2;
+    c->seen_mask = seen_bytes * 8 - 1;
     c->slots = (omx_lfu_slot *)calloc((size_t)c->nslots + 4, sizeof(omx_lfu_slot));
+    if (c->track_age) {
+        c->ages = (omx_lfu_age *)calloc((size_t)c->nslots + 4, sizeof(omx_lfu_age));
+        if (c->ages == NULL) {
+            omx_lfu_destroy(c);
+            return -1;
+        }
+    }
     c->table = (unsigned char *)calloc((size_t)nblocks, 64);
-    if (c->slots == NULL || c->table == NULL) {
+    c->seen[0] = (unsigned char *)calloc((size_t)seen_bytes, 1);
+    c->seen[1] = (unsigned char *)calloc((size_t)seen_bytes, 1);
+    if (c->slots == NULL || c->table == NULL || c->seen[0] == NULL || c->seen[1] == NULL) {
         omx_lfu_destroy(c);
         return -1;
     }
@@ -160,9 +207,14 @@ int omx_lfu_init(omx_lfu *c, uint32_t maxsize, int track_age) {
 
 void omx_lfu_destroy(omx_lfu *c) {
     free(c->slots);
+    free(c->ages);
     free(c->table);
+    free(c->seen[0]);
+    free(c->seen[1]);
     c->slots = NULL;
+    c->ages = NULL;
     c->table = NULL;
+    c->seen[0] = c->seen[1] = NULL;
 }
 
 void omx_lfu_clear(omx_lfu *c) {
@@ -170,6 +222,12 @@ void omx_lfu_clear(omx_lfu *c) {
     memset(c->table, 0, (size_t)(c->block_mask + 1) * 64);
     c->sample_count = 0;
     c->epoch = 0;
+    c->p_req = c->p_hits = c->p_recur = 0;
+    c->avg_fp = -1;
+    c->avg_recur_fp = 0;
+    c->shifts = 0;
+    memset(c->seen[0], 0, (size_t)(c->seen_mask >> 3) + 1);
+    memset(c->seen[1], 0, (size_t)(c->seen_mask >> 3) + 1);
 }
 
 /* After a halving: the protected prefix unused for STALE_EPOCHS halvings (protected
@@ -187,6 +245,65 @@ static void demote_stale(omx_lfu *c) {
         q_push_head(c, OMX_LFU_PROBATION, last);
         last = (p == sen) ? OMX_LFU_NIL : p;
     }
+}
+
+/* A detected shift: zero the sketch, move all of protected (in order, its LRU
+ * entry first) to the LRU end of probation. */
+static void on_shift(omx_lfu *c) {
+    omx_lfu_slot *s = c->slots;
+    uint32_t sen = sentinel(c, OMX_LFU_PROTECTED);
+    memset(c->table, 0, (size_t)(c->block_mask + 1) * 64);
+    c->sample_count = 0;
+    c->shifts++;
+    for (uint32_t i = s[sen].prev; i != sen;) {
+        uint32_t p = s[i].prev;
+        q_unlink(c, i);
+        q_push_head(c, OMX_LFU_PROBATION, i);
+        i = p;
+    }
+}
+
+static inline int64_t ema8(int64_t avg, int64_t cur) {
+    int64_t d = cur - avg;
+    return avg + (d >= 0 ? d / 8 : -((-d) / 8));
+}
+
+void omx_lfu_period_end(omx_lfu *c) {
+    int64_t cur = (int64_t)c->p_hits << 8;
+    int64_t recur = (int64_t)c->p_recur << 8;
+    unsigned char *older = c->seen[1];
+    c->p_req = c->p_hits = c->p_recur = 0;
+    memset(older, 0, (size_t)(c->seen_mask >> 3) + 1);
+    c->seen[1] = c->seen[0];
+    c->seen[0] = older;
+    if (c->avg_fp < 0) {
+        c->avg_fp = cur;
+        c->avg_recur_fp = recur;
+        return;
+    }
+    if (c->avg_fp * 100 >= (int64_t)c->period * 256 * SHIFT_MIN_AVG_PCT &&
+        cur * 100 < c->avg_fp * SHIFT_DROP_PCT &&
+        recur * 8 >= (int64_t)c->period * 256 && recur >= c->avg_recur_fp * 2) {
+        on_shift(c);
+        c->avg_fp = cur;
+        c->avg_recur_fp = recur;
+        return;
+    }
+    c->avg_fp = ema8(c->avg_fp, cur);
+    c->avg_recur_fp = ema8(c->avg_recur_fp, recur);
+}
+
+void omx_lfu_miss(omx_lfu *c, uint64_t h) {
+    uint64_t m = h * UINT64_C(0x9E3779B97F4A7C15);
+    uint64_t a = ((m >> 40) | (m << 24)) & c->seen_mask, b = (m >> 8) & c->seen_mask;
+    unsigned char *s0 = c->seen[0], *s1 = c->seen[1];
+    int in0 = (s0[a >> 3] >> (a & 7) & 1) && (s0[b >> 3] >> (b & 7) & 1);
+    int in1 = (s1[a >> 3] >> (a & 7) & 1) && (s1[b >> 3] >> (b & 7) & 1);
+    if (in0 || in1) c->p_recur++;
+    s0[a >> 3] |= (unsigned char)(1u << (a & 7));
+    s0[b >> 3] |= (unsigned char)(1u << (b & 7));
+    if (++c->p_req >= c->period) omx_lfu_period_end(c);
+    omx_lfu_record(c, h);
 }
 
 static void sketch_halve(omx_lfu *c) {
@@ -244,7 +361,7 @@ void omx_lfu_touch(omx_lfu *c, uint32_t slot) {
             q_unlink(c, d);
             q_push_tail(c, OMX_LFU_PROBATION, d);
         }
-    } else {
+    } else if (s[slot].next != sentinel(c, q)) { /* not already the MRU entry */
         q_unlink(c, slot);
         q_push_tail(c, q, slot);
     }
@@ -254,7 +371,7 @@ static void free_slot(omx_lfu *c, uint32_t i) {
     q_unlink(c, i);
     if (c->track_age) age_unlink(c, i);
     c->slots[i].queue = OMX_LFU_FREE;
-    c->slots[i].prev = c->slots[i].aprev = c->slots[i].anext = OMX_LFU_NIL;
+    c->slots[i].prev = OMX_LFU_NIL;
     c->slots[i].next = c->free_head;
     c->free_head = i;
 }
@@ -267,7 +384,7 @@ uint32_t omx_lfu_insert(omx_lfu *c, uint64_t h, double expire, uint32_t *evicted
     omx_lfu_record(c, h);
     c->free_head = s[i].next;
     s[i].hash = h;
-    s[i].expire = expire;
+    if (c->track_age) c->ages[i].expire = expire;
     s[i].epoch = c->epoch;
     q_push_tail(c, OMX_LFU_WINDOW, i);
     if (c->track_age) age_push_tail(c, i);
@@ -297,17 +414,18 @@ int omx_lfu_remove(omx_lfu *c, uint32_t slot) {
 
 void omx_lfu_set_expire(omx_lfu *c, uint32_t slot, double expire) {
     if (slot >= c->nslots || c->slots[slot].queue == OMX_LFU_FREE) return;
-    c->slots[slot].expire = expire;
     if (c->track_age) {
+        c->ages[slot].expire = expire;
         age_unlink(c, slot);
         age_push_tail(c, slot);
     }
 }
 
 uint32_t omx_lfu_oldest(const omx_lfu *c) {
+    if (!c->track_age) return OMX_LFU_NIL;
     uint32_t sen = c->nslots + 3u;
-    uint32_t h = c->slots[sen].anext;
-    return (!c->track_age || h == sen) ? OMX_LFU_NIL : h;
+    uint32_t h = c->ages[sen].anext;
+    return h == sen ? OMX_LFU_NIL : h;
 }
 
 uint32_t omx_lfu_size(const omx_lfu *c) {

@@ -51,18 +51,20 @@ static void validate(const omx_lfu *c, const long *slot_key) {
     if (c->track_age) { /* age list holds every resident slot, in expiry order */
         uint32_t sen = c->nslots + 3, n = 0;
         double last = -1.0;
-        for (uint32_t i = c->slots[sen].anext; i != sen; i = c->slots[i].anext) {
+        for (uint32_t i = c->ages[sen].anext; i != sen; i = c->ages[i].anext) {
             CHECK(c->slots[i].queue != OMX_LFU_FREE);
-            CHECK(c->slots[i].expire >= last);
-            last = c->slots[i].expire;
+            CHECK(c->ages[i].expire >= last);
+            last = c->ages[i].expire;
             CHECK(++n <= c->nslots);
         }
         CHECK(n == omx_lfu_size(c));
     }
-    for (uint64_t b = 0; b < (c->block_mask + 1) * 64; b++) CHECK(c->table[b] <= 15);
+    for (uint64_t b = 0; b < (c->block_mask + 1) * 64; b++) CHECK(c->table[b] <= 31);
+    CHECK(c->p_req < c->period && c->p_hits <= c->p_req && c->p_recur <= c->p_req);
+    CHECK(c->track_age ? c->ages != NULL : c->ages == NULL);
 }
 
-static void run(uint32_t maxsize, long nkeys, long steps, int track_age) {
+static uint64_t run(uint32_t maxsize, long nkeys, long steps, int track_age) {
     omx_lfu c;
     CHECK(omx_lfu_init(&c, maxsize, track_age) == 0);
     long *key_slot = malloc(sizeof(long) * (size_t)nkeys);
@@ -76,6 +78,7 @@ static void run(uint32_t maxsize, long nkeys, long steps, int track_age) {
         /* skewed keys: squaring a uniform draw favours small keys */
         uint64_t r = rnd() % (uint64_t)nkeys;
         long k = (long)((r * r) / (uint64_t)nkeys);
+        k = (k + (step / (steps / 4 + 1)) * (nkeys / 2 + 1)) % nkeys; /* hot set moves */
         uint64_t h = omx_lfu_spread((uint64_t)k * 0x9E37u);
         unsigned op = (unsigned)(rnd() % 16);
         now += 0.001;
@@ -90,10 +93,11 @@ static void run(uint32_t maxsize, long nkeys, long steps, int track_age) {
         }
         if (op < 12) { /* get-or-set */
             if (key_slot[k] >= 0) {
-                omx_lfu_touch(&c, (uint32_t)key_slot[k]);
+                if (op < 8) omx_lfu_hit(&c, (uint32_t)key_slot[k]); /* a get hit */
+                else omx_lfu_touch(&c, (uint32_t)key_slot[k]);      /* a set */
                 if (op == 0) omx_lfu_set_expire(&c, (uint32_t)key_slot[k], now + 0.5);
             } else {
-                omx_lfu_record(&c, h);
+                if (op < 8) omx_lfu_miss(&c, h); /* a get miss, then the set */
                 uint32_t ev;
                 uint32_t s = omx_lfu_insert(&c, h, now + 0.5, &ev);
                 CHECK(s != OMX_LFU_NIL && s < c.nslots && slot_key[s] < 0);
@@ -117,8 +121,9 @@ static void run(uint32_t maxsize, long nkeys, long steps, int track_age) {
                 resident--;
             }
         } else if (op == 14) {
-            CHECK(omx_lfu_frequency(&c, h) <= 15);
-        } else if (rnd() % 2048 == 0) {
+            CHECK(omx_lfu_frequency(&c, h) <= 31);
+            omx_lfu_record(&c, h);
+        } else if (rnd() % (uint64_t)(steps / 16 + 1) == 0) { /* a clear, now and then */
             omx_lfu_clear(&c);
             for (long j = 0; j < nkeys; j++) key_slot[j] = -1;
             for (uint32_t s = 0; s < c.nslots; s++) slot_key[s] = -1;
@@ -130,9 +135,11 @@ static void run(uint32_t maxsize, long nkeys, long steps, int track_age) {
     }
     validate(&c, slot_key);
     CHECK(omx_lfu_remove(&c, c.nslots) == -1);
+    uint64_t shifts = c.shifts;
     omx_lfu_destroy(&c);
     free(key_slot);
     free(slot_key);
+    return shifts;
 }
 
 int main(void) {
@@ -144,7 +151,10 @@ int main(void) {
         run(sizes[i], (long)sizes[i] * 4 + 3, 60000, 0);
         run(sizes[i], (long)sizes[i] * 4 + 3, 60000, 1);
     }
-    run(5000, 50000, 2000000, 0); /* many halvings of the sketch */
+    /* many halvings of the sketch; the hot set moves 3 times: detected shifts */
+    uint64_t shifts = run(5000, 50000, 2000000, 0);
+    printf("stress_lfu: %llu shifts detected\n", (unsigned long long)shifts);
+    CHECK(shifts >= 1);
     printf("stress_lfu: ok\n");
     return 0;
 }

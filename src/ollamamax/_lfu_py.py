@@ -3,16 +3,17 @@
 Policy (W-TinyLFU, the same decisions as native/src/lfu.c, op for op):
 
 - A *frequency sketch* estimates how often every key (resident or not) was used
-  recently: a count-min sketch of 4 saturating 4-bit counters per key, all four
-  in one 64-counter block chosen by the key's hash (``next_pow2(maxsize) / 4``
+  recently: a count-min sketch of 4 saturating 5-bit counters per key (0..31), all
+  four in one 64-counter block chosen by the key's hash (``next_pow2(maxsize) / 2``
   blocks), updated conservatively (only the counters at the minimum grow).  After
-  ``10 * maxsize`` increments that changed a counter, every counter is halved
-  (*aging*), so old popularity fades and a shift in the hot set is followed.
+  ``60 * maxsize`` increments that changed a counter, every counter is halved
+  (*aging*), so old popularity fades.  The long memory separates keys near the
+  admission boundary of a skewed load; abrupt changes are left to the detector.
   Lookups (``get``/``[]``, hit or miss) and ``set`` count; ``in``, ``pop`` and
   ``del`` do not.
 - Entries live in three LRU queues: a *window* (1% of ``maxsize``, at least one
   entry) that every new key enters, and a main area split into *probation* and
-  *protected* (80% of main).  A hit in probation promotes to protected; protected
+  *protected* (90% of main).  A hit in probation promotes to protected; protected
   overflow demotes its least recent entry back to probation.
 - When the window overflows, its least recent entry (the *candidate*) moves to
   probation; if main then overflows, the candidate competes with the *victim* (the
@@ -23,6 +24,16 @@ Policy (W-TinyLFU, the same decisions as native/src/lfu.c, op for op):
 - At each halving, protected entries not used during the last ``STALE_EPOCHS``
   halvings move to the LRU end of probation, so a stale hot set is challenged even
   when nothing gets promoted (cyclic patterns after a shift).
+- *Shift detector*: ``get``/``[]`` lookups are counted in periods of
+  ``max(maxsize, 128)`` requests.  A miss is *recurring* when the same key missed
+  in this or the previous period (two Bloom bit sets, 16 bits per request of a
+  period, 2 probes).  Moving averages (fixed point x256, weight 1/8) follow the hits
+  and the recurring misses per period.  A period with fewer than 70% of the average
+  hits (the average being at least 10% of a period) *and* at least period/8
+  recurring misses, twice their average, means the hot set changed: the sketch is
+  zeroed and every protected entry moves, in order, to the LRU end of probation, so
+  the new hot keys are admitted at once; the averages restart there.  A scan (keys
+  that never come back) does not trip it.
 - With ``ttl``, every entry expires ``ttl`` seconds (``timer()``, monotonic) after its
   last ``set``.  Expired entries count as misses and are dropped when met, and
   ``set``/``len``/``stats`` purge them (oldest first, amortised O(1)).  Expiries are not
@@ -47,6 +58,12 @@ _MAXSIZE_LIMIT = 1 << 30
 
 WINDOW, PROBATION, PROTECTED = 1, 2, 3
 STALE_EPOCHS = 6  # protected entries unused for this many halvings are demoted
+SKETCH_CAP = 31  # counters saturate here (5 bits)
+SAMPLE_FACTOR = 60  # halve the sketch after SAMPLE_FACTOR * maxsize increments
+PROTECTED_PCT = 90  # protected share of the main area
+MIN_PERIOD = 128  # the shift detector's period is max(maxsize, MIN_PERIOD) requests
+SHIFT_DROP_PCT = 70  # a period below this % of the average hits is a shift ...
+SHIFT_MIN_AVG_PCT = 10  # ... if the average hit rate is at least this
 
 
 class CacheInfo(NamedTuple):
@@ -70,6 +87,12 @@ def spread_hash(h: int) -> int:
     return h ^ (h >> 33)
 
 
+def _ema8(avg: int, cur: int) -> int:
+    """Moving average with weight 1/8, rounding toward zero like C."""
+    d = cur - avg
+    return avg + (d // 8 if d >= 0 else -((-d) // 8))
+
+
 def _validate(maxsize: Any, ttl: Any) -> float | None:
     if isinstance(maxsize, bool) or not isinstance(maxsize, int):
         raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
@@ -86,19 +109,19 @@ def _validate(maxsize: Any, ttl: Any) -> float | None:
 
 
 class _Sketch:
-    """Count-min sketch, 4 rows of 4-bit counters kept in one 64-counter block."""
+    """Count-min sketch, 4 rows of 5-bit counters (0..31, one per byte) kept in one 64-counter block."""
 
-    __slots__ = ("mask", "table", "size", "sample")
+    __slots__ = ("mask", "sample", "size", "table")
 
     def __init__(self, maxsize: int) -> None:
         width = 1
         while width < maxsize:
             width <<= 1
-        nblocks = max(1, width >> 2)
+        nblocks = max(1, width >> 1)
         self.mask = nblocks - 1
         self.table = bytearray(nblocks << 6)
         self.size = 0
-        self.sample = 10 * maxsize
+        self.sample = SAMPLE_FACTOR * maxsize
 
     def _slots(self, h: int) -> tuple[int, int, int, int]:
         base = (h & self.mask) << 6
@@ -114,7 +137,7 @@ class _Sketch:
         t = self.table
         a, b, c, d = self._slots(h)
         m = min(t[a], t[b], t[c], t[d])
-        if m >= 15:
+        if m >= SKETCH_CAP:
             return False
         # conservative update: only the counters at the minimum grow
         if t[a] == m:
@@ -150,8 +173,31 @@ class LFUCache:
     """
 
     __slots__ = (
-        "_maxsize", "_ttl", "_timer", "_data", "_window", "_probation", "_protected",
-        "_expiry", "_epoch", "_wcap", "_mcap", "_pcap", "_sketch", "_hits", "_misses", "_evictions",
+        "_avg_fp",
+        "_avg_recur_fp",
+        "_data",
+        "_epoch",
+        "_evictions",
+        "_expiry",
+        "_hits",
+        "_maxsize",
+        "_mcap",
+        "_misses",
+        "_p_hits",
+        "_p_recur",
+        "_p_req",
+        "_pcap",
+        "_period",
+        "_probation",
+        "_protected",
+        "_seen",
+        "_seen_mask",
+        "_shifts",
+        "_sketch",
+        "_timer",
+        "_ttl",
+        "_wcap",
+        "_window",
     )
 
     def __init__(self, maxsize: int, *, ttl: float | None = None,
@@ -163,7 +209,21 @@ class LFUCache:
         self._maxsize = maxsize
         self._wcap = max(1, maxsize // 100)
         self._mcap = maxsize - self._wcap
-        self._pcap = self._mcap * 8 // 10
+        self._pcap = self._mcap * PROTECTED_PCT // 100
+        self._period = max(maxsize, MIN_PERIOD)
+        seen_bytes = 1
+        while seen_bytes < self._period:
+            seen_bytes <<= 1
+        seen_bytes *= 2  # 16 bits per request of a period
+        self._seen_mask = seen_bytes * 8 - 1
+        self._p_req: int
+        self._p_hits: int
+        self._p_recur: int
+        self._avg_fp: int
+        self._avg_recur_fp: int
+        self._shifts: int
+        self._seen: tuple[bytearray, bytearray]
+        self._reset_detector()
         # key -> [value, queue, spread hash, expiry time, epoch of the last use]
         self._data: dict[Hashable, list[Any]] = {}
         self._window: OrderedDict[Hashable, None] = OrderedDict()
@@ -220,6 +280,59 @@ class LFUCache:
             data[k][1] = PROBATION
             prob[k] = None
             prob.move_to_end(k, last=False)
+
+    def _lookup_hit(self) -> None:
+        """Feed the shift detector with a get-style hit (before the touch)."""
+        self._p_hits += 1
+        self._p_req += 1
+        if self._p_req >= self._period:
+            self._period_end()
+
+    def _lookup_miss(self, h: int) -> None:
+        """Feed the shift detector with a get-style miss, then record ``h``."""
+        m = (h * 0x9E3779B97F4A7C15) & _M64
+        mask = self._seen_mask
+        a = ((m >> 40) | (m << 24)) & mask
+        b = (m >> 8) & mask
+        ia, ba, ib, bb = a >> 3, 1 << (a & 7), b >> 3, 1 << (b & 7)
+        s0, s1 = self._seen
+        if (s0[ia] & ba and s0[ib] & bb) or (s1[ia] & ba and s1[ib] & bb):
+            self._p_recur += 1
+        s0[ia] |= ba
+        s0[ib] |= bb
+        self._p_req += 1
+        if self._p_req >= self._period:
+            self._period_end()
+        self._record(h)
+
+    def _period_end(self) -> None:
+        cur = self._p_hits << 8
+        recur = self._p_recur << 8
+        self._p_req = self._p_hits = self._p_recur = 0
+        self._seen = (bytearray(len(self._seen[1])), self._seen[0])
+        avg = self._avg_fp
+        if avg < 0:
+            self._avg_fp = cur
+            self._avg_recur_fp = recur
+        elif (avg * 100 >= self._period * 256 * SHIFT_MIN_AVG_PCT and cur * 100 < avg * SHIFT_DROP_PCT
+              and recur * 8 >= self._period * 256 and recur >= self._avg_recur_fp * 2):
+            self._on_shift()
+            self._avg_fp = cur
+            self._avg_recur_fp = recur
+        else:
+            self._avg_fp = _ema8(avg, cur)
+            self._avg_recur_fp = _ema8(self._avg_recur_fp, recur)
+
+    def _on_shift(self) -> None:
+        """The hot set changed: forget the counts, send protected back to probation."""
+        self._sketch.clear()
+        self._shifts += 1
+        prot, prob, data = self._protected, self._probation, self._data
+        for k in reversed(prot):
+            prob[k] = None
+            prob.move_to_end(k, last=False)
+            data[k][1] = PROBATION
+        prot.clear()
 
     def _touch(self, key: Hashable, entry: list[Any]) -> None:
         """Record a use of a resident entry and reposition it in its queue."""
@@ -290,11 +403,12 @@ class LFUCache:
         if entry is not None:
             if not self._expired(entry):
                 self._hits += 1
+                self._lookup_hit()
                 self._touch(key, entry)
                 return entry[0]
             self._unlink(key, entry)
         self._misses += 1
-        self._record(h)
+        self._lookup_miss(h)
         return default
 
     def __getitem__(self, key: Hashable) -> Any:
@@ -303,11 +417,12 @@ class LFUCache:
         if entry is not None:
             if not self._expired(entry):
                 self._hits += 1
+                self._lookup_hit()
                 self._touch(key, entry)
                 return entry[0]
             self._unlink(key, entry)
         self._misses += 1
-        self._record(h)
+        self._lookup_miss(h)
         raise KeyError(key)
 
     def __contains__(self, key: Hashable) -> bool:
@@ -366,6 +481,16 @@ class LFUCache:
         self._sketch.clear()
         self._epoch = 0
         self._hits = self._misses = self._evictions = 0
+        self._reset_detector()
+
+    def _reset_detector(self) -> None:
+        self._p_req = self._p_hits = self._p_recur = 0
+        self._avg_fp = -1  # moving average of hits per period x256; -1: none yet
+        self._avg_recur_fp = 0  # moving average of recurring misses per period x256
+        self._shifts = 0
+        n = (self._seen_mask >> 3) + 1
+        # bit sets of keys that missed in this / the previous period
+        self._seen = (bytearray(n), bytearray(n))
 
     # -- introspection --------------------------------------------------------------
     def __len__(self) -> int:
@@ -378,7 +503,7 @@ class LFUCache:
         return CacheInfo(self._hits, self._misses, self._evictions, self._maxsize, len(self._data))
 
     def frequency(self, key: Hashable) -> int:
-        """The sketch's estimate (0..15) of how often ``key`` was used recently."""
+        """The sketch's estimate (0..31) of how often ``key`` was used recently."""
         return self._sketch.frequency(spread_hash(hash(key)))
 
     def __repr__(self) -> str:

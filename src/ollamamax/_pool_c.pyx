@@ -1,7 +1,14 @@
 # cython: language_level=3
 """Native ``ObjectPool``: Python owns the objects, native/src/pool.c owns the
 idle stack, the outstanding set and the counters.  Semantics are those of
-``ollamamax._pool_py`` (the specification); see its docstring."""
+``ollamamax._pool_py`` (the specification); see its docstring.
+
+Garbage collection: the pool holds one strong reference per pointer stored in the
+C arrays (idle stack and outstanding set), which Cython cannot see.  The module
+therefore replaces the type's tp_traverse / tp_clear (after Cython's own, which
+cover ``_factory`` and ``_reset``) with functions that also visit / drop those
+objects, so a cycle through a pooled object (an idle object that refers back to
+its pool) is collected."""
 
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 from libc.stdint cimport uint64_t
@@ -26,6 +33,21 @@ cdef extern from "ollamamax/pool.h":
     int omx_pool_push_idle(omx_pool *p, void *obj)
     void *omx_pool_pop_any_idle(omx_pool *p)
     void *omx_pool_pop_any_out(omx_pool *p)
+
+cdef extern from "Python.h":
+    ctypedef int (*omx_visitproc "visitproc")(PyObject *, void *) noexcept
+    ctypedef int (*omx_traverseproc "traverseproc")(PyObject *, omx_visitproc, void *) noexcept
+    ctypedef int (*omx_inquiry "inquiry")(PyObject *) noexcept
+    ctypedef struct omx_TypeObject "PyTypeObject":
+        omx_traverseproc tp_traverse
+        omx_inquiry tp_clear
+    void PyType_Modified(omx_TypeObject *)
+
+cdef extern from "ollamamax/pool.h":
+    ctypedef struct omx_pool_arrays "omx_pool":
+        void **idle
+        void **out
+        size_t out_mask
 
 __all__ = ["ObjectPool", "PoolInfo"]
 
@@ -63,6 +85,7 @@ cdef class ObjectPool:
     cdef bint _ready
     cdef object _factory
     cdef object _reset
+    cdef object __weakref__
 
     def __cinit__(self):
         self._ready = False
@@ -184,3 +207,67 @@ cdef class ObjectPool:
     def __repr__(self):
         return (f"<ollamamax.ObjectPool maxsize={self._p.maxsize} idle={self._p.nidle} "
                 f"in_use={self._p.nout}>")
+
+
+# -- garbage-collector support (see the module docstring) ----------------------------
+cdef omx_traverseproc _base_traverse = NULL
+cdef omx_inquiry _base_clear = NULL
+
+
+cdef int _pool_traverse(PyObject *o, omx_visitproc visit, void *arg) noexcept:
+    """Visit Cython's attributes, then every idle and outstanding object (one visit
+    per stored pointer: each holds one reference).  No reference count changes."""
+    cdef int r = _base_traverse(o, visit, arg) if _base_traverse != NULL else 0
+    cdef ObjectPool self
+    cdef omx_pool_arrays *a
+    cdef size_t i
+    if r:
+        return r
+    self = <ObjectPool><void *>o
+    if not self._ready:
+        return 0
+    a = <omx_pool_arrays *>&self._p
+    for i in range(self._p.nidle):
+        if a.idle[i] != NULL:
+            r = visit(<PyObject *>a.idle[i], arg)
+            if r:
+                return r
+    if self._p.nout:
+        for i in range(a.out_mask + 1):
+            if a.out[i] != NULL:
+                r = visit(<PyObject *>a.out[i], arg)
+                if r:
+                    return r
+    return 0
+
+
+cdef int _pool_clear(PyObject *o) noexcept:
+    """Drop every idle and outstanding object (breaking reference cycles), then
+    Cython's attributes.  The pool stays consistent: empty, counters kept."""
+    cdef ObjectPool self = <ObjectPool><void *>o
+    cdef void *ptr
+    if self._ready:
+        ptr = omx_pool_pop_any_idle(&self._p)
+        while ptr != NULL:
+            Py_DECREF(<object>ptr)
+            ptr = omx_pool_pop_any_idle(&self._p)
+        ptr = omx_pool_pop_any_out(&self._p)
+        while ptr != NULL:
+            Py_DECREF(<object>ptr)
+            ptr = omx_pool_pop_any_out(&self._p)
+    if _base_clear != NULL:
+        return _base_clear(o)
+    return 0
+
+
+cdef _install_gc_hooks():
+    global _base_traverse, _base_clear
+    cdef omx_TypeObject *t = <omx_TypeObject *><PyObject *>ObjectPool
+    _base_traverse = t.tp_traverse
+    _base_clear = t.tp_clear
+    t.tp_traverse = _pool_traverse
+    t.tp_clear = _pool_clear
+    PyType_Modified(t)
+
+
+_install_gc_hooks()

@@ -55,7 +55,7 @@ def _validate(factory: Any, maxsize: Any, reset: Any) -> None:
 class _Lease(Generic[T]):
     """``with pool.take() as obj:`` -- acquires on enter, releases on exit."""
 
-    __slots__ = ("_pool", "_obj")
+    __slots__ = ("_obj", "_pool")
 
     def __init__(self, pool: ObjectPool[T]) -> None:
         self._pool = pool
@@ -76,7 +76,7 @@ class _Lease(Generic[T]):
 class ObjectPool(Generic[T]):
     """A bounded pool of reusable objects; see the module docstring."""
 
-    __slots__ = ("_factory", "_reset", "_maxsize", "_idle", "_out", "_created", "_reused")
+    __slots__ = ("__weakref__", "_created", "_factory", "_idle", "_maxsize", "_out", "_reset", "_reused")
 
     def __init__(self, factory: Callable[[], T], *, maxsize: int,
                  reset: Callable[[T], object] | None = None) -> None:
