@@ -344,11 +344,11 @@ static void *gate_consumer(void *vp) {
         }
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200000000L; /* 0.2 s: far longer than any hand-off */
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec += 1;
-            ts.tv_nsec -= 1000000000L;
-        }
+        /* 2 s: a lost wake-up strands items for the whole sleep, however long.  A shorter
+         * sleep also "stalls" when the one consumer that was woken is descheduled for
+         * longer than the sleep (seen at 0.2 s under TSan on 2 loaded cores), which is
+         * scheduling, not a lost wake-up. */
+        ts.tv_sec += 2;
         atomic_fetch_add(&g->sleeps, 1);
         int rc;
         do {
@@ -358,7 +358,7 @@ static void *gate_consumer(void *vp) {
             atomic_store(&g->signaled, 0);
             woken = 1;
         } else if (omx_ring_size(g->ring) != 0) {
-            atomic_fetch_add(&g->stalls, 1); /* slept 0.2 s with items inside */
+            atomic_fetch_add(&g->stalls, 1); /* slept 2 s with items inside */
         }
         atomic_fetch_sub(&g->waiting, 1);
     }
