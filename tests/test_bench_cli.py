@@ -26,10 +26,13 @@ from ollamamax import LatencyHistogram
 from ollamamax import bench
 from ollamamax.bench import LevelResult, Progress, UsageError, parse_concurrency, parse_duration, run_bench
 from ollamamax.testing import FakeOllama, ThreadedFakeOllama
+import ollamamax
 
 pytestmark = pytest.mark.timeout(60)
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+# the directory holding the ollamamax being tested (site-packages in CI, src/ in dev),
+# so subprocesses run the same build (native modules included) as this process
+SRC = str(Path(ollamamax.__file__).resolve().parents[1])
 QUICK = ["--duration", "0.3s", "--warmup", "0.1"]
 
 

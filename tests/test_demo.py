@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ollamamax.demo import _UNKNOWN_MODEL, run_demo
+import ollamamax
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(ollamamax.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "ollamamax", "demo", *argv],
                           capture_output=True, text=True, env=env, timeout=90)
 

@@ -18,8 +18,11 @@ import pytest
 from ollamamax.testing import FakeOllama, ThreadedFakeOllama
 from ollamamax.testing._models import parse_go_duration, parse_keep_alive, parse_name
 from ollamamax.testing.pytest_plugin import fake_ollama  # noqa: F401 - the fixture under test
+import ollamamax
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+# the directory holding the ollamamax being tested (site-packages in CI, src/ in dev),
+# so subprocesses run the same build (native modules included) as this process
+SRC = str(Path(ollamamax.__file__).resolve().parents[1])
 
 
 def _env() -> dict[str, str]:

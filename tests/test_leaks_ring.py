@@ -10,8 +10,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import ollamamax
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+# the directory holding the ollamamax being tested (site-packages in CI, src/ in dev),
+# so subprocesses run the same build (native modules included) as this process
+SRC = str(Path(ollamamax.__file__).resolve().parents[1])
 
 SCRIPT = textwrap.dedent(
     """

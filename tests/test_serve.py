@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from ollamamax.testing import FakeOllama
+import ollamamax
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
@@ -25,7 +26,7 @@ URL_RE = re.compile(rb"serving (http://\S+)")
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMAMAX_")}
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(ollamamax.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
     if "OLLAMAMAX_NO_EXTENSIONS" in os.environ:
         env["OLLAMAMAX_NO_EXTENSIONS"] = os.environ["OLLAMAMAX_NO_EXTENSIONS"]
     return env

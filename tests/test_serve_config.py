@@ -21,6 +21,7 @@ from ollamamax.dispatch.config import (
     parse_size,
 )
 from ollamamax.dispatch.serve import add_arguments
+import ollamamax
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -265,7 +266,7 @@ def test_parse_size_errors(value):
 
 def _run(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMAMAX_")}
-    e["PYTHONPATH"] = str(REPO / "src") + os.pathsep + e.get("PYTHONPATH", "")
+    e["PYTHONPATH"] = str(Path(ollamamax.__file__).resolve().parents[1]) + os.pathsep + e.get("PYTHONPATH", "")
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "ollamamax", "serve", *argv],
                           capture_output=True, text=True, env=e, timeout=60)
