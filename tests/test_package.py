@@ -43,7 +43,11 @@ def test_public_names_resolve() -> None:
 
 
 def test_version_matches_metadata() -> None:
-    assert ollamamax.__version__ == importlib.metadata.version("ollamamax")
+    try:
+        installed = importlib.metadata.version("ollamamax")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("ollamamax is not installed (running from src/); the CI run installs it")
+    assert ollamamax.__version__ == installed
 
 
 def test_typing_markers_shipped() -> None:

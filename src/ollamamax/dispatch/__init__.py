@@ -23,8 +23,31 @@ Errors raise :class:`ResponseError` (same ``error`` / ``status_code`` / ``str()`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._types import DispatcherConfig, DispatchResponse, HostConfig
-from .core import Dispatcher
-from .errors import ResponseError
 
 __all__ = ["DispatchResponse", "Dispatcher", "DispatcherConfig", "HostConfig", "ResponseError"]
+
+if TYPE_CHECKING:
+    from .core import Dispatcher
+    from .errors import ResponseError
+
+# The core (and aiohttp) load on first use, so that `ollamamax serve --help` and the other
+# subcommands, which import ollamamax.dispatch.serve to build their parsers, start fast.
+_LAZY = {"Dispatcher": ".core", "ResponseError": ".errors"}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'ollamamax.dispatch' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
