@@ -14,8 +14,14 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from ollamamax.testing import FakeOllama
-from ollamamax.testing._models import go_dumps, plan_generation
+try:
+    from ollamamax.testing import FakeOllama
+except ImportError:  # a commit from before the emulator: asv shows n/a, not failed
+    FakeOllama = None  # type: ignore[assignment,misc]
+try:  # private helpers: guarded on their own, they may move while FakeOllama stays
+    from ollamamax.testing._models import go_dumps, plan_generation
+except ImportError:
+    go_dumps = plan_generation = None  # type: ignore[assignment]
 
 N_REQUESTS = 100
 USER = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -43,6 +49,8 @@ class EmulatorRoundTrip:
     timeout = 120
 
     def setup(self, route: str, concurrency: int) -> None:
+        if FakeOllama is None:
+            raise NotImplementedError("ollamamax.testing is not in this commit")  # asv skips
         self.loop = asyncio.new_event_loop()
         self.loop.run_until_complete(self._start(route))
 
@@ -71,6 +79,8 @@ class EmulatorRoundTrip:
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
 
     def teardown(self, route: str, concurrency: int) -> None:
+        if getattr(self, "loop", None) is None:  # setup skipped (NotImplementedError)
+            return
         self.loop.run_until_complete(self._stop())
         self.loop.close()
 
@@ -104,6 +114,8 @@ class EmulatorPureParts:
     """The per-request pure work: planning an answer and encoding the final object."""
 
     def setup(self) -> None:
+        if go_dumps is None or plan_generation is None:
+            raise NotImplementedError("ollamamax.testing._models is not in this commit")  # asv skips
         self.final = {
             "model": "llama3.2",
             "created_at": "2026-01-01T00:00:00.123456789Z",

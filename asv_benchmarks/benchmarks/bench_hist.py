@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from ollamamax import _hist
+try:
+    from ollamamax import _hist
+except ImportError:  # a commit from before this structure: asv shows n/a, not failed
+    _hist = None  # type: ignore[assignment]
 
-IMPLS = [k for k, ns in _hist.IMPLEMENTATIONS.items() if ns is not None]
+# Fixed, not filtered by what is built: asv discovers the parameters once and indexes
+# into them on every commit, so the list must not change with the commit or the build.
+# A missing implementation is skipped in setup (_ns raises NotImplementedError).
+IMPLS = ["c", "py"]
 
 
 def _ns(impl: str):
-    ns = _hist.IMPLEMENTATIONS[impl]
+    if _hist is None:
+        raise NotImplementedError("ollamamax._hist is not in this commit")  # asv skips
+    ns = getattr(_hist, "IMPLEMENTATIONS", {}).get(impl)
     if ns is None:
         raise NotImplementedError(f"implementation {impl!r} not available")  # asv skips
     return ns
@@ -164,6 +172,9 @@ class HistMemory:
 
     params = [IMPLS]
     param_names = ["impl"]
+
+    def setup(self, impl: str) -> None:
+        _ns(impl)  # asv skips (n/a) when the implementation is missing
 
     def peakmem_thousand_histograms(self, impl: str) -> None:
         H = _ns(impl).LatencyHistogram
