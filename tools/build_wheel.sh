@@ -24,7 +24,7 @@ echo "   repaired: $whl"
 echo "== fresh venv: install the repaired wheel + test deps, run the suite outside the source tree"
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q "${whl}[test]"
-mkdir "$work/run" && cp -r tests "$work/run/" && cp pyproject.toml "$work/run/"
+mkdir "$work/run" && cp -r tests tools examples pyproject.toml "$work/run/"  # no src/: the wheel is what runs
 cd "$work/run"
 "$work/venv/bin/python" -c "import ollamamax, ollamamax._ring as r; assert r.IMPLEMENTATIONS['c'] is not None; print('native core loaded from', ollamamax.__file__)"
 "$work/venv/bin/python" -m pytest -q -p no:cacheprovider
