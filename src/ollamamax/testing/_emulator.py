@@ -22,8 +22,8 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Awaitable, Callable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Awaitable, Callable, NamedTuple
 
 import numpy as np
 from aiohttp import web
@@ -57,6 +57,7 @@ CT_SSE = "text/event-stream"
 BUSY_MSG = "server busy, please try again.  maximum pending requests exceeded"
 FAIL_MSG = "llama-server process has terminated: exit status 2"
 MIDSTREAM_MSG = "an error was encountered while running the model: unexpected EOF"
+_MIDSTREAM_NDJSON = go_dumps({"error": MIDSTREAM_MSG}).encode() + b"\n"
 THINK_LEVELS = ("high", "medium", "low", "max")
 
 
@@ -286,6 +287,16 @@ def keep_alive_of(body: Mapping[str, Any]) -> float | None:
 # --------------------------------------------------------------------------- inference context
 
 
+def conversation(turns: Iterable[tuple[str, str]]) -> tuple[str, str | None, str | None]:
+    """(all texts joined by newlines, the last text when the last role is "user", the last role)."""
+    texts = []
+    last_role: str | None = None
+    for role, text in turns:
+        texts.append(text)
+        last_role = role
+    return "\n".join(texts), texts[-1] if last_role == "user" else None, last_role
+
+
 def _events(plan: Plan) -> list[tuple[int, Any]]:
     """The reply as a list of (kind, value): 0 thinking token, 1 content token, 2 tool calls."""
     ev: list[tuple[int, Any]] = [(0, t) for t in plan.thinking]
@@ -293,6 +304,70 @@ def _events(plan: Plan) -> list[tuple[int, Any]]:
     if plan.tool_calls:
         ev.append((2, plan.tool_calls))
     return ev
+
+
+def render_events(
+    events: Sequence[tuple[int, Any]], i: int, j: int, start: str, pre: tuple[str, str, str], suf: str, plan: Plan, tools_json: Callable[[Any], str] = go_dumps
+) -> str:
+    """The stream lines of ``events[i:j]``: ``start + pre[kind] + <value JSON> + suf`` each (tool calls via ``tools_json``)."""
+    idx = plan.content_idx
+    nthink = len(plan.thinking)
+    parts = []
+    for k in range(i, j):
+        kind, val = events[k]
+        if kind == 1:
+            tok = TOKENS_JSON[idx[k - nthink]] if idx is not None else go_dumps(val)
+        elif kind == 0:
+            tok = go_dumps(val)
+        else:
+            tok = tools_json(val)
+        parts.append(f"{start}{pre[kind]}{tok}{suf}")
+    return "".join(parts)
+
+
+class _Shape(NamedTuple):
+    """How /api/generate or /api/chat renders a reply.
+
+    Streamed lines continue '{"model":…,"created_at":"<ts>' with ``pre[kind]`` (thinking,
+    content, tool calls), the value's JSON and ``suf``; the final line with ``done``, then the
+    done_reason. A whole reply puts ``fields(plan)`` between created_at and done.
+    """
+
+    pre: tuple[str, str, str]
+    suf: str
+    done: str
+    fields: Callable[[Plan], dict[str, Any]]
+
+
+def _generate_fields(plan: Plan) -> dict[str, Any]:
+    out: dict[str, Any] = {"response": "".join(plan.content)}
+    if plan.thinking:
+        out["thinking"] = "".join(plan.thinking)
+    return out
+
+
+def _chat_fields(plan: Plan) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": "assistant", "content": "".join(plan.content)}
+    if plan.thinking:
+        msg["thinking"] = "".join(plan.thinking)
+    if plan.tool_calls:
+        msg["tool_calls"] = plan.tool_calls
+    return {"message": msg}
+
+
+_GENERATE = _Shape(
+    ('","response":"","thinking":', '","response":', '","response":"","tool_calls":'), ',"done":false}\n', '","response":"","done":true,"done_reason":', _generate_fields
+)
+_CHAT = _Shape(
+    (
+        '","message":{"role":"assistant","content":"","thinking":',
+        '","message":{"role":"assistant","content":',
+        '","message":{"role":"assistant","content":"","tool_calls":',
+    ),
+    '},"done":false}\n',
+    '","message":{"role":"assistant","content":""},"done":true,"done_reason":',
+    _chat_fields,
+)
 
 
 # --------------------------------------------------------------------------- the server
@@ -1096,15 +1171,20 @@ class FakeOllama:
 
     # ------------------------------------------------------------------ /api/generate
 
-    async def _generate(self, request: web.BaseRequest) -> web.StreamResponse:
-        t0 = time.monotonic()
-        body = await self._body(request, "GenerateRequest", _GEN_FIELDS)
+    async def _native_body(self, request: web.BaseRequest, struct: str, fields: Mapping[str, Any]) -> tuple[dict[str, Any], str, bool | str | None, float | None]:
+        """The checks /api/generate and /api/chat share: (body, model, think value, keep_alive)."""
+        body = await self._body(request, struct, fields)
         model = body.get("model") or ""
         think_v = parse_think(body.get("think"))
         keep_alive = keep_alive_of(body)
         tl = body.get("top_logprobs")
         if tl is not None and not 0 <= tl <= 20:
             raise HttpError(400, "top_logprobs must be between 0 and 20")
+        return body, model, think_v, keep_alive
+
+    async def _generate(self, request: web.BaseRequest) -> web.StreamResponse:
+        t0 = time.monotonic()
+        body, model, think_v, keep_alive = await self._native_body(request, "GenerateRequest", _GEN_FIELDS)
         raw = bool(body.get("raw"))
         if raw and (body.get("template") or body.get("system") or body.get("context")):
             raise HttpError(400, "raw mode does not support template, system, or context")
@@ -1132,15 +1212,21 @@ class FakeOllama:
             tools=None,
             options=body.get("options"),
         )
+        ctx = None if raw else (list(body.get("context") or [])[-64:] + plan.context_tokens)
+        return await self._reply(request, _GENERATE, info, keep_alive, model, plan, t0, stream, ctx)
+
+    async def _reply(
+        self, request: web.BaseRequest, shape: _Shape, info: ModelInfo, keep_alive: float | None, model: str, plan: Plan, t0: float, stream: bool, ctx: list[int] | None = None
+    ) -> web.StreamResponse:
+        """Hold a runner while the reply (streamed or whole) is generated."""
         runner, load_wait = await self.acquire(info, keep_alive)
         ok = False
         try:
             t_acq = time.monotonic()
-            ctx = None if raw else (list(body.get("context") or [])[-64:] + plan.context_tokens)
             if stream:
-                resp = await self._stream_generate(request, model, plan, t0, load_wait, t_acq, ctx)
+                resp = await self._stream_ndjson(request, shape, model, plan, t0, load_wait, t_acq, ctx)
             else:
-                resp = await self._whole_generate(model, plan, t0, load_wait, t_acq, ctx)
+                resp = await self._whole_ndjson(shape, model, plan, t0, load_wait, t_acq, ctx)
             ok = True
             return resp
         finally:
@@ -1152,7 +1238,10 @@ class FakeOllama:
             await asyncio.sleep(self.prompt_eval_seconds(plan.prompt_eval_count))
         return time.monotonic()
 
-    async def _whole_generate(self, model: str, plan: Plan, t0: float, load_wait: float, t_acq: float, ctx: list[int] | None) -> web.StreamResponse:
+    async def _whole_ndjson(
+        self, shape: _Shape, model: str, plan: Plan, t0: float, load_wait: float, t_acq: float, ctx: list[int] | None
+    ) -> web.StreamResponse:
+        """A non-streamed reply after its generation time (or a 500 halfway through)."""
         t_gen = await self._first_token_wait(plan)
         n = plan.eval_count
         if self.midstream_fail_at(n, plan) >= 0:
@@ -1160,9 +1249,8 @@ class FakeOllama:
             raise HttpError(500, MIDSTREAM_MSG)
         await self.pace(t_gen, n)
         t_end = time.monotonic()
-        out: dict[str, Any] = {"model": model, "created_at": rfc3339(), "response": "".join(plan.content)}
-        if plan.thinking:
-            out["thinking"] = "".join(plan.thinking)
+        out: dict[str, Any] = {"model": model, "created_at": rfc3339()}
+        out.update(shape.fields(plan))
         out["done"] = True
         out["done_reason"] = plan.done_reason
         if ctx is not None:
@@ -1170,98 +1258,100 @@ class FakeOllama:
         out.update(self.metrics(t0, load_wait, t_acq, plan, t_gen, t_end))
         return self.json(out)
 
-    async def _stream_generate(
-        self, request: web.BaseRequest, model: str, plan: Plan, t0: float, load_wait: float, t_acq: float, ctx: list[int] | None
+    async def stream_batches(
+        self, request: web.BaseRequest, t_gen: float, n: int, fail_at: int, render: Callable[[int, int], str], final: Callable[[], str], error_line: bytes, ctype: str = CT_NDJSON
     ) -> web.StreamResponse:
+        """Stream ``n`` events paced from ``t_gen`` then ``final()``, or (``fail_at >= 0``) the first ``fail_at`` then ``error_line``.
+
+        ``render(i, j)`` gives the text of events i..j-1, once per batch of events due together:
+        paced, one write per batch; unpaced, the whole reply in one write with the last line.
+        """
+        resp: web.StreamResponse | None = None
+        pending: list[str] = []
+        paced = self.tokens_per_sec > 0
+        limit = n if fail_at < 0 else fail_at
+        i = 0
+        while i < limit:
+            await self.pace(t_gen, i + 1)
+            j = self.batch_end(t_gen, i, limit)
+            text = render(i, j)
+            if paced:
+                if resp is None:
+                    resp = await self.start_stream(request, ctype)
+                await resp.write(text.encode())
+            else:
+                pending.append(text)
+            i = j
+        if resp is None:
+            resp = await self.start_stream(request, ctype)
+        if fail_at >= 0:
+            await resp.write_eof("".join(pending).encode() + error_line)
+            return resp
+        pending.append(final())
+        await resp.write_eof("".join(pending).encode())
+        return resp
+
+    async def _stream_ndjson(
+        self, request: web.BaseRequest, shape: _Shape, model: str, plan: Plan, t0: float, load_wait: float, t_acq: float, ctx: list[int] | None
+    ) -> web.StreamResponse:
+        """A streamed /api/generate or /api/chat reply."""
+        pre, suf, done = shape.pre, shape.suf, shape.done
         t_gen = await self._first_token_wait(plan)
         events = _events(plan)
         n = len(events)
         fail_at = self.midstream_fail_at(n, plan)
         head = '{"model":' + go_dumps(model) + ',"created_at":"'
-        idx = plan.content_idx
-        nthink = len(plan.thinking)
-        resp: web.StreamResponse | None = None
-        pending: list[str] = []
-        i = 0
-        limit = n if fail_at < 0 else fail_at
-        while i < limit:
-            await self.pace(t_gen, i + 1)
-            j = self.batch_end(t_gen, i, limit)
-            parts = []
-            ts = rfc3339()  # one instant per batch of lines written together
-            for k in range(i, j):
-                kind, val = events[k]
-                if kind == 1:
-                    tok = TOKENS_JSON[idx[k - nthink]] if idx is not None else go_dumps(val)
-                    parts.append(f'{head}{ts}","response":{tok},"done":false}}\n')
-                elif kind == 0:
-                    parts.append(f'{head}{ts}","response":"","thinking":{go_dumps(val)},"done":false}}\n')
-            if self.tokens_per_sec > 0:
-                if resp is None:
-                    resp = await self.start_stream(request)
-                await resp.write("".join(parts).encode())
-            else:  # unpaced: everything goes out in one write with the final line
-                pending.append("".join(parts))
-            i = j
-        if resp is None:
-            resp = await self.start_stream(request)
-        if fail_at >= 0:
-            await resp.write_eof("".join(pending).encode() + go_dumps({"error": MIDSTREAM_MSG}).encode() + b"\n")
-            return resp
-        t_end = time.monotonic()
-        final = head + rfc3339() + '","response":"","done":true,"done_reason":' + go_dumps(plan.done_reason)
-        if ctx is not None:
-            final += ',"context":' + go_dumps(ctx)
-        m = self.metrics(t0, load_wait, t_acq, plan, t_gen, t_end)
-        final += "," + go_dumps(m)[1:] + "\n"
-        pending.append(final)
-        await resp.write_eof("".join(pending).encode())
-        return resp
+
+        def render(i: int, j: int) -> str:
+            # one instant per batch of lines written together
+            return render_events(events, i, j, head + rfc3339(), pre, suf, plan)
+
+        def final() -> str:
+            t_end = time.monotonic()
+            out = head + rfc3339() + done + go_dumps(plan.done_reason)
+            if ctx is not None:
+                out += ',"context":' + go_dumps(ctx)
+            m = self.metrics(t0, load_wait, t_acq, plan, t_gen, t_end)
+            return out + "," + go_dumps(m)[1:] + "\n"
+
+        return await self.stream_batches(request, t_gen, n, fail_at, render, final, _MIDSTREAM_NDJSON)
 
     # ------------------------------------------------------------------ /api/chat
 
     def parse_messages(self, msgs: list[Any], struct: str = "ChatRequest") -> tuple[str, str | None, str | None]:
         """Validate messages; returns (all text, last user text, last role)."""
-        texts = []
-        last_role: str | None = None
-        last_user: str | None = None
-        for m in msgs:
-            if not isinstance(m, dict):
-                raise HttpError(400, f"json: cannot unmarshal {_json_kind(m)} into Go struct field {struct}.messages of type api.Message")
-            _check_fields(m, _MSG_FIELDS, struct, "messages.")
-            if "images" in m:
-                _check_images(m["images"])
-            role = (m.get("role") or "").lower()
-            content = m.get("content") or ""
-            texts.append(content)
-            last_role = role
-            if role == "user":
-                last_user = content
-        if last_role != "user":
-            last_user = None
-        return "\n".join(texts), last_user, last_role
 
-    async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
-        t0 = time.monotonic()
-        body = await self._body(request, "ChatRequest", _CHAT_FIELDS)
-        model = body.get("model") or ""
-        think_v = parse_think(body.get("think"))
-        keep_alive = keep_alive_of(body)
-        tl = body.get("top_logprobs")
-        if tl is not None and not 0 <= tl <= 20:
-            raise HttpError(400, "top_logprobs must be between 0 and 20")
-        msgs = body.get("messages") or []
-        text, last_user, last_role = self.parse_messages(msgs)
+        def turns() -> Iterator[tuple[str, str]]:
+            for m in msgs:
+                if not isinstance(m, dict):
+                    raise HttpError(400, f"json: cannot unmarshal {_json_kind(m)} into Go struct field {struct}.messages of type api.Message")
+                _check_fields(m, _MSG_FIELDS, struct, "messages.")
+                if "images" in m:
+                    _check_images(m["images"])
+                yield (m.get("role") or "").lower(), m.get("content") or ""
+
+        return conversation(turns())
+
+    def resolve_chat(self, model: str, tools: Any, images: bool) -> ModelInfo:
+        """The model checks of a chat request (/api/chat and /v1/chat/completions), in order."""
         if not model.strip():
             raise HttpError(400, "model is required")
         info = self.resolve(model, not_found="model '{name}' not found")
         if not info.has("completion"):
             raise HttpError(400, f'"{model}" does not support chat')
-        tools = body.get("tools") or None
         if tools and not info.has("tools"):
             raise HttpError(400, f"{info.name.full} does not support tools")
-        if not info.has("vision") and any(isinstance(m, dict) and m.get("images") for m in msgs):
+        if images and not info.has("vision"):
             raise HttpError(400, f'"{model}" does not support vision')
+        return info
+
+    async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
+        t0 = time.monotonic()
+        body, model, think_v, keep_alive = await self._native_body(request, "ChatRequest", _CHAT_FIELDS)
+        msgs = body.get("messages") or []
+        text, last_user, last_role = self.parse_messages(msgs)
+        tools = body.get("tools") or None
+        info = self.resolve_chat(model, tools, any(isinstance(m, dict) and m.get("images") for m in msgs))
         think = self.check_think(info, model, think_v)
         stream = body.get("stream") is not False
         if not msgs:
@@ -1273,81 +1363,7 @@ class FakeOllama:
         plan = self.plan(
             info, text=text, last_user=last_user, last_role=last_role, think=think, fmt=body.get("format"), tools=tools, options=body.get("options")
         )
-        runner, load_wait = await self.acquire(info, keep_alive)
-        ok = False
-        try:
-            t_acq = time.monotonic()
-            if stream:
-                resp = await self._stream_chat(request, model, plan, t0, load_wait, t_acq)
-            else:
-                resp = await self._whole_chat(model, plan, t0, load_wait, t_acq)
-            ok = True
-            return resp
-        finally:
-            self.release(runner, ok and not plan.failed)
-
-    async def _whole_chat(self, model: str, plan: Plan, t0: float, load_wait: float, t_acq: float) -> web.StreamResponse:
-        t_gen = await self._first_token_wait(plan)
-        n = plan.eval_count
-        if self.midstream_fail_at(n, plan) >= 0:
-            await self.pace(t_gen, max(1, n // 2))
-            raise HttpError(500, MIDSTREAM_MSG)
-        await self.pace(t_gen, n)
-        t_end = time.monotonic()
-        msg: dict[str, Any] = {"role": "assistant", "content": "".join(plan.content)}
-        if plan.thinking:
-            msg["thinking"] = "".join(plan.thinking)
-        if plan.tool_calls:
-            msg["tool_calls"] = plan.tool_calls
-        out: dict[str, Any] = {"model": model, "created_at": rfc3339(), "message": msg, "done": True, "done_reason": plan.done_reason}
-        out.update(self.metrics(t0, load_wait, t_acq, plan, t_gen, t_end))
-        return self.json(out)
-
-    async def _stream_chat(self, request: web.BaseRequest, model: str, plan: Plan, t0: float, load_wait: float, t_acq: float) -> web.StreamResponse:
-        t_gen = await self._first_token_wait(plan)
-        events = _events(plan)
-        n = len(events)
-        fail_at = self.midstream_fail_at(n, plan)
-        head = '{"model":' + go_dumps(model) + ',"created_at":"'
-        idx = plan.content_idx
-        nthink = len(plan.thinking)
-        resp: web.StreamResponse | None = None
-        pending: list[str] = []
-        i = 0
-        limit = n if fail_at < 0 else fail_at
-        while i < limit:
-            await self.pace(t_gen, i + 1)
-            j = self.batch_end(t_gen, i, limit)
-            parts = []
-            ts = rfc3339()  # one instant per batch of lines written together
-            for k in range(i, j):
-                kind, val = events[k]
-                if kind == 1:
-                    tok = TOKENS_JSON[idx[k - nthink]] if idx is not None else go_dumps(val)
-                    parts.append(f'{head}{ts}","message":{{"role":"assistant","content":{tok}}},"done":false}}\n')
-                elif kind == 0:
-                    parts.append(f'{head}{ts}","message":{{"role":"assistant","content":"","thinking":{go_dumps(val)}}},"done":false}}\n')
-                else:
-                    parts.append(f'{head}{ts}","message":{{"role":"assistant","content":"","tool_calls":{go_dumps(val)}}},"done":false}}\n')
-            if self.tokens_per_sec > 0:
-                if resp is None:
-                    resp = await self.start_stream(request)
-                await resp.write("".join(parts).encode())
-            else:  # unpaced: everything goes out in one write with the final line
-                pending.append("".join(parts))
-            i = j
-        if resp is None:
-            resp = await self.start_stream(request)
-        if fail_at >= 0:
-            await resp.write_eof("".join(pending).encode() + go_dumps({"error": MIDSTREAM_MSG}).encode() + b"\n")
-            return resp
-        t_end = time.monotonic()
-        final = head + rfc3339() + '","message":{"role":"assistant","content":""},"done":true,"done_reason":' + go_dumps(plan.done_reason)
-        m = self.metrics(t0, load_wait, t_acq, plan, t_gen, t_end)
-        final += "," + go_dumps(m)[1:] + "\n"
-        pending.append(final)
-        await resp.write_eof("".join(pending).encode())
-        return resp
+        return await self._reply(request, _CHAT, info, keep_alive, model, plan, t0, stream)
 
     # ------------------------------------------------------------------ embeddings
 

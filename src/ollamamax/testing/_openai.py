@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ._emulator import CT_SSE, MIDSTREAM_MSG, HttpError, _events, decode_body, _json_kind, keep_alive_of
+from ._emulator import CT_SSE, MIDSTREAM_MSG, HttpError, _events, conversation, decode_body, _json_kind, keep_alive_of, render_events
 from ._models import TOKENS_JSON, go_dumps
 
 if TYPE_CHECKING:
     from ._emulator import FakeOllama
+    from ._models import Plan
 
 __all__ = ["chat_completions", "completions", "embeddings", "error_response", "get_model", "list_models"]
 
@@ -34,6 +35,12 @@ def error_response(emu: FakeOllama, status: int, message: str) -> web.Response:
 
 def _sse_error(message: str) -> bytes:
     return ("data: " + go_dumps({"error": {"message": message, "type": "api_error", "param": None, "code": None}}) + "\n\n").encode()
+
+
+_MIDSTREAM_SSE = _sse_error(MIDSTREAM_MSG)
+# delta prefixes of a chat chunk by event kind: thinking, content, tool calls
+_CHAT_DELTA = ('"content":"","reasoning":', '"content":', '"content":"","tool_calls":')
+_CHAT_DELTA_END = '},"finish_reason":null}]}\n\n'
 
 
 async def _obj(request: web.BaseRequest, struct: str) -> dict[str, Any]:
@@ -66,6 +73,14 @@ def _text_of(content: Any, images: list[int]) -> str:
     if content is None:
         return ""
     raise HttpError(400, "invalid message content type")
+
+
+def _turns(msgs: list[Any], images: list[int]) -> Iterator[tuple[str, str]]:
+    """(role, text) of each message; an image part appends to ``images``."""
+    for m in msgs:
+        if not isinstance(m, Mapping):
+            raise HttpError(400, "invalid message format")
+        yield str(m.get("role") or "").lower(), _text_of(m.get("content"), images)
 
 
 def _think_of(body: Mapping[str, Any]) -> bool | str | None:
@@ -131,50 +146,79 @@ def _oa_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _oa_tool_calls_json(calls: list[dict[str, Any]]) -> str:
+    return go_dumps(_oa_tool_calls(calls))
+
+
+def _model_of(body: Mapping[str, Any]) -> str:
+    model = body.get("model")
+    return model if isinstance(model, str) else ""
+
+
+def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage): each only when exactly ``true``."""
+    so = body.get("stream_options")
+    return body.get("stream") is True, isinstance(so, Mapping) and so.get("include_usage") is True
+
+
+def _chunk_head(cid: str, obj: str, created: int, model: str) -> str:
+    """A streamed reply object's JSON up to its ``choices`` value."""
+    return (
+        '{"id":"' + cid + '","object":"' + obj + '","created":' + str(created) + ',"model":' + go_dumps(model)
+        + ',"system_fingerprint":"fp_ollama","choices":'
+    )  # fmt: skip
+
+
+def _sse_end(head: str, plan: Plan, include_usage: bool) -> str:
+    """The optional usage chunk, then ``[DONE]``."""
+    if include_usage:
+        return "data: " + head + '[],"usage":' + go_dumps(_usage(plan)) + "}\n\ndata: [DONE]\n\n"
+    return "data: [DONE]\n\n"
+
+
+async def _run(
+    emu: FakeOllama, info: Any, keep_alive: float | None, plan: Plan, id_prefix: str, reply: Callable[[str, int, float], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Hold a runner for ``plan`` while ``reply(id, created, t_gen)`` answers."""
+    runner, _ = await emu.acquire(info, keep_alive)
+    ok = False
+    try:
+        cid = f"{id_prefix}-{emu._rng.randint(0, 999)}"
+        created = int(time.time())
+        t_gen = await emu._first_token_wait(plan)
+        resp = await reply(cid, created, t_gen)
+        ok = True
+        return resp
+    finally:
+        emu.release(runner, ok and not plan.failed)
+
+
+async def _whole_wait(emu: FakeOllama, plan: Plan, t_gen: float) -> None:
+    """A non-streamed reply: its 500 (midstream fault) or its generation time."""
+    if emu.midstream_fail_at(plan.eval_count, plan) >= 0:
+        raise HttpError(500, MIDSTREAM_MSG)
+    await emu.pace(t_gen, plan.eval_count)
+
+
 async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
     body = await _obj(request, "ChatCompletionRequest")
-    model = body.get("model")
-    if not isinstance(model, str):
-        model = ""
+    model = _model_of(body)
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise HttpError(400, "[] is too short - 'messages'")
-    texts = []
     images: list[int] = []
-    last_role = None
-    last_user = None
-    for m in msgs:
-        if not isinstance(m, Mapping):
-            raise HttpError(400, "invalid message format")
-        role = str(m.get("role") or "").lower()
-        t = _text_of(m.get("content"), images)
-        texts.append(t)
-        last_role = role
-        if role == "user":
-            last_user = t
-    if last_role != "user":
-        last_user = None
+    text, last_user, last_role = conversation(_turns(msgs, images))
     keep_alive = keep_alive_of(body)
     think_v = _think_of(body)
-    if not model.strip():
-        raise HttpError(400, "model is required")
-    info = emu.resolve(model, not_found="model '{name}' not found")
-    if not info.has("completion"):
-        raise HttpError(400, f'"{model}" does not support chat')
     tools = body.get("tools") or None
-    if tools and not info.has("tools"):
-        raise HttpError(400, f"{info.name.full} does not support tools")
-    if images and not info.has("vision"):
-        raise HttpError(400, f'"{model}" does not support vision')
+    info = emu.resolve_chat(model, tools, bool(images))
     think = emu.check_think(info, model, think_v)
     opts, num_predict = _options(body)
-    stream = body.get("stream") is True
-    so = body.get("stream_options")
-    include_usage = isinstance(so, Mapping) and so.get("include_usage") is True
+    stream, include_usage = _stream_flags(body)
     emu.pre_schedule_faults(info)
     plan = emu.plan(
         info,
-        text="\n".join(texts),
+        text=text,
         last_user=last_user,
         last_role=last_role,
         think=think,
@@ -183,16 +227,10 @@ async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.Str
         options=opts,
         num_predict=num_predict,
     )
-    runner, _ = await emu.acquire(info, keep_alive)
-    ok = False
-    try:
-        cid = f"chatcmpl-{emu._rng.randint(0, 999)}"
-        created = int(time.time())
-        t_gen = await emu._first_token_wait(plan)
+
+    async def reply(cid: str, created: int, t_gen: float) -> web.StreamResponse:
         if not stream:
-            if emu.midstream_fail_at(plan.eval_count, plan) >= 0:
-                raise HttpError(500, MIDSTREAM_MSG)
-            await emu.pace(t_gen, plan.eval_count)
+            await _whole_wait(emu, plan, t_gen)
             msg: dict[str, Any] = {"role": "assistant", "content": "".join(plan.content)}
             if plan.thinking:
                 msg["reasoning"] = "".join(plan.thinking)
@@ -207,70 +245,30 @@ async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.Str
                 "choices": [{"index": 0, "message": msg, "finish_reason": _finish(plan)}],
                 "usage": _usage(plan),
             }
-            ok = True
             return emu.json(out)
         events = _events(plan)
+        head = _chunk_head(cid, "chat.completion.chunk", created, model)
+        start = "data: " + head + '[{"index":0,"delta":{'
+
+        def render(i: int, j: int) -> str:
+            text = render_events(events, max(i, 1), j, start, _CHAT_DELTA, _CHAT_DELTA_END, plan, _oa_tool_calls_json)
+            if i:
+                return text
+            # the first chunk also carries the role
+            return render_events(events, 0, 1, start + '"role":"assistant",', _CHAT_DELTA, _CHAT_DELTA_END, plan, _oa_tool_calls_json) + text
+
+        def final() -> str:
+            return start + '},"finish_reason":"' + _finish(plan) + '"}]}\n\n' + _sse_end(head, plan, include_usage)
+
         n = len(events)
-        fail_at = emu.midstream_fail_at(n, plan)
-        limit = n if fail_at < 0 else fail_at
-        head = (
-            '{"id":"' + cid + '","object":"chat.completion.chunk","created":' + str(created) + ',"model":' + go_dumps(model)
-            + ',"system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{'
-        )  # fmt: skip
-        tail = '},"finish_reason":null}]}\n\n'
-        idx = plan.content_idx
-        nthink = len(plan.thinking)
-        resp: web.StreamResponse | None = None
-        pending: list[str] = []
-        first = True
-        i = 0
-        while i < limit:
-            await emu.pace(t_gen, i + 1)
-            j = emu.batch_end(t_gen, i, limit)
-            parts = []
-            for k in range(i, j):
-                kind, val = events[k]
-                role = '"role":"assistant",' if first else ""
-                first = False
-                if kind == 1:
-                    tok = TOKENS_JSON[idx[k - nthink]] if idx is not None else go_dumps(val)
-                    parts.append(f"data: {head}{role}\"content\":{tok}{tail}")
-                elif kind == 0:
-                    parts.append(f"data: {head}{role}\"content\":\"\",\"reasoning\":{go_dumps(val)}{tail}")
-                else:
-                    parts.append(f"data: {head}{role}\"content\":\"\",\"tool_calls\":{go_dumps(_oa_tool_calls(val))}{tail}")
-            if emu.tokens_per_sec > 0:
-                if resp is None:
-                    resp = await emu.start_stream(request, CT_SSE)
-                await resp.write("".join(parts).encode())
-            else:  # unpaced: everything goes out in one write with the final line
-                pending.append("".join(parts))
-            i = j
-        if resp is None:
-            resp = await emu.start_stream(request, CT_SSE)
-        if fail_at >= 0:
-            await resp.write_eof("".join(pending).encode() + _sse_error(MIDSTREAM_MSG))
-            return resp
-        fin = f'data: {head}}},"finish_reason":"{_finish(plan)}"}}]}}\n\n'
-        if include_usage:
-            fin += (
-                'data: {"id":"' + cid + '","object":"chat.completion.chunk","created":' + str(created) + ',"model":' + go_dumps(model)
-                + ',"system_fingerprint":"fp_ollama","choices":[],"usage":' + go_dumps(_usage(plan)) + "}\n\n"
-            )  # fmt: skip
-        fin += "data: [DONE]\n\n"
-        pending.append(fin)
-        await resp.write_eof("".join(pending).encode())
-        ok = True
-        return resp
-    finally:
-        emu.release(runner, ok and not plan.failed)
+        return await emu.stream_batches(request, t_gen, n, emu.midstream_fail_at(n, plan), render, final, _MIDSTREAM_SSE, CT_SSE)
+
+    return await _run(emu, info, keep_alive, plan, "chatcmpl", reply)
 
 
 async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
     body = await _obj(request, "CompletionRequest")
-    model = body.get("model")
-    if not isinstance(model, str):
-        model = ""
+    model = _model_of(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -283,23 +281,15 @@ async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamRe
     if body.get("suffix") and not info.has("insert"):
         raise HttpError(400, f'"{model}" does not support insert')
     opts, num_predict = _options(body)
-    stream = body.get("stream") is True
-    so = body.get("stream_options")
-    include_usage = isinstance(so, Mapping) and so.get("include_usage") is True
+    stream, include_usage = _stream_flags(body)
     emu.pre_schedule_faults(info)
     plan = emu.plan(
         info, text="\n" + prompt, last_user=prompt, last_role="user", think=False, fmt=None, tools=None, options=opts, num_predict=num_predict
     )
-    runner, _ = await emu.acquire(info, keep_alive)
-    ok = False
-    try:
-        cid = f"cmpl-{emu._rng.randint(0, 999)}"
-        created = int(time.time())
-        t_gen = await emu._first_token_wait(plan)
+
+    async def reply(cid: str, created: int, t_gen: float) -> web.StreamResponse:
         if not stream:
-            if emu.midstream_fail_at(plan.eval_count, plan) >= 0:
-                raise HttpError(500, MIDSTREAM_MSG)
-            await emu.pace(t_gen, plan.eval_count)
+            await _whole_wait(emu, plan, t_gen)
             out = {
                 "id": cid,
                 "object": "text_completion",
@@ -309,63 +299,35 @@ async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamRe
                 "choices": [{"text": "".join(plan.content), "index": 0, "finish_reason": plan.done_reason}],
                 "usage": _usage(plan),
             }
-            ok = True
             return emu.json(out)
         toks = plan.content
         n = len(toks)
         fail_at = emu.midstream_fail_at(n, plan)
-        limit = n if fail_at < 0 else fail_at
-        head = (
-            '{"id":"' + cid + '","object":"text_completion","created":' + str(created) + ',"model":' + go_dumps(model)
-            + ',"system_fingerprint":"fp_ollama","choices":[{"text":'
-        )  # fmt: skip
+        head = _chunk_head(cid, "text_completion", created, model)
+        start = "data: " + head + '[{"text":'
         idx = plan.content_idx
-        resp: web.StreamResponse | None = None
-        pending: list[str] = []
-        i = 0
         fin_reason = go_dumps(plan.done_reason)
-        while i < limit:
-            await emu.pace(t_gen, i + 1)
-            j = emu.batch_end(t_gen, i, limit)
+
+        def render(i: int, j: int) -> str:
             parts = []
             for k in range(i, j):
                 tok = TOKENS_JSON[idx[k]] if idx is not None else go_dumps(toks[k])
                 fr = fin_reason if (k == n - 1 and fail_at < 0) else "null"
-                parts.append(f'data: {head}{tok},"index":0,"finish_reason":{fr}}}]}}\n\n')
-            if emu.tokens_per_sec > 0:
-                if resp is None:
-                    resp = await emu.start_stream(request, CT_SSE)
-                await resp.write("".join(parts).encode())
-            else:  # unpaced: everything goes out in one write with the final line
-                pending.append("".join(parts))
-            i = j
-        if resp is None:
-            resp = await emu.start_stream(request, CT_SSE)
-        if fail_at >= 0:
-            await resp.write_eof("".join(pending).encode() + _sse_error(MIDSTREAM_MSG))
-            return resp
-        fin = ""
-        if n == 0:
-            fin += f'data: {head}"","index":0,"finish_reason":{fin_reason}}}]}}\n\n'
-        if include_usage:
-            fin += (
-                'data: {"id":"' + cid + '","object":"text_completion","created":' + str(created) + ',"model":' + go_dumps(model)
-                + ',"system_fingerprint":"fp_ollama","choices":[],"usage":' + go_dumps(_usage(plan)) + "}\n\n"
-            )  # fmt: skip
-        fin += "data: [DONE]\n\n"
-        pending.append(fin)
-        await resp.write_eof("".join(pending).encode())
-        ok = True
-        return resp
-    finally:
-        emu.release(runner, ok and not plan.failed)
+                parts.append(f'{start}{tok},"index":0,"finish_reason":{fr}}}]}}\n\n')
+            return "".join(parts)
+
+        def final() -> str:
+            fin = f'{start}"","index":0,"finish_reason":{fin_reason}}}]}}\n\n' if n == 0 else ""
+            return fin + _sse_end(head, plan, include_usage)
+
+        return await emu.stream_batches(request, t_gen, n, fail_at, render, final, _MIDSTREAM_SSE, CT_SSE)
+
+    return await _run(emu, info, keep_alive, plan, "cmpl", reply)
 
 
 async def embeddings(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
     body = await _obj(request, "EmbedRequest")
-    model = body.get("model")
-    if not isinstance(model, str):
-        model = ""
+    model = _model_of(body)
     inp = body.get("input")
     if isinstance(inp, str):
         inputs = [inp]
