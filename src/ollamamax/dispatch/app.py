@@ -28,8 +28,8 @@ The front end owns transport concerns only (see ``_types.py`` for the contract):
 * **Disconnects**.  ``resp.aclose()`` runs in a ``finally`` on every path.  A client that
   goes away cancels the handler: aiohttp does that itself when the server runs with
   ``handler_cancellation=True`` (``ollamamax serve`` does); otherwise (e.g. mounted in an
-  app run with aiohttp's default) a cheap timer notices the closed transport within
-  ``disconnect_check_interval`` seconds, so a stalled or queued request never outlives its
+  app run with aiohttp's default) one shared polling timer notices the closed transport within
+  about ``disconnect_check_interval`` seconds, so a stalled or queued request never outlives its
   client.  Cancelling makes the dispatcher drop the upstream request at once.
 """
 
@@ -100,6 +100,7 @@ class Gateway:
         self.auth_enabled = bool(self._user_keys)
         self.max_body_size = int(max_body_size)
         self.disconnect_check_interval = float(disconnect_check_interval)
+        self._watch = _DisconnectWatch(self.disconnect_check_interval)
 
     # ------------------------------------------------------------------ helpers
 
@@ -162,6 +163,9 @@ class Gateway:
             return b""
         limit = self.max_body_size
         content = request.content
+        if content.is_eof():  # fast path: the whole (small) body is already buffered
+            data = content.read_nowait()
+            return data if len(data) <= limit else None
         parts: list[bytes] = []
         size = 0
         while True:
@@ -229,7 +233,8 @@ class Gateway:
             headers = fwd
 
         task = asyncio.current_task()
-        watch = _DisconnectWatch(request, task, self.disconnect_check_interval)
+        watch = self._watch
+        watch.add(request, task)
         try:
             body = await self._read_body(request)
             if body is None:
@@ -248,50 +253,76 @@ class Gateway:
                                         body=resp.body or b"")
                 out = web.StreamResponse(status=resp.status, headers=out_headers)
                 await out.prepare(request)
+                stream = resp.stream
+                # a stream that can tell its last chunk lets it go out with the end marker
+                # (and, for a short stream, with the headers): one write instead of two
+                at_eof = getattr(stream, "at_eof", None)
                 try:
-                    async for chunk in resp.stream:
+                    async for chunk in stream:
                         if chunk:
-                            await out.write(chunk)
-                    await out.write_eof()
+                            if at_eof is not None and at_eof():
+                                await out.write_eof(chunk)
+                            else:
+                                await out.write(chunk)
+                    await out.write_eof()  # no-op when already ended
                 except (ConnectionError, OSError):  # client went away mid-write
                     log.debug("client disconnected during %s %s", method, path)
                 return out
             finally:
-                watch.stop()  # nothing of ours may interrupt the close
+                watch.discard(task)  # nothing of ours may interrupt the close
                 await resp.aclose()
         finally:
-            watch.stop()
+            watch.discard(task)
 
 
 class _DisconnectWatch:
-    """Cancels the handler's task when the client's transport closes (polling timer)."""
+    """Cancels a handler's task when its client's transport closes.
 
-    __slots__ = ("_request", "_task", "_interval", "_handle", "_loop")
+    One polling timer per gateway serves every in-flight request (registering is a dict
+    insert, not a timer per request); it ticks every ``interval`` seconds while any request
+    is registered, so a closed client is noticed within about one interval.
+    """
 
-    def __init__(self, request: web.BaseRequest, task: asyncio.Task[Any] | None,
-                 interval: float) -> None:
-        self._request = request
-        self._task = task
+    __slots__ = ("_interval", "_entries", "_handle", "_loop")
+
+    def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._loop = asyncio.get_running_loop()
-        self._handle: asyncio.TimerHandle | None = (
-            self._loop.call_later(interval, self._check) if task is not None else None
-        )
+        self._entries: dict[asyncio.Task[Any], web.BaseRequest] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, request: web.BaseRequest, task: asyncio.Task[Any] | None) -> None:
+        if task is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or the gateway moved to another loop
+            if self._handle is not None:
+                self._handle.cancel()
+                self._handle = None
+            self._entries.clear()
+            self._loop = loop
+        self._entries[task] = request
+        if self._handle is None:
+            self._handle = loop.call_later(self._interval, self._check)
+
+    def discard(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self._entries.pop(task, None)
 
     def _check(self) -> None:
         self._handle = None
-        transport = self._request.transport
-        if transport is None or transport.is_closing():
-            assert self._task is not None
-            log.debug("client gone; cancelling %s %s", self._request.method, self._request.path)
-            self._task.cancel()
-            return
-        self._handle = self._loop.call_later(self._interval, self._check)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        entries = self._entries
+        gone = []
+        for task, request in entries.items():
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                gone.append(task)
+        for task in gone:
+            request = entries.pop(task)
+            log.debug("client gone; cancelling %s %s", request.method, request.path)
+            task.cancel()
+        if entries and self._loop is not None:
+            self._handle = self._loop.call_later(self._interval, self._check)
 
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("ollamamax_gateway", Gateway)

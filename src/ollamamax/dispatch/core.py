@@ -28,8 +28,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-import aiohttp
-
 from .._errors import QueueFull
 from . import routes
 from ._types import (
@@ -71,7 +69,16 @@ from .hosts import (
 from .refresh import Refresher
 from .routes import PULL_TIMEOUT, Route, lookup
 from .strategies import STRATEGIES, Pick, Strategy, chat_prefix_hashes, make_strategy
-from .upstream import UPSTREAM_ERRORS, PassThrough, Replay, TraceCtx, Upstream, describe_error, timeout
+from .upstream import (
+    UPSTREAM_ERRORS,
+    PassThrough,
+    RawResponse,
+    Replay,
+    TraceCtx,
+    Upstream,
+    describe_error,
+    timeout,
+)
 from .upstream import header_get as _hget
 
 __all__ = ["Dispatcher"]
@@ -102,6 +109,7 @@ COLD_LOAD_S = 0.02  # a load_duration above this means the host had to load the 
 SLOW_TTFB_S = 1.0  # a first byte slower than this and 4x the usual triggers a refresh of the host
 MISS_REFRESH_WAIT = 1.0  # how long an unknown-model request waits for the refresh it triggered
 
+_SMALL_INTS = tuple(str(i) for i in range(16))
 _RE_METRICS = re.compile(rb'"(load_duration|eval_count|eval_duration)":(\d+)')
 
 # Routes whose requests make the host load the model.
@@ -375,7 +383,7 @@ class Dispatcher:
         for h in self.hosts:
             if h.upstream is not None:
                 await h.upstream.close()
-        # let aiohttp finish closing transports (avoids ResourceWarnings)
+        # let the aborted upstream transports finish closing (avoids ResourceWarnings)
         await asyncio.sleep(0)
 
     # -- snapshot ----------------------------------------------------------------------
@@ -432,8 +440,8 @@ class Dispatcher:
         h = {
             HEADER_HOST: host,
             HEADER_COLD: "1" if cold else "0",
-            HEADER_QUEUE_MS: f"{queue_s * 1000.0:.0f}",
-            HEADER_ATTEMPTS: str(attempts),
+            HEADER_QUEUE_MS: f"{queue_s * 1000.0:.0f}" if queue_s else "0",
+            HEADER_ATTEMPTS: _SMALL_INTS[attempts] if 0 <= attempts < 16 else str(attempts),
         }
         if cache is not None:
             h[HEADER_CACHE] = cache
@@ -807,23 +815,32 @@ class Dispatcher:
             h.warm[model] = time.monotonic()
         trace = TraceCtx()
         t0 = time.perf_counter()
-        resp: aiohttp.ClientResponse | None = None
+        resp: RawResponse | None = None
         first = b""
         body = b""
         streaming = False
         up = h.upstream
         assert up is not None
         try:
-            async with timeout(cfg.first_byte_timeout):
-                resp = await up.send(req.method, req.path, req.body, req.headers, query=req.query, trace=trace)
-                ctype = resp.headers.get("Content-Type", "")
-                streaming = resp.status == 200 and (
-                    ctype.startswith(NDJSON_CONTENT_TYPE) or ctype.startswith(SSE_CONTENT_TYPE)
-                )
-                if streaming:
-                    first = await resp.content.readany()
-                else:
-                    body = await resp.read()
+            # one timer bounds head + first chunk (or whole body): time to first byte;
+            # the response cancels it itself once the first body bytes are read
+            resp = await up.send(
+                req.method,
+                req.path,
+                req.body,
+                req.headers,
+                query=req.query,
+                trace=trace,
+                timeout=cfg.first_byte_timeout,
+            )
+            ctype = resp.headers.get("Content-Type", "")
+            streaming = resp.status == 200 and (
+                ctype.startswith(NDJSON_CONTENT_TYPE) or ctype.startswith(SSE_CONTENT_TYPE)
+            )
+            if streaming:
+                first = await resp.readany()
+            else:
+                body = await resp.read()
             t_first = time.perf_counter()
         except asyncio.CancelledError:
             if resp is not None:
@@ -892,10 +909,15 @@ class Dispatcher:
         return DispatchResponse(status, headers, stream=st, _close=st.aclose)
 
     def _resp_headers(
-        self, resp: aiohttp.ClientResponse, h: HostState, cold: bool, queue_s: float, attempts: int, cache: str | None
+        self, resp: RawResponse, h: HostState, cold: bool, queue_s: float, attempts: int, cache: str | None
     ) -> dict[str, str]:
         out = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_HEADERS}
-        out.update(self._base_headers(h.name, cold, queue_s, attempts, cache))
+        out[HEADER_HOST] = h.name
+        out[HEADER_COLD] = "1" if cold else "0"
+        out[HEADER_QUEUE_MS] = f"{queue_s * 1000.0:.0f}" if queue_s else "0"
+        out[HEADER_ATTEMPTS] = _SMALL_INTS[attempts] if 0 <= attempts < 16 else str(attempts)
+        if cache is not None:
+            out[HEADER_CACHE] = cache
         return out
 
     # -- accounting --------------------------------------------------------------------
@@ -926,13 +948,15 @@ class Dispatcher:
         self.counters["requests"][(req.path, model, name, status)] += 1
         if status != 200:
             return
-        tm = self._timings(name, model)
-        tm.queue_wait.record(_us(queue_s))
+        tm = self._hist.get((name, model))
+        if tm is None:
+            tm = self._timings(name, model)
+        tm.queue_wait.record(int(queue_s * 1e6) or 1)  # microseconds, at least 1
         if trace.connect_s is not None:
-            tm.connect.record(_us(trace.connect_s))
+            tm.connect.record(int(trace.connect_s * 1e6) or 1)
         ttfb = t_first - t0
-        tm.ttfb.record(_us(ttfb))
-        tm.total.record(_us(t_end - req.t0))  # arrival to last byte
+        tm.ttfb.record(int(ttfb * 1e6) or 1)
+        tm.total.record(int((t_end - req.t0) * 1e6) or 1)  # arrival to last byte
         # an unusually slow first byte often means the host (re)loaded a model
         slow = h.ttfb.value is not None and ttfb > max(SLOW_TTFB_S, 4.0 * h.ttfb.value)
         h.ttfb.add(ttfb)

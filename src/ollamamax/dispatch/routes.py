@@ -42,10 +42,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from .. import __version__
 from ._types import DispatchResponse
+from ._rawhttp import RawResponse
 from .errors import JSON_CONTENT_TYPE, NDJSON_CONTENT_TYPE, ollama_error_body
 from .hosts import HostState, normalize_model
 from .upstream import UPSTREAM_ERRORS, describe_error, header_get, timeout
@@ -168,7 +167,7 @@ class _MergedStream:
     """
 
     def __init__(
-        self, d: Dispatcher, started: list[tuple[HostState, aiohttp.ClientResponse]], failed: list[str], done_hook: Any
+        self, d: Dispatcher, started: list[tuple[HostState, RawResponse]], failed: list[str], done_hook: Any
     ) -> None:
         self._d = d
         self._q: asyncio.Queue[Any] = asyncio.Queue()
@@ -180,7 +179,7 @@ class _MergedStream:
         self._resps = [r for _, r in started]
         self._tasks = [asyncio.create_task(self._pump(h, r)) for h, r in started]
 
-    async def _pump(self, h: HostState, resp: aiohttp.ClientResponse) -> None:
+    async def _pump(self, h: HostState, resp: RawResponse) -> None:
         err: str | None = None
         success = False
         buf = b""
@@ -428,7 +427,7 @@ async def fanout_progress(
         await after(targets)
         return combine(d, route, targets, results)
 
-    async def open_one(h: HostState) -> aiohttp.ClientResponse | str:
+    async def open_one(h: HostState) -> RawResponse | str:
         resp = None
         try:
             async with timeout(d.config.first_byte_timeout):

@@ -1,28 +1,38 @@
-"""The client side: one aiohttp session and keep-alive pool per host.
+"""The client side: one keep-alive connection pool per host (see ``_rawhttp``).
 
-Each host gets its own ``TCPConnector`` (``limit`` = the host's in-flight capacity plus
-a few connections for probes and broadcasts) so one slow host can never starve the
-pool of another, and a ``ClientTimeout`` that bounds only the TCP connect.  The
-time-to-first-byte and idle-gap limits are enforced by the caller around reading the
-response headers/first chunk and each later chunk (``timeout()`` below), because
-aiohttp's ``sock_read`` semantics (per socket read, reset by any byte) do not map onto
-"first token" and "gap between tokens".
+Each host gets its own :class:`~._rawhttp.HostPool` (at most the host's in-flight
+capacity plus a few idle connections for probes and broadcasts are kept), so one slow host
+never affects another.  Only the TCP connect is bounded here (``connect_timeout``); the
+time-to-first-byte and idle-gap limits are the caller's: ``send(timeout=...)`` arms a
+timer on the response that stays armed until body bytes are read (or ``cancel_timeout()``), and
+``readany(timeout)`` bounds one gap between chunks.  Both are ``loop.call_later`` handles.
 
-Connection set-up time is measured by the connector itself, only when a new connection
-is created (reused keep-alive connections cost nothing).
+Connection set-up time is measured only when a new connection is created (reused
+keep-alive connections cost nothing) and written into the attempt's :class:`TraceCtx`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import ssl as _ssl
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
-from contextvars import ContextVar
 from typing import Any
+from urllib.parse import quote, urlsplit
 
-import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._rawhttp import (
+    BadResponse,
+    ConnectFailed,
+    Disconnected,
+    HostPool,
+    RawResponse,
+    StatusError,
+    UpstreamError,
+    build_head,
+)
 from ._types import DispatcherConfig, HostConfig
 from .errors import ollama_error_body, openai_error_body
 
@@ -34,23 +44,36 @@ else:  # pragma: no cover - Python 3.10
 __all__ = [
     "UPSTREAM_ERRORS",
     "PassThrough",
+    "RawResponse",
     "Replay",
     "TraceCtx",
     "Upstream",
+    "UpstreamError",
     "describe_error",
     "header_get",
     "timeout",
 ]
 
 # Exceptions that mean "this attempt failed at the transport level".
-UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
+# (UpstreamError is an OSError; listed for clarity.)
+UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (
+    UpstreamError,
+    OSError,
+    TimeoutError,
+)
 if sys.version_info < (3, 11):  # pragma: no cover
     UPSTREAM_ERRORS = UPSTREAM_ERRORS + (asyncio.TimeoutError,)
 
 # Request headers we pass from the client to the host; everything else (notably the
 # client's Authorization, meant for the gateway) stays behind.
 FORWARD_REQUEST_HEADERS = ("content-type", "accept", "user-agent")
+_FORWARD_CANON = {
+    "content-type": "Content-Type",
+    "accept": "Accept",
+    "user-agent": "User-Agent",
+}
 EXTRA_POOL_CONNECTIONS = 4
+IDLE_CONNECTION_TTL = 30.0  # seconds an idle keep-alive connection is kept
 
 
 def header_get(headers: Mapping[str, str] | None, name: str) -> str | None:
@@ -76,27 +99,9 @@ class TraceCtx:
         self.connect_s: float | None = None
 
 
-# The attempt that is opening a connection (task-local): the connector below writes the
-# time the new connection took into it.  Reused keep-alive connections cost nothing.
-_CONNECT_SINK: ContextVar[TraceCtx | None] = ContextVar("ollamamax_connect_sink", default=None)
-
-
-class _TimedConnector(aiohttp.TCPConnector):
-    """A TCPConnector that measures how long creating a new connection takes.
-
-    Cheaper than an aiohttp ``TraceConfig``, which costs every request a dozen signal
-    awaits.  It wraps the connector's connection factory; should a future aiohttp rename
-    it, the override is simply never called (no connect timings, nothing else changes).
-    """
-
-    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return await super()._create_connection(*args, **kwargs)
-        finally:
-            sink = _CONNECT_SINK.get()
-            if sink is not None:
-                sink.connect_s = time.perf_counter() - t0
+def _check_header(k: str, v: str) -> None:
+    if any(c in k for c in "\r\n:") or not k.strip() or any(c in str(v) for c in "\r\n"):
+        raise ValueError(f"invalid header {k!r}")
 
 
 class Upstream:
@@ -104,32 +109,50 @@ class Upstream:
 
     def __init__(self, host: HostConfig, capacity: int, config: DispatcherConfig) -> None:
         self.base = host.url.rstrip("/")
+        u = urlsplit(self.base)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"invalid host URL {host.url!r}")
+        tls = u.scheme == "https"
+        port = u.port or (443 if tls else 80)
         self.extra_headers = dict(host.headers)
-        connector = _TimedConnector(
-            limit=capacity + EXTRA_POOL_CONNECTIONS,
-            limit_per_host=0,
-            keepalive_timeout=30.0,
-            ttl_dns_cache=300,
+        for k, v in self.extra_headers.items():
+            _check_header(k, v)
+        lowered = {k.lower() for k in self.extra_headers}
+        # the host's fixed headers, once; they override forwarded ones of the same name
+        self._fixed = "".join(f"{k}: {v}\r\n" for k, v in self.extra_headers.items()).encode("utf-8", "surrogateescape")
+        self._forward = tuple(n for n in FORWARD_REQUEST_HEADERS if n not in lowered)
+        self._default_ct = "content-type" not in lowered
+        self.pool = HostPool(
+            u.hostname,
+            port,
+            max_idle=capacity + EXTRA_POOL_CONNECTIONS,
+            connect_timeout=config.connect_timeout,
+            idle_ttl=IDLE_CONNECTION_TTL,
+            ssl=_ssl.create_default_context() if tls else None,
         )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=config.connect_timeout, sock_connect=config.connect_timeout
-            ),
-            auto_decompress=True,
-            raise_for_status=False,
-            skip_auto_headers=("Content-Type",),
-        )
+        self._host_line = self.pool.host_line()
+        self._fwd_cache: dict[tuple[str | None, ...], dict[str, str]] = {}
 
     def request_headers(self, client_headers: Mapping[str, str] | None) -> dict[str, str]:
-        out: dict[str, str] = {}
-        if client_headers:
-            for k, v in client_headers.items():
-                if k.lower() in FORWARD_REQUEST_HEADERS:
-                    out[k] = v
-        if "Content-Type" not in out and "content-type" not in out:
-            out["Content-Type"] = "application/json"
-        out.update(self.extra_headers)
+        """The client headers passed on (Content-Type defaults to JSON), without the
+        host's fixed headers (those are prebuilt)."""
+        if client_headers is None:
+            vals: tuple[str | None, ...] = (None,) * len(self._forward)
+        elif isinstance(client_headers, (CIMultiDictProxy, CIMultiDict)):
+            get = client_headers.get
+            vals = tuple(get(n) for n in self._forward)
+        else:
+            vals = tuple(header_get(client_headers, n) for n in self._forward)
+        out = self._fwd_cache.get(vals)
+        if out is None:
+            out = {_FORWARD_CANON[n]: v for n, v in zip(self._forward, vals) if v is not None}
+            for v in out.values():
+                if "\r" in v or "\n" in v:
+                    raise ValueError("invalid header value")
+            if self._default_ct and "Content-Type" not in out:
+                out["Content-Type"] = "application/json"
+            if len(self._fwd_cache) < 64:  # a few distinct clients: bounded
+                self._fwd_cache[vals] = out
         return out
 
     async def send(
@@ -141,52 +164,57 @@ class Upstream:
         *,
         query: str = "",
         trace: TraceCtx | None = None,
-    ) -> aiohttp.ClientResponse:
-        """Send one request; returns once the response headers arrived.
+        timeout: float | None = None,
+    ) -> RawResponse:
+        """Send one request; returns once the response head arrived.
 
+        ``timeout``: seconds from sending until the first body bytes are read (``readany``)
+        or the whole body is (``read``): time to first byte; on expiry the response fails
+        with ``TimeoutError`` and its connection is closed.
         The caller owns the response: ``release()`` it after reading it fully, or
         ``close()`` it to abort (drops the connection, so the host sees the client go).
         """
-        url = self.base + path
-        if query:
-            url += "?" + query
-        token = _CONNECT_SINK.set(trace)
-        try:
-            return await self.session.request(
-                method,
-                url,
-                data=body if body else None,
-                headers=self.request_headers(headers),
-                allow_redirects=False,
-            )
-        finally:
-            _CONNECT_SINK.reset(token)
+        if not (path.isascii() and path.isprintable()) or " " in path:
+            path = quote(path, safe="/:@!$&'()*+,;=-._~%")  # never a raw space or CR/LF
+        if query and (not (query.isascii() and query.isprintable()) or " " in query):
+            query = quote(query, safe="/:@!$&'()*+,;=-._~%?")
+        target = path + "?" + query if query else path
+        body = body or b""
+        head = build_head(
+            method,
+            target,
+            self._host_line,
+            self._fixed,
+            self.request_headers(headers),
+            len(body),
+        )
+        return await self.pool.request(head, body, head_only=method == "HEAD", timeout=timeout, trace=trace)
 
     async def get_json(self, path: str, limit: float) -> Any:
         """GET a small JSON document within ``limit`` seconds (probes, refresh)."""
-        async with timeout(limit):
-            resp = await self.session.get(self.base + path, headers=self.extra_headers or None)
-            try:
-                if resp.status != 200:
-                    raise aiohttp.ClientResponseError(
-                        resp.request_info, resp.history, status=resp.status, message=resp.reason or ""
-                    )
-                return await resp.json(content_type=None)
-            finally:
-                resp.release()
+        resp = await self.send("GET", path, None, None, timeout=limit)
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+        if resp.status != 200:
+            raise StatusError(resp.status, resp.reason)
+        return json.loads(data)
 
     async def close(self) -> None:
-        await self.session.close()
+        await self.pool.close()
 
 
 def describe_error(exc: BaseException, timeout_text: str = "timeout") -> str:
     """A short, client-safe description of a transport failure."""
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return timeout_text
-    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+    if isinstance(exc, Disconnected):
         return "connection lost"
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return "connection refused"
+    if isinstance(exc, BadResponse):
+        return f"invalid response: {str(exc)[:200]}"
     text = str(exc).split("\n", 1)[0][:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -198,8 +226,8 @@ MAX_COLLECT_BYTES = 4 * 1024 * 1024  # a longer stream is not kept for the cache
 class PassThrough:
     """Pass-through of one upstream stream: unbuffered, idle timeout, in-band errors.
 
-    Yields the upstream's bytes exactly as they arrive (``readany``: each chunk as soon as
-    it is there), the first one already read by the caller.  Each later read is bounded by
+    Yields the upstream's bytes exactly as they arrive (``readany``: what is buffered, as
+    soon as there is something), the first one already read by the caller.  Each later read is bounded by
     ``idle`` seconds.  If the upstream fails after the first byte, it yields one in-band
     error — an NDJSON ``{"error": ...}`` line, or for SSE a ``data: {"error": {...}}``
     event — and ends, so output is never duplicated by a retry.  ``aclose()`` before the
@@ -228,7 +256,7 @@ class PassThrough:
 
     def __init__(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: RawResponse,
         first: bytes,
         *,
         idle: float,
@@ -275,13 +303,12 @@ class PassThrough:
             return first
         if self._done:
             raise StopAsyncIteration
-        content = self._resp.content
+        resp = self._resp
         try:
             # fast path: bytes already buffered need no timer
-            chunk = content.read_nowait()
-            if not chunk and not content.at_eof():
-                async with timeout(self._idle):
-                    chunk = await content.readany()
+            chunk = resp.read_nowait()
+            if not chunk and not resp.at_eof():
+                chunk = await resp.readany(self._idle)
         except UPSTREAM_ERRORS as exc:
             msg = describe_error(exc, "idle timeout between stream chunks")
             out = self._error_chunk(f"{self._label} failed mid-stream: {msg}")
@@ -292,6 +319,11 @@ class PassThrough:
             raise StopAsyncIteration
         self._note(chunk)
         return chunk
+
+    def at_eof(self) -> bool:
+        """True when the chunk last returned was the final one (the upstream response is
+        complete and nothing is left): a front end can send it with the end marker."""
+        return not self._done and self._first is None and self._resp.at_eof()
 
     def _error_chunk(self, message: str) -> bytes:
         if self._sse:
@@ -324,19 +356,25 @@ class PassThrough:
 class Replay:
     """Replays a cached byte stream chunk by chunk."""
 
-    __slots__ = ("_it",)
+    __slots__ = ("_chunks", "_pos")
 
     def __init__(self, chunks: Sequence[bytes]) -> None:
-        self._it = iter(chunks)
+        self._chunks = chunks
+        self._pos = 0
 
     def __aiter__(self) -> Replay:
         return self
 
     async def __anext__(self) -> bytes:
-        try:
-            return next(self._it)
-        except StopIteration:
-            raise StopAsyncIteration from None
+        pos = self._pos
+        if pos >= len(self._chunks):
+            raise StopAsyncIteration
+        self._pos = pos + 1
+        return self._chunks[pos]
+
+    def at_eof(self) -> bool:
+        """True when the chunk last returned was the final one."""
+        return self._pos >= len(self._chunks)
 
     async def aclose(self) -> None:
-        self._it = iter(())
+        self._pos = len(self._chunks)
