@@ -281,7 +281,7 @@ async def test_host_500_retried_then_passed_through() -> None:
         ("/api/chat", b"{", 400, "unexpected EOF"),
         ("/api/chat", b'{"model": "llama3.2",', 400, "unexpected EOF"),
         ("/api/chat", b"{x}", 400, "invalid character 'x' looking for beginning of object key string"),
-        ("/api/generate", b"nope", 400, "invalid character 'n' looking for beginning of value"),
+        ("/api/generate", b"nope", 400, "invalid character 'o' in literal null (expecting 'u')"),
         ("/api/chat", b"[1]", 400, "json: cannot unmarshal array into Go value of type api.ChatRequest"),
         (
             "/api/chat",

@@ -7,12 +7,15 @@ texts (see /work/shared/ollama-api.md section 3) because clients grep them.
 
 Also here: :class:`ResponseError`, raised by the embedded API, mirroring
 ``ollama.ResponseError`` (same attributes and the same ``str()``), and the translation of
-a Python ``json.JSONDecodeError`` into the Go decoder's wording.
+a Python ``json.JSONDecodeError`` into the Go decoder's wording (shared with the emulator,
+in :mod:`ollamamax._ollama_wire`).
 """
 
 from __future__ import annotations
 
 import json
+
+from .._ollama_wire import BUSY_MESSAGE, NOT_FOUND_PAGE, go_json_error, go_type_name
 
 __all__ = [
     "BUSY_MESSAGE",
@@ -30,9 +33,6 @@ JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 SSE_CONTENT_TYPE = "text/event-stream"
-# Note the two spaces after the period: this is the server's exact text.
-BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
-NOT_FOUND_PAGE = b"404 page not found"
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -80,57 +80,3 @@ def openai_error_body(message: str, status: int) -> bytes:
     ).encode()
 
 
-def go_type_name(value: object) -> str:
-    """The JSON kind as Go's decoder names it in ``cannot unmarshal <kind>``."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
-
-
-def _quote_char(doc: str, pos: int) -> str:
-    ch = doc[pos] if 0 <= pos < len(doc) else ""
-    if ch == "'":
-        return "'\\''"
-    return f"'{ch}'"
-
-
-def go_json_error(exc: json.JSONDecodeError) -> str:
-    """Translate Python's decoder error into the Go decoder's message (best effort)."""
-    doc, pos, msg = exc.doc, exc.pos, exc.msg
-    rest = doc[pos:] if isinstance(doc, str) else ""
-    if pos >= len(doc) or not rest.strip() or msg.startswith("Unterminated string"):
-        return "unexpected EOF"
-    ch = _quote_char(doc, pos)
-    if msg.startswith("Expecting value"):
-        return f"invalid character {ch} looking for beginning of value"
-    if msg.startswith("Expecting property name"):
-        return f"invalid character {ch} looking for beginning of object key string"
-    if msg.startswith("Expecting ':'"):
-        return f"invalid character {ch} after object key"
-    if msg.startswith("Expecting ',' delimiter"):
-        # Look back to the innermost open bracket to tell objects from arrays.
-        depth = 0
-        for c in reversed(doc[:pos]):
-            if c in "]}":
-                depth += 1
-            elif c in "[{":
-                if depth == 0:
-                    where = "object key:value pair" if c == "{" else "array element"
-                    return f"invalid character {ch} after {where}"
-                depth -= 1
-        return f"invalid character {ch} after object key:value pair"
-    if msg.startswith("Invalid control character"):
-        return f"invalid character {ch} in string literal"
-    if msg.startswith("Invalid \\escape") or msg.startswith("Invalid \\u"):
-        return f"invalid character {ch} in string escape code"
-    if msg.startswith("Extra data"):
-        return f"invalid character {ch} after top-level value"
-    return f"invalid JSON: {msg}"

@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable, NamedTuple
 import numpy as np
 from aiohttp import web
 
+from .._ollama_wire import BUSY_MESSAGE, NOT_FOUND_PAGE, go_json_error, go_type_name
 from ._models import (
     TOKENS_JSON,
     ModelInfo,
@@ -54,7 +55,6 @@ CT_NDJSON = "application/x-ndjson"
 CT_TEXT = "text/plain; charset=utf-8"
 CT_SSE = "text/event-stream"
 
-BUSY_MSG = "server busy, please try again.  maximum pending requests exceeded"
 FAIL_MSG = "llama-server process has terminated: exit status 2"
 MIDSTREAM_MSG = "an error was encountered while running the model: unexpected EOF"
 _MIDSTREAM_NDJSON = go_dumps({"error": MIDSTREAM_MSG}).encode() + b"\n"
@@ -147,18 +147,6 @@ _CREATE_FIELDS = {
 }
 
 
-def _json_kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    return "null"
 
 
 def _check_fields(obj: Mapping[str, Any], fields: Mapping[str, tuple[tuple[type, ...], str]], struct: str, path: str = "") -> None:
@@ -175,7 +163,7 @@ def _check_fields(obj: Mapping[str, Any], fields: Mapping[str, tuple[tuple[type,
             if goname == "int" and isinstance(v, float) and not isinstance(v, bool):
                 kind = f"number {v}"
             else:
-                kind = _json_kind(v)
+                kind = go_type_name(v)
             raise HttpError(400, f"json: cannot unmarshal {kind} into Go struct field {struct}.{path}{name} of type {goname}")
 
 
@@ -188,7 +176,7 @@ def _check_images(images: Any) -> None:
         return
     for img in images:
         if not isinstance(img, str):
-            raise HttpError(400, f"json: cannot unmarshal {_json_kind(img)} into Go value of type api.ImageData")
+            raise HttpError(400, f"json: cannot unmarshal {go_type_name(img)} into Go value of type api.ImageData")
         body = img.rstrip("=")
         pad = len(img) - len(body)
         for i, ch in enumerate(body):
@@ -197,39 +185,6 @@ def _check_images(images: Any) -> None:
         if pad > 2 or len(img) % 4:
             raise HttpError(400, f"illegal base64 data at input byte {len(img) - len(img) % 4 if len(img) % 4 else len(body)}")
 
-
-def _go_decode_error(exc: json.JSONDecodeError) -> str:
-    doc, pos = exc.doc, exc.pos
-    if pos >= len(doc) or not doc[pos:].strip():
-        return "unexpected EOF"
-    ch = doc[pos]
-    ch_repr = "'" + (ch if ch != "'" else "\\''") + "'"
-    msg = exc.msg
-    if msg.startswith("Expecting value") and ch in "tfn":
-        lit = {"t": "true", "f": "false", "n": "null"}[ch]
-        for i, want in enumerate(lit):
-            if pos + i >= len(doc):
-                return "unexpected EOF"
-            got = doc[pos + i]
-            if got != want:
-                return f"invalid character '{got}' in literal {lit} (expecting '{want}')"
-    if msg.startswith("Expecting value"):
-        return f"invalid character {ch_repr} looking for beginning of value"
-    if msg.startswith("Expecting property name"):
-        return f"invalid character {ch_repr} looking for beginning of object key string"
-    if msg.startswith("Expecting ':'"):
-        return f"invalid character {ch_repr} after object key"
-    if msg.startswith("Expecting ','"):
-        # inside an object or an array?
-        depth_obj = doc.rfind("{", 0, pos) > doc.rfind("[", 0, pos)
-        return f"invalid character {ch_repr} after {'object key:value pair' if depth_obj else 'array element'}"
-    if msg.startswith("Invalid control character"):
-        return f"invalid character {ch_repr} in string literal"
-    if msg.startswith("Invalid \\escape") or msg.startswith("Invalid \\u"):
-        return f"invalid character {ch_repr} in string escape code"
-    if msg.startswith("Unterminated string"):
-        return "unexpected EOF"
-    return f"invalid character {ch_repr} looking for beginning of value"
 
 
 _decoder = json.JSONDecoder()
@@ -250,7 +205,7 @@ def decode_body(raw: bytes, struct: str) -> Any:
             return _decoder.raw_decode(text, len(text) - len(text.lstrip()))[0]
         if not text.strip():
             raise HttpError(400, "missing request body") from None
-        raise HttpError(400, _go_decode_error(exc)) from None
+        raise HttpError(400, go_json_error(exc)) from None
 
 
 def decode_object(raw: bytes, struct: str, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -258,7 +213,7 @@ def decode_object(raw: bytes, struct: str, fields: Mapping[str, Any]) -> dict[st
     if obj is None:
         return {}
     if not isinstance(obj, dict):
-        raise HttpError(400, f"json: cannot unmarshal {_json_kind(obj)} into Go value of type api.{struct}")
+        raise HttpError(400, f"json: cannot unmarshal {go_type_name(obj)} into Go value of type api.{struct}")
     _check_fields(obj, fields, struct)
     if "images" in obj:
         _check_images(obj["images"])
@@ -695,7 +650,7 @@ class FakeOllama:
         if handler is None:
             handler = self._prefix_route(request.method, path)
             if handler is None:
-                return self._raw(404, b"404 page not found", CT_TEXT)
+                return self._raw(404, NOT_FOUND_PAGE, CT_TEXT)
         try:
             return await handler(request)
         except HttpError as exc:
@@ -1045,7 +1000,7 @@ class FakeOllama:
     def pre_schedule_faults(self, info: ModelInfo) -> None:
         if self.busy:
             self._sched.stat(info.key).rejected_503 += 1
-            raise HttpError(503, BUSY_MSG)
+            raise HttpError(503, BUSY_MESSAGE)
         if self.fail_rate > 0 and self._rng.random() < self.fail_rate:
             self._sched.stat(info.key).failed += 1
             raise HttpError(500, FAIL_MSG)
@@ -1054,7 +1009,7 @@ class FakeOllama:
         try:
             return await self._sched.acquire(info, keep_alive)
         except QueueFullError:
-            raise HttpError(503, BUSY_MSG) from None
+            raise HttpError(503, BUSY_MESSAGE) from None
 
     def release(self, runner: Runner, ok: bool) -> None:
         if ok:
@@ -1324,7 +1279,7 @@ class FakeOllama:
         def turns() -> Iterator[tuple[str, str]]:
             for m in msgs:
                 if not isinstance(m, dict):
-                    raise HttpError(400, f"json: cannot unmarshal {_json_kind(m)} into Go struct field {struct}.messages of type api.Message")
+                    raise HttpError(400, f"json: cannot unmarshal {go_type_name(m)} into Go struct field {struct}.messages of type api.Message")
                 _check_fields(m, _MSG_FIELDS, struct, "messages.")
                 if "images" in m:
                     _check_images(m["images"])

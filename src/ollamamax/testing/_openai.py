@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ._emulator import CT_SSE, MIDSTREAM_MSG, HttpError, _events, conversation, decode_body, _json_kind, keep_alive_of, render_events
+from ._emulator import CT_SSE, MIDSTREAM_MSG, HttpError, _events, conversation, decode_body, keep_alive_of, render_events
+from .._ollama_wire import go_type_name
 from ._models import TOKENS_JSON, go_dumps
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ async def _obj(request: web.BaseRequest, struct: str) -> dict[str, Any]:
     if obj is None:
         return {}
     if not isinstance(obj, dict):
-        raise HttpError(400, f"json: cannot unmarshal {_json_kind(obj)} into Go value of type openai.{struct}")
+        raise HttpError(400, f"json: cannot unmarshal {go_type_name(obj)} into Go value of type openai.{struct}")
     return obj
 
 
