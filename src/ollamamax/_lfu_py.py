@@ -412,18 +412,10 @@ class LFUCache:
         return default
 
     def __getitem__(self, key: Hashable) -> Any:
-        h = spread_hash(hash(key))
-        entry = self._data.get(key)
-        if entry is not None:
-            if not self._expired(entry):
-                self._hits += 1
-                self._lookup_hit()
-                self._touch(key, entry)
-                return entry[0]
-            self._unlink(key, entry)
-        self._misses += 1
-        self._lookup_miss(h)
-        raise KeyError(key)
+        value = self.get(key, self._MISSING)
+        if value is self._MISSING:
+            raise KeyError(key)
+        return value
 
     def __contains__(self, key: Hashable) -> bool:
         """Membership test; not a use (no counters, no reordering)."""

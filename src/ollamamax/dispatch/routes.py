@@ -491,39 +491,38 @@ async def gather_json(d: Dispatcher, path: str) -> list[tuple[HostState, Any]]:
     return list(zip(targets, results))
 
 
-async def handle_tags(d: Dispatcher) -> DispatchResponse:
-    snap = d._snapshot
+def _merge_models(lists: list[list[Any]], newest_by: str) -> dict[str, Any]:
+    """One entry per model (normalised name) across hosts, keeping the entry whose
+    ``newest_by`` timestamp is latest; listed latest first, as Ollama sorts them."""
     merged: dict[str, dict[str, Any]] = {}
-    for h, doc in await gather_json(d, "/api/tags"):
-        models = doc.get("models") if isinstance(doc, dict) else None
-        if not isinstance(models, list):
-            models = list(snap.hosts[h.index].tags)
+    for models in lists:
         for m in models:
             if not isinstance(m, dict):
                 continue
             key = normalize_model(str(m.get("name") or m.get("model") or ""))
             old = merged.get(key)
-            if old is None or parse_time(m.get("modified_at")) > parse_time(old.get("modified_at")):
+            if old is None or parse_time(m.get(newest_by)) > parse_time(old.get(newest_by)):
                 merged[key] = m
-    models = sorted(merged.values(), key=lambda m: parse_time(m.get("modified_at")), reverse=True)
-    return d._json(200, {"models": models})
+    return {"models": sorted(merged.values(), key=lambda m: parse_time(m.get(newest_by)), reverse=True)}
+
+
+async def handle_tags(d: Dispatcher) -> DispatchResponse:
+    snap = d._snapshot
+    lists = []
+    for h, doc in await gather_json(d, "/api/tags"):
+        models = doc.get("models") if isinstance(doc, dict) else None
+        # a host that did not answer now contributes what the last refresh saw
+        lists.append(models if isinstance(models, list) else list(snap.hosts[h.index].tags))
+    return d._json(200, _merge_models(lists, "modified_at"))
 
 
 async def handle_ps(d: Dispatcher) -> DispatchResponse:
-    merged: dict[str, dict[str, Any]] = {}
+    lists = []
     for _h, doc in await gather_json(d, "/api/ps"):
         models = doc.get("models") if isinstance(doc, dict) else None
-        if not isinstance(models, list):
-            continue
-        for m in models:
-            if not isinstance(m, dict):
-                continue
-            key = normalize_model(str(m.get("name") or m.get("model") or ""))
-            old = merged.get(key)
-            if old is None or parse_time(m.get("expires_at")) > parse_time(old.get("expires_at")):
-                merged[key] = m
-    models = sorted(merged.values(), key=lambda m: parse_time(m.get("expires_at")), reverse=True)
-    return d._json(200, {"models": models})
+        if isinstance(models, list):
+            lists.append(models)
+    return d._json(200, _merge_models(lists, "expires_at"))
 
 
 def handle_version(d: Dispatcher) -> DispatchResponse:
