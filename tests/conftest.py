@@ -40,3 +40,11 @@ class _Impl:
 @pytest.fixture(params=["c", "py"], ids=["native", "pure"])
 def impl(request: pytest.FixtureRequest) -> _Impl:
     return _Impl(request.param)
+
+
+@pytest.fixture(params=["fast", "aiohttp"])
+def front(request: pytest.FixtureRequest) -> str:
+    """Which HTTP front end serves a gateway test: ``fast`` (``fastpath.start_server``, what
+    ``ollamamax serve`` runs: the fast path with aiohttp behind it) or ``aiohttp`` (the app
+    alone, as when mounted in another aiohttp service)."""
+    return request.param

@@ -30,8 +30,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-async def gw():
-    async with stack(2) as s:
+async def gw(front):
+    async with stack(2, front=front) as s:
         yield s
 
 
@@ -138,10 +138,10 @@ async def test_malformed_requests_get_ollama_errors_and_the_gateway_keeps_servin
 
 
 @pytest.mark.parametrize("handler_cancellation", [True, False])
-async def test_client_disconnect_mid_stream_frees_the_host_slot(handler_cancellation):
+async def test_client_disconnect_mid_stream_frees_the_host_slot(handler_cancellation, front):
     # slow, long streams: each would take ~10 s if nobody hung up
     async with stack(1, tokens_per_sec=20, response_tokens=(200, 200),
-                     runner_kw={"handler_cancellation": handler_cancellation}) as s:
+                     runner_kw={"handler_cancellation": handler_cancellation}, front=front) as s:
         host = s.hosts[0]
         async with aiohttp.ClientSession() as sess:
             r = await sess.post(s.url + "/api/generate",
@@ -159,11 +159,11 @@ async def test_client_disconnect_mid_stream_frees_the_host_slot(handler_cancella
 
 
 @pytest.mark.parametrize("handler_cancellation", [True, False])
-async def test_client_disconnect_while_queued_leaves_the_queue(handler_cancellation):
+async def test_client_disconnect_while_queued_leaves_the_queue(handler_cancellation, front):
     # one slot in all: the second request waits in the gateway's queue, then hangs up
     async with stack(1, tokens_per_sec=20, response_tokens=(200, 200),
                      dispatch_kw={"max_in_flight_per_host": 1},
-                     runner_kw={"handler_cancellation": handler_cancellation}) as s:
+                     runner_kw={"handler_cancellation": handler_cancellation}, front=front) as s:
         host = s.hosts[0]
         body = {"model": "llama3.2", "prompt": "long story"}
         async with aiohttp.ClientSession() as sess:
@@ -180,8 +180,8 @@ async def test_client_disconnect_while_queued_leaves_the_queue(handler_cancellat
             assert host.stats()["totals"]["served"] == 0  # the waiter never reached the host
 
 
-async def test_auth_and_admin_keys_with_the_real_dispatcher():
-    async with stack(1, app_kw={"api_keys": ["u"], "admin_keys": ["a"]}) as s:
+async def test_auth_and_admin_keys_with_the_real_dispatcher(front):
+    async with stack(1, app_kw={"api_keys": ["u"], "admin_keys": ["a"]}, front=front) as s:
         async with ollama.AsyncClient(host=s.url, headers={"Authorization": "Bearer u"}) as user, \
                 ollama.AsyncClient(host=s.url, headers={"Authorization": "Bearer a"}) as admin, \
                 ollama.AsyncClient(host=s.url) as anon:
@@ -205,8 +205,8 @@ async def _auth_checks(s, user, admin, anon) -> None:
         assert (await oc.models.list()).data
 
 
-async def test_413_through_the_real_path():
-    async with stack(1, app_kw={"max_body_size": 4096}) as s:
+async def test_413_through_the_real_path(front):
+    async with stack(1, app_kw={"max_body_size": 4096}, front=front) as s:
         big = json.dumps({"model": "llama3.2", "prompt": "x" * 5000}).encode()
         async with httpx.AsyncClient() as c:
             r = await c.post(s.url + "/api/generate", content=big)

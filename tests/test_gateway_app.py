@@ -20,6 +20,7 @@ from yarl import URL
 
 from ollamamax.dispatch._types import DispatchResponse
 from ollamamax.dispatch.app import ADMIN_PATHS, GATEWAY_KEY, create_app
+from test_gateway_common import serve_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -88,32 +89,27 @@ class FakeDispatcher:
         yield b""  # pragma: no cover
 
 
-async def _start(app: web.Application, **runner_kw):
-    runner = web.AppRunner(app, **runner_kw)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
+async def _start(app: web.Application, front: str, **runner_kw):
+    return await serve_app(app, front, **runner_kw)
 
 
 @pytest.fixture
-async def gw():
+async def gw(front):
     """(dispatcher, base_url, session) for a gateway with default settings."""
     d = FakeDispatcher()
-    runner, url = await _start(create_app(d))
+    runner, url = await _start(create_app(d), front)
     async with aiohttp.ClientSession() as s:
         yield d, url, s
-    await runner.cleanup()
+    await runner()
 
 
 @pytest.fixture
-async def authgw():
+async def authgw(front):
     d = FakeDispatcher()
-    runner, url = await _start(create_app(d, api_keys=["user-key"], admin_keys=["admin-key"]))
+    runner, url = await _start(create_app(d, api_keys=["user-key"], admin_keys=["admin-key"]), front)
     async with aiohttp.ClientSession() as s:
         yield d, url, s
-    await runner.cleanup()
+    await runner()
 
 
 # ------------------------------------------------------------------ pass-through
@@ -207,7 +203,7 @@ async def test_mounted_as_sub_application():
     sub = create_app(d, api_keys=["k"])
     parent.add_subapp("/ollama", sub)
     assert sub[GATEWAY_KEY].auth_enabled
-    runner, url = await _start(parent)
+    runner, url = await _start(parent, "aiohttp")
     try:
         async with aiohttp.ClientSession() as s:
             async with s.get(url + "/hello") as r:
@@ -220,7 +216,7 @@ async def test_mounted_as_sub_application():
             async with s.get(url + "/ollama/api/tags") as r:
                 assert r.status == 401
     finally:
-        await runner.cleanup()
+        await runner()
 
 
 def test_create_app_rejects_bad_limits():
@@ -310,9 +306,9 @@ async def test_blob_check_is_not_admin(authgw):
         assert r.status == 200
 
 
-async def test_admin_only_keys_enable_auth():
+async def test_admin_only_keys_enable_auth(front):
     d = FakeDispatcher()
-    runner, url = await _start(create_app(d, admin_keys=["a"]))
+    runner, url = await _start(create_app(d, admin_keys=["a"]), front)
     try:
         async with aiohttp.ClientSession() as s:
             async with s.get(url + "/api/tags") as r:
@@ -320,19 +316,19 @@ async def test_admin_only_keys_enable_auth():
             async with s.get(url + "/api/tags", headers={"Authorization": "Bearer a"}) as r:
                 assert r.status == 200
     finally:
-        await runner.cleanup()
+        await runner()
 
 
 # ------------------------------------------------------------------ body size
 
 
 @pytest.fixture
-async def smallgw():
+async def smallgw(front):
     d = FakeDispatcher()
-    runner, url = await _start(create_app(d, max_body_size=1024))
+    runner, url = await _start(create_app(d, max_body_size=1024), front)
     async with aiohttp.ClientSession() as s:
         yield d, url, s
-    await runner.cleanup()
+    await runner()
 
 
 async def test_body_at_the_limit_passes(smallgw):
@@ -390,9 +386,9 @@ async def test_chunked_body_under_the_limit_passes(smallgw):
 
 
 @pytest.mark.parametrize("handler_cancellation", [False, True])
-async def test_client_disconnect_mid_stream_closes_upstream(handler_cancellation):
+async def test_client_disconnect_mid_stream_closes_upstream(handler_cancellation, front):
     d = FakeDispatcher()
-    runner, url = await _start(create_app(d, disconnect_check_interval=0.05),
+    runner, url = await _start(create_app(d, disconnect_check_interval=0.05), front,
                                handler_cancellation=handler_cancellation)
     try:
         async with aiohttp.ClientSession() as s:
@@ -402,13 +398,13 @@ async def test_client_disconnect_mid_stream_closes_upstream(handler_cancellation
             await asyncio.wait_for(d.closed_event.wait(), 10)
         assert d.closed == 1
     finally:
-        await runner.cleanup()
+        await runner()
 
 
 @pytest.mark.parametrize("handler_cancellation", [False, True])
-async def test_client_disconnect_before_answer_cancels_handle(handler_cancellation):
+async def test_client_disconnect_before_answer_cancels_handle(handler_cancellation, front):
     d = FakeDispatcher()
-    runner, url = await _start(create_app(d, disconnect_check_interval=0.05),
+    runner, url = await _start(create_app(d, disconnect_check_interval=0.05), front,
                                handler_cancellation=handler_cancellation)
     try:
         async with aiohttp.ClientSession() as s:
@@ -423,7 +419,7 @@ async def test_client_disconnect_before_answer_cancels_handle(handler_cancellati
                 await task
             await asyncio.wait_for(d.handle_cancelled.wait(), 10)
     finally:
-        await runner.cleanup()
+        await runner()
 
 
 # ------------------------------------------------------------------ Expect: 100-continue

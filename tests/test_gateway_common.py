@@ -24,6 +24,7 @@ from aiohttp import web
 from ollamamax.dispatch import Dispatcher
 from ollamamax.dispatch._types import DispatcherConfig
 from ollamamax.dispatch.app import create_app
+from ollamamax.dispatch.fastpath import start_server
 from ollamamax.testing import FakeOllama
 
 MODELS = ("llama3.2", "qwen3:8b", "nomic-embed-text")
@@ -50,12 +51,34 @@ def new_host(i: int = 0, **kw: Any) -> FakeOllama:
     return FakeOllama(**{**HOST_KW, "host_id": f"h{i}", **kw})
 
 
+async def serve_app(app: web.Application, front: str = "fast",
+                    **runner_kw: Any) -> tuple[Any, str]:
+    """Serve a gateway app on a free loopback port: ``(async close(), base url)``.
+
+    ``front="fast"``: :func:`~ollamamax.dispatch.fastpath.start_server` (what ``ollamamax
+    serve`` runs); ``"aiohttp"``: the app alone on an ``AppRunner`` (as when mounted)."""
+    if front == "fast":
+        server = await start_server(app, "127.0.0.1", 0, **runner_kw)
+        return server.close, f"http://127.0.0.1:{server.port}"
+    assert front == "aiohttp", front
+    runner = web.AppRunner(app, **runner_kw)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner.cleanup, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 @asynccontextmanager
 async def stack(n: int = 2, *, app_kw: dict[str, Any] | None = None,
                 dispatch_kw: dict[str, Any] | None = None,
                 runner_kw: dict[str, Any] | None = None,
+                front: str = "fast",
                 **host_kw: Any) -> AsyncIterator[SimpleNamespace]:
-    """n emulated hosts + Dispatcher + gateway app; yields (hosts, d, url, runner)."""
+    """n emulated hosts + Dispatcher + gateway app; yields (hosts, d, url)."""
     hosts = [new_host(i, **host_kw) for i in range(n)]
     started = []
     try:
@@ -64,17 +87,13 @@ async def stack(n: int = 2, *, app_kw: dict[str, Any] | None = None,
             started.append(h)
         cfg = DispatcherConfig(**{**DISPATCH_KW, **(dispatch_kw or {})})
         async with Dispatcher([h.url for h in hosts], config=cfg) as d:
-            runner = web.AppRunner(create_app(d, **(app_kw or {})),
-                                   **{"handler_cancellation": True, "access_log": None,
-                                      **(runner_kw or {})})
-            await runner.setup()
+            close, url = await serve_app(
+                create_app(d, **(app_kw or {})), front,
+                **{"handler_cancellation": True, "access_log": None, **(runner_kw or {})})
             try:
-                site = web.TCPSite(runner, "127.0.0.1", 0)
-                await site.start()
-                url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-                yield SimpleNamespace(hosts=hosts, d=d, url=url, runner=runner)
+                yield SimpleNamespace(hosts=hosts, d=d, url=url)
             finally:
-                await runner.cleanup()
+                await close()
     finally:
         for h in started:
             await h.stop()

@@ -42,7 +42,7 @@ import logging
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
@@ -63,7 +63,7 @@ DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 ADMIN_PATHS = frozenset({"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"})
 
 # Headers that describe one hop's framing; aiohttp computes its own.
-_HOP_BY_HOP = frozenset(
+HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer",
      "upgrade", "proxy-connection"}
 )
@@ -71,6 +71,23 @@ _JSON_CT = "application/json; charset=utf-8"
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
                  403: "permission_error", 404: "not_found_error", 413: "invalid_request_error"}
 _MULTI_SLASH = re.compile(r"/{2,}")
+# every error the gateway itself answers carries the dispatcher's headers, with "no host"
+ERROR_HEADERS = {
+    "Content-Type": _JSON_CT,
+    HEADER_HOST: "-",
+    HEADER_COLD: "0",
+    HEADER_QUEUE_MS: "0",
+    HEADER_ATTEMPTS: "0",
+}
+
+
+class Refusal(NamedTuple):
+    """A request the gateway answers itself before dispatching (401 / 403)."""
+
+    status: int
+    message: str
+    code: str | None
+    headers: Mapping[str, str] | None
 
 
 class Gateway:
@@ -121,9 +138,8 @@ class Gateway:
         return p.startswith("/api/blobs") and method not in ("GET", "HEAD")
 
     @staticmethod
-    def error_response(path: str, status: int, message: str, *, code: str | None = None,
-                       headers: Mapping[str, str] | None = None) -> web.Response:
-        """An error in the shape the route's clients expect (Ollama or OpenAI)."""
+    def error_body(path: str, status: int, message: str, code: str | None = None) -> bytes:
+        """The JSON error body in the shape the route's clients expect (Ollama or OpenAI)."""
         if path == "/v1" or path.startswith("/v1/"):
             payload: dict[str, Any] = {"error": {
                 "message": message,
@@ -133,17 +149,17 @@ class Gateway:
             }}
         else:
             payload = {"error": message}
-        hdrs = {
-            "Content-Type": _JSON_CT,
-            HEADER_HOST: "-",
-            HEADER_COLD: "0",
-            HEADER_QUEUE_MS: "0",
-            HEADER_ATTEMPTS: "0",
-        }
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+    @classmethod
+    def error_response(cls, path: str, status: int, message: str, *, code: str | None = None,
+                       headers: Mapping[str, str] | None = None) -> web.Response:
+        """An error in the shape the route's clients expect (Ollama or OpenAI)."""
+        hdrs = dict(ERROR_HEADERS)
         if headers:
             hdrs.update(headers)
         return web.Response(status=status, headers=hdrs,
-                            body=json.dumps(payload, separators=(",", ":")).encode())
+                            body=cls.error_body(path, status, message, code))
 
     def _too_large(self, path: str, detail: str) -> web.Response:
         resp = self.error_response(
@@ -155,7 +171,7 @@ class Gateway:
 
     @staticmethod
     def _out_headers(headers: Mapping[str, str]) -> dict[str, str]:
-        return {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
+        return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
     async def _read_body(self, request: web.BaseRequest) -> bytes | None:
         """The body, or ``None`` once it passes ``max_body_size``."""
@@ -185,24 +201,27 @@ class Gateway:
         tail = request.match_info.get("tail")
         return "/" + tail if tail is not None else request.path
 
+    def refusal(self, method: str, path: str, authorization: str | None) -> Refusal | None:
+        """The 401 / 403 this request gets from its ``Authorization`` header, or ``None``."""
+        if not self.auth_enabled:
+            return None
+        scheme, _, presented = (authorization or "").partition(" ")
+        key = presented.strip().encode() if scheme.lower() == "bearer" else b""
+        if not key or not self._key_matches(key, self._user_keys):
+            return Refusal(401, "unauthorized", "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+        if self._is_admin_path(method, path) and not self._key_matches(key, self._admin_keys):
+            return Refusal(403, "forbidden: this route needs an admin key", None, None)
+        return None
+
     def precheck(self, request: web.BaseRequest, path: str) -> web.Response | None:
         """401 / 403 / 413 decided from the request head alone, or ``None`` to go on."""
-        if self.auth_enabled:
-            auth = request.headers.get("Authorization", "")
-            scheme, _, presented = auth.partition(" ")
-            key = presented.strip().encode() if scheme.lower() == "bearer" else b""
-            if not key or not self._key_matches(key, self._user_keys):
-                resp = self.error_response(path, 401, "unauthorized", code="invalid_api_key",
-                                           headers={"WWW-Authenticate": "Bearer"})
-                if request.body_exists:
-                    resp.force_close()  # do not wait for (or read) a body we refuse
-                return resp
-            if (self._is_admin_path(request.method, path)
-                    and not self._key_matches(key, self._admin_keys)):
-                resp = self.error_response(path, 403, "forbidden: this route needs an admin key")
-                if request.body_exists:
-                    resp.force_close()
-                return resp
+        refused = self.refusal(request.method, path, request.headers.get("Authorization"))
+        if refused is not None:
+            resp = self.error_response(path, refused.status, refused.message, code=refused.code,
+                                       headers=refused.headers)
+            if request.body_exists:
+                resp.force_close()  # do not wait for (or read) a body we refuse
+            return resp
         length = request.content_length
         if length is not None and length > self.max_body_size:
             return self._too_large(path, f"Content-Length {length}")

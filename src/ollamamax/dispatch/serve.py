@@ -160,6 +160,7 @@ async def _serve(cfg, *, worker: bool, ready_fd: int | None) -> int:  # type: ig
 
     from . import Dispatcher
     from .app import create_app
+    from .fastpath import start_server
 
     log = logging.getLogger("ollamamax.serve")
     loop = asyncio.get_running_loop()
@@ -209,35 +210,33 @@ async def _serve(cfg, *, worker: bool, ready_fd: int | None) -> int:  # type: ig
                 log.debug("could not read dispatcher status", exc_info=True)
             app = create_app(dispatcher, api_keys=cfg.api_keys, admin_keys=cfg.admin_keys,
                              max_body_size=cfg.max_body_size)
+            extra: dict[str, str] = {}
             if worker:
-                pid = str(os.getpid())
+                extra["X-Ollamamax-Worker"] = str(os.getpid())
 
                 async def tag_worker(request: web.Request, response: web.StreamResponse) -> None:
-                    response.headers["X-Ollamamax-Worker"] = pid
+                    response.headers.update(extra)
 
                 app.on_response_prepare.append(tag_worker)
-            runner = web.AppRunner(
-                app,
-                handler_cancellation=True,
-                shutdown_timeout=cfg.grace_period,
-                access_log=logging.getLogger("aiohttp.access") if cfg.log_level == "debug" else None,
-            )
-            await runner.setup()
             try:
-                site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port,
-                                   reuse_port=True if worker else None, backlog=1024)
-                try:
-                    await site.start()
-                except OSError as exc:
-                    print(f"ollamamax serve: error: cannot listen on {cfg.listen}: {exc}",
-                          file=sys.stderr, flush=True)
-                    return 1
+                server = await start_server(
+                    app, cfg.listen_host, cfg.listen_port,
+                    reuse_port=True if worker else None, backlog=1024, extra_headers=extra,
+                    shutdown_timeout=cfg.grace_period,
+                    access_log=(logging.getLogger("aiohttp.access")
+                                if cfg.log_level == "debug" else None),
+                )
+            except OSError as exc:
+                print(f"ollamamax serve: error: cannot listen on {cfg.listen}: {exc}",
+                      file=sys.stderr, flush=True)
+                return 1
+            try:
                 if cfg.gc_freeze or cfg.gc_threshold is not None:
                     from .gcstats import tune_gc
 
                     tuning = tune_gc(cfg.gc_freeze, cfg.gc_threshold)
                     log.info("GC tuned: %s", tuning)
-                port = runner.addresses[0][1] if runner.addresses else cfg.listen_port
+                port = server.port
                 url = cfg.url(port)
                 if ready_fd is not None:
                     try:
@@ -252,7 +251,7 @@ async def _serve(cfg, *, worker: bool, ready_fd: int | None) -> int:  # type: ig
                 log.info("listening on %s", url)
                 await stop.wait()
             finally:
-                await runner.cleanup()  # stop listening; wait <= grace for in-flight requests
+                await server.close(cfg.grace_period)  # stop listening; wait <= grace for in-flight requests
         log.info("stopped")
         return 0
     except asyncio.CancelledError:
