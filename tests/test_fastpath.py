@@ -353,3 +353,31 @@ def test_under_uvloop_including_hand_over():
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+async def test_header_values_are_trimmed_and_names_keep_their_spelling(srv):
+    d, server = srv
+    reader, writer = await _conn(server)
+    try:
+        writer.write(_post("/h", extra="X-Padded: \t two words \t\r\nx-lower:v\r\n"))
+        await _response(reader)
+        writer.write(_post("/h2", extra="X-Plain: v\r\n"))
+        await _response(reader)
+    finally:
+        writer.close()
+    headers = d.calls[0][3]
+    assert headers["X-Padded"] == "two words" and headers["x-lower"] == "v"
+    assert d.calls[1][3]["X-Plain"] == "v"
+    assert server.stats.handed_over == 0
+
+
+async def test_folded_header_line_is_handed_over(srv):
+    d, server = srv
+    reader, writer = await _conn(server)
+    try:
+        writer.write(_post("/f", extra="X-A: one\r\n two\r\n"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.split(b" ", 2)[1] in (b"200", b"400")  # aiohttp's decision, not ours
+    finally:
+        writer.close()
+    assert server.stats.handed_over == 1 and server.stats.fast_requests == 0

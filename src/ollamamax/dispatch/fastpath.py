@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from email.utils import formatdate
@@ -49,9 +50,19 @@ log = logging.getLogger("ollamamax.gateway")
 MAX_HEAD = 16 * 1024  # a longer request head is handed to aiohttp (which answers 431/400)
 PAUSE_BUFFER = 256 * 1024  # pipelined bytes buffered while a request runs before reading pauses
 SWEEP_INTERVAL = 5.0  # seconds between idle-connection sweeps
-_FAST_METHODS = frozenset({b"GET", b"POST", b"DELETE"})
-# Request headers whose presence means "let aiohttp handle this connection".
-_HANDOVER_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade"})
+_FAST_METHODS = frozenset({"GET", "POST", "DELETE"})
+# Request headers whose presence means "let aiohttp handle this connection" (the check is
+# against a CIMultiDict's keys, which keep the client's spelling: list the common ones).
+_HANDOVER_HEADERS = CIMultiDict(
+    (k, "") for k in ("Transfer-Encoding", "Expect", "Upgrade")).keys()
+# A target served as is: absolute path of plain characters, optional query; no "%" (needs
+# decoding), no "//" or "/." (needs normalising), no fragment, no spaces or controls.
+_PLAIN_TARGET = re.compile(
+    r"/(?:[A-Za-z0-9\-_~!$&'()*+,;=:@]+(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@]+)*/?)?(?:\?[\x21-\x7e]*)?")
+# One header line: CRLF, a token, a colon, optional blanks, the value (to the line's end:
+# trailing blanks are stripped afterwards, only in the rare head that has any).
+_HEADER = re.compile(r"\r\n([!#$&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*)")
+_OBSERVABILITY = ("/metrics", "/ollamamax")
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _TERMINATOR = b"0\r\n\r\n"
 
@@ -211,78 +222,71 @@ class _FastProtocol(asyncio.Protocol):
             return
         buf = self._buf
         end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_HEAD:
+        if end < 0 or end > MAX_HEAD:
+            if end > MAX_HEAD or len(buf) > MAX_HEAD:
                 self._handover()
             return
-        if end > MAX_HEAD:
-            self._handover()
+        raw = bytes(buf[:end])
+        if not raw.isascii():
+            self._handover()  # non-ASCII header bytes: aiohttp's decoding rules apply
             return
-        lines = bytes(buf[:end]).split(b"\r\n")
-        parts = lines[0].split(b" ")
-        if (len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in _FAST_METHODS):
+        head = raw.decode("latin-1")
+        line_end = head.find("\r\n")
+        if line_end < 0:
+            line_end = len(head)
+        parts = head[:line_end].split(" ")
+        if len(parts) != 3 or parts[2] != "HTTP/1.1" or parts[0] not in _FAST_METHODS:
             self._handover()
             return
         target = parts[1]
-        if (not target.startswith(b"/") or b"%" in target or b"/." in target or b"//" in target
-                or b"#" in target or not target.isascii()):
+        if not _PLAIN_TARGET.fullmatch(target):
+            self._handover()  # %-escapes, dot segments, "//", fragments: aiohttp normalises
+            return
+        path, _, query = target.partition("?")
+        if path.startswith(_OBSERVABILITY):
             self._handover()
             return
-        raw_path, _, raw_query = target.partition(b"?")
-        path = raw_path.decode()
-        if not path.isprintable() or path.startswith(("/metrics", "/ollamamax")):
+        pairs = _HEADER.findall(head, line_end)
+        if len(pairs) != head.count("\r\n"):
+            self._handover()  # a line that is not "name: value" (or an obsolete fold)
+            return
+        if " \r\n" in head or "\t\r\n" in head or head.endswith((" ", "\t")):
+            pairs = [(k, v.rstrip(" \t")) for k, v in pairs]
+        headers = CIMultiDict(pairs)
+        if not _HANDOVER_HEADERS.isdisjoint(headers):
             self._handover()
             return
-        pairs: list[tuple[str, str]] = []
         length = 0
-        seen_length = False
-        close = False
-        authorization: str | None = None
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name[-1:] in b" \t" or line[:1] in b" \t":
-                self._handover()  # no colon, space before it, or an obsolete folded line
-                return
-            key = name.decode("latin-1")
-            low = key.lower()
-            val = value.strip(b" \t").decode("utf-8", "surrogateescape")
-            if low == "content-length":
-                if seen_length or not val.isdigit() or not val.isascii():
-                    self._handover()
-                    return
-                seen_length = True
-                length = int(val)
-                continue
-            if low in _HANDOVER_HEADERS:
+        cl = headers.getall("Content-Length", None)
+        if cl is not None:
+            if len(cl) != 1 or not cl[0].isdigit():
                 self._handover()
                 return
-            if low == "connection":
-                tokens = {t.strip().lower() for t in val.split(",")}
-                if "upgrade" in tokens:
-                    self._handover()
-                    return
-                close = "close" in tokens
-                continue
-            if low == "authorization":
-                authorization = val
-                if self._s.gateway.auth_enabled:
-                    continue  # the gateway's credentials are not passed on
-            pairs.append((key, val))
-        if length > self._s.gateway.max_body_size:
-            self._handover()  # aiohttp answers 413 (and closes)
-            return
+            length = int(cl[0])
+            if length > self._s.gateway.max_body_size:
+                self._handover()  # aiohttp answers 413 (and closes)
+                return
+        close = False
+        conn = headers.get("Connection")
+        if conn is not None:
+            tokens = {t.strip().lower() for t in conn.split(",")}
+            if "upgrade" in tokens:
+                self._handover()
+                return
+            close = "close" in tokens
         total = end + 4 + length
         if len(buf) < total:
             self.last = self._s.loop.time()  # the body is still arriving: not idle
             return
         body = bytes(buf[end + 4:total])
         del buf[:total]
-        method = parts[0].decode()
-        query = raw_query.decode()
         s = self._s
+        authorization = headers.get("Authorization")
+        if authorization is not None and s.gateway.auth_enabled:
+            del headers["Authorization"]  # the gateway's credentials are not passed on
         s.stats.fast_requests += 1
         self.task = s.loop.create_task(
-            self._serve(method, path, query, CIMultiDict(pairs), body, authorization, close))
+            self._serve(parts[0], path, query, headers, body, authorization, close))
 
     async def _serve(self, method: str, path: str, query: str, headers: CIMultiDict[str],
                      body: bytes, authorization: str | None, close: bool) -> None:
