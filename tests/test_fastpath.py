@@ -381,3 +381,27 @@ async def test_folded_header_line_is_handed_over(srv):
     finally:
         writer.close()
     assert server.stats.handed_over == 1 and server.stats.fast_requests == 0
+
+
+async def test_pipelined_flood_pauses_reading_until_the_running_request_ends(srv):
+    d, server = srv
+    reader, writer = await _conn(server)
+    try:
+        writer.write(_post("/slow"))
+        for _ in range(200):
+            if d.calls:
+                break
+            await asyncio.sleep(0.01)
+        flood = b"".join(_post(f"/q{i}", b"y" * 1000) for i in range(2000))  # ~2.2 MB
+        writer.write(flood)
+        await asyncio.sleep(0.2)
+        protos = [c for c in server._shared.conns]
+        assert len(protos) == 1 and protos[0]._reading is False  # buffered > PAUSE_BUFFER
+        assert len(protos[0]._buf) < 2 * fastpath.PAUSE_BUFFER  # the rest waits in the socket
+        d.release.set()
+        assert json.loads((await _response(reader))[2])["path"] == "/slow"
+        for i in range(2000):
+            assert json.loads((await _response(reader))[2])["path"] == f"/q{i}"
+    finally:
+        writer.close()
+    assert server.stats.fast_requests == 2001
