@@ -63,6 +63,8 @@ _PLAIN_TARGET = re.compile(
 # trailing blanks are stripped afterwards, only in the rare head that has any).
 _HEADER = re.compile(r"\r\n([!#$&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*)")
 _OBSERVABILITY = ("/metrics", "/ollamamax")
+# Anything but tab and printable ASCII (searched after removing the CRLF line ends).
+_NOT_TEXT = re.compile(r"[^\t\x20-\x7e]")
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _TERMINATOR = b"0\r\n\r\n"
 
@@ -226,11 +228,10 @@ class _FastProtocol(asyncio.Protocol):
             if end > MAX_HEAD or len(buf) > MAX_HEAD:
                 self._handover()
             return
-        raw = bytes(buf[:end])
-        if not raw.isascii():
-            self._handover()  # non-ASCII header bytes: aiohttp's decoding rules apply
+        head = bytes(buf[:end]).decode("latin-1")
+        if _NOT_TEXT.search(head.replace("\r\n", "")):
+            self._handover()  # control bytes, a bare CR or LF, non-ASCII: aiohttp's rules apply
             return
-        head = raw.decode("latin-1")
         line_end = head.find("\r\n")
         if line_end < 0:
             line_end = len(head)
@@ -253,16 +254,18 @@ class _FastProtocol(asyncio.Protocol):
         if " \r\n" in head or "\t\r\n" in head or head.endswith((" ", "\t")):
             pairs = [(k, v.rstrip(" \t")) for k, v in pairs]
         headers = CIMultiDict(pairs)
-        if not _HANDOVER_HEADERS.isdisjoint(headers):
+        if not _HANDOVER_HEADERS.isdisjoint(headers) or len(headers.keys() & headers.keys()) != len(pairs):
+            # framing headers, or a repeated name (aiohttp refuses repeated Host, Content-Type,
+            # User-Agent, ... as smuggling attempts, and merges others): aiohttp decides
             self._handover()
             return
         length = 0
-        cl = headers.getall("Content-Length", None)
+        cl = headers.get("Content-Length")
         if cl is not None:
-            if len(cl) != 1 or not cl[0].isdigit():
+            if not cl.isdigit():
                 self._handover()
                 return
-            length = int(cl[0])
+            length = int(cl)
             if length > self._s.gateway.max_body_size:
                 self._handover()  # aiohttp answers 413 (and closes)
                 return
