@@ -13,15 +13,20 @@ Content-Length or chunked bodies, so a small protocol does the job:
 * :class:`_Conn` — an ``asyncio.Protocol`` per connection with an incremental response
   parser: status line, headers, then a Content-Length body, a chunked body (decoded; chunk
   extensions and trailers skipped) or a body delimited by the connection's end.
-  No ``Accept-Encoding`` is sent, so bodies come back uncompressed.
+  No ``Accept-Encoding`` is sent, so bodies come back uncompressed.  A parsed head is
+  cached by its bytes (a host repeats the same head within a second, the Date header's
+  resolution), and a plain ``<hex>\r\n<data>\r\n`` chunk is cut out in one step.
 * :class:`RawResponse` — what ``send`` returns once the head arrived.  Body bytes are
   queued in a small deque as they arrive (a waiting reader is woken through one future);
   when more than ``HIGH_WATER`` bytes wait unread, the transport stops reading until the
-  consumer catches up (flow control).  Timeouts are ``loop.call_later`` handles, not an
+  consumer catches up (flow control).  Timeouts are loop timer handles, not an
   ``asyncio.timeout`` per read: ``set_timeout`` (time to first byte, ended by the first
-  body bytes read) and ``readany(timeout)`` (gap between chunks: one timer per stream,
-  re-armed lazily, that fires only if a reader has been waiting that long).  On a
-  timeout the response fails with ``TimeoutError`` and its connection is closed.
+  body bytes read: a deadline on the response, served by one lazily re-armed timer per
+  connection, so a request with the usual timeout arms nothing) and ``readany(timeout)``
+  (gap between chunks: one timer per stream, re-armed lazily, that fires only if a
+  reader has been waiting that long).  On a timeout the response fails with
+  ``TimeoutError`` and its connection is closed.  ``headers`` (a CIMultiDictProxy) is
+  built on first use; ``header_list`` and ``content_type`` are there at once.
   ``release()`` returns the connection to the pool when the response was read to the end,
   else closes it; ``close()`` always closes it (the host sees the client go).
 
@@ -36,6 +41,9 @@ answer arrived) is sent once more on a new connection, like browsers do.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import operator
+import re
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -51,6 +59,8 @@ __all__ = [
     "RawResponse",
     "StatusError",
     "UpstreamError",
+    "build_head",
+    "head_prefix",
 ]
 
 HIGH_WATER = 256 * 1024  # unread body bytes that pause reading from the socket
@@ -83,9 +93,103 @@ class StatusError(UpstreamError):
         self.status = status
 
 
+# a chunk-size line without extension or padding (anything else takes the general path)
+_CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]+)\r\n")
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+_NO_RUN: tuple[list[bytes], int] = ([], 0)
+# A chunked buffer at least this long, whose first chunk would fit 8 times into it, is
+# first tried as a burst (splitting costs about as much as cutting 8 chunks one by one).
+BURST_BYTES = 256
+
+
+def _plain_run(buf: bytes) -> tuple[list[bytes], int]:
+    """The leading run of complete plain chunks (``<hex>\\r\\n<data>\\r\\n``, size > 0) of
+    ``buf``, which starts at a chunk boundary: (their data, bytes they take), found with
+    C-level loops.  Anything unusual (an extension, padding, a CRLF inside the data that
+    breaks the alternation) gives no run; the caller then parses chunk by chunk."""
+    parts = buf.split(b"\r\n")
+    datas = parts[1:-1:2]  # each followed by CRLF
+    k = len(datas)
+    if k < 2:
+        return _NO_RUN
+    sizes = parts[0 : 2 * k : 2]
+    if not all(sizes) or b"".join(sizes).translate(None, _HEX_DIGITS):
+        return _NO_RUN
+    ints = list(map(int, sizes, itertools.repeat(16, k)))
+    lens = list(map(len, datas))
+    if ints != lens or 0 in ints:
+        j = ints.index(0) if 0 in ints else k
+        same = list(map(operator.eq, ints[:j], lens[:j]))
+        if False in same:
+            j = same.index(False)
+        if not j:
+            return _NO_RUN
+        datas, sizes, lens = datas[:j], sizes[:j], lens[:j]
+    return datas, sum(map(len, sizes)) + sum(lens) + 4 * len(datas)
+
 # parser states
 _HEAD, _LEN, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _UNTIL_EOF, _DONE = range(8)
 _NO_BODY_STATUS = frozenset({204, 304})
+
+
+# A head parsed once is parsed for good: a host sends the same head bytes for every
+# answer of one kind within the same second (the Date header), so a small cache keyed
+# by the head's bytes skips most parsing.  Cleared when full.
+HEAD_CACHE_SIZE = 256
+_HeadInfo = tuple[int, str, tuple[tuple[str, str], ...], str, int, bool, bool]
+_HEADS: dict[bytes, _HeadInfo] = {}
+
+
+def _parse_head_bytes(head: bytes) -> _HeadInfo | None:
+    """(status, reason, header pairs, content type, content length or -1, chunked,
+    close) of one response head, or None for an interim 1xx answer."""
+    lines = head.decode("latin-1").split("\r\n")
+    status_line = lines[0]
+    if not status_line.startswith("HTTP/1.") or status_line[8:9] != " ":
+        raise BadResponse(f"invalid status line {status_line[:80]!r}")
+    code = status_line[9:12]
+    if len(code) != 3 or not (code.isascii() and code.isdigit()) or status_line[12:13] not in ("", " "):
+        raise BadResponse(f"invalid status line {status_line[:80]!r}")
+    status = int(code)
+    if status < 100:
+        raise BadResponse(f"invalid status {status}")
+    if status < 200:
+        return None
+    pairs = []
+    length = -1
+    chunked = False
+    ctype = None
+    close = status_line[5:8] == "1.0"
+    del lines[0]
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name[-1] in " \t":
+            raise BadResponse(f"invalid header line {line[:80]!r}")
+        value = value.strip()
+        pairs.append((name, value))
+        # only the framing headers (and Content-Type) matter here; compare cheaply
+        # before lowercasing
+        if name[0] in "CcTt":
+            lk = name.lower()
+            if lk == "content-type":
+                if ctype is None:
+                    ctype = value  # the first one, as CIMultiDict.get gives
+            elif lk == "content-length":
+                if not (value.isascii() and value.isdigit()):
+                    raise BadResponse(f"invalid Content-Length {value[:40]!r}")
+                n = int(value)
+                if length >= 0 and n != length:
+                    raise BadResponse("conflicting Content-Length headers")
+                length = n
+            elif lk == "transfer-encoding":
+                chunked = value.lower().endswith("chunked")
+            elif lk == "connection":
+                tokens = value.lower()
+                if "close" in tokens:
+                    close = True
+                elif "keep-alive" in tokens:
+                    close = False
+    return status, status_line[13:], tuple(pairs), ctype if ctype is not None else "", length, chunked, close
 
 
 class _Conn(asyncio.Protocol):
@@ -97,6 +201,8 @@ class _Conn(asyncio.Protocol):
         "_head_method",
         "_left",
         "_state",
+        "_timer_due",
+        "_timer_h",
         "closed",
         "idle_since",
         "paused",
@@ -119,6 +225,8 @@ class _Conn(asyncio.Protocol):
         self._left = 0
         self._head_method = False
         self._got_bytes = False
+        self._timer_h: asyncio.TimerHandle | None = None  # first-byte timer (see _arm)
+        self._timer_due = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,7 +241,10 @@ class _Conn(asyncio.Protocol):
             return
         self._got_bytes = True
         try:
-            self._feed(resp, data)
+            if _CHUNK_SIZE <= self._state <= _TRAILER:  # a stream's next bytes: straight on
+                self._feed_chunked(resp, data)
+            else:
+                self._feed(resp, data)
         except BadResponse as exc:
             self.reusable = False
             resp._fail(exc)
@@ -145,6 +256,7 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
+        self._disarm()
         self.pool._forget(self)
         resp = self.resp
         if resp is not None:
@@ -168,6 +280,7 @@ class _Conn(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.reusable = False
+            self._disarm()
             self.pool._forget(self)
             t = self.transport
             if t is not None:
@@ -182,6 +295,40 @@ class _Conn(asyncio.Protocol):
         if self.paused and not self.closed and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
+
+    # -- first-byte timer: one lazily re-armed handle per connection -------------------
+    # A response keeps its first-byte deadline in ``RawResponse._timer`` (loop time or
+    # None).  The connection holds at most one timer handle; a new deadline later than
+    # the armed one (the usual case: the same timeout on every request) arms nothing,
+    # the handle re-arms itself for the current deadline when it fires early.
+    def _arm(self, due: float, loop: asyncio.AbstractEventLoop) -> None:
+        h = self._timer_h
+        if h is not None:
+            if self._timer_due <= due:
+                return
+            h.cancel()
+        self._timer_due = due
+        self._timer_h = loop.call_at(due, self._on_timer)
+
+    def _disarm(self) -> None:
+        h = self._timer_h
+        if h is not None:
+            self._timer_h = None
+            h.cancel()
+
+    def _on_timer(self) -> None:
+        self._timer_h = None
+        resp = self.resp
+        if resp is None or self.closed:
+            return
+        due = resp._timer
+        if due is None:
+            return  # no deadline now: the next set_timeout arms again
+        loop = resp._loop
+        if loop.time() >= due - 0.001:  # timers may fire up to a clock tick early
+            resp._on_timeout()
+        else:
+            self._arm(due, loop)
 
     def start(self, resp: RawResponse, request: bytes, body: bytes, head_only: bool) -> None:
         self.resp = resp
@@ -230,14 +377,15 @@ class _Conn(asyncio.Protocol):
                     break
                 buf = rest  # an interim 1xx answer: the real head follows
             self._buf = b""
-            resp._head_done()
+            resp._head = True
             if self._state == _DONE:
                 if rest:
                     self.reusable = False
                 resp._complete()
                 return
             if rest:
-                self._feed(resp, rest)
+                self._feed(resp, rest)  # wakes the reader if it delivers anything
+            resp._wake()
             return
         if state == _UNTIL_EOF:
             resp._data(data)
@@ -249,50 +397,17 @@ class _Conn(asyncio.Protocol):
 
     def _parse_head(self, resp: RawResponse, head: bytes) -> bool:
         """Parse one head; False for an interim 1xx answer (to be skipped)."""
-        lines = head.decode("latin-1").split("\r\n")
-        status_line = lines[0]
-        if not status_line.startswith("HTTP/1.") or status_line[8:9] != " ":
-            raise BadResponse(f"invalid status line {status_line[:80]!r}")
-        code = status_line[9:12]
-        if len(code) != 3 or not (code.isascii() and code.isdigit()) or status_line[12:13] not in ("", " "):
-            raise BadResponse(f"invalid status line {status_line[:80]!r}")
-        status = int(code)
-        if status < 100:
-            raise BadResponse(f"invalid status {status}")
-        if status < 200:
-            return False
-        pairs = []
-        length = -1
-        chunked = False
-        close = status_line[5:8] == "1.0"
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name[-1] in " \t":
-                raise BadResponse(f"invalid header line {line[:80]!r}")
-            value = value.strip()
-            pairs.append((name, value))
-            # only the framing headers matter here; compare cheaply before lowercasing
-            c = name[0]
-            if c in "CcTt":
-                lk = name.lower()
-                if lk == "content-length":
-                    if not (value.isascii() and value.isdigit()):
-                        raise BadResponse(f"invalid Content-Length {value[:40]!r}")
-                    n = int(value)
-                    if length >= 0 and n != length:
-                        raise BadResponse("conflicting Content-Length headers")
-                    length = n
-                elif lk == "transfer-encoding":
-                    chunked = value.lower().endswith("chunked")
-                elif lk == "connection":
-                    tokens = value.lower()
-                    if "close" in tokens:
-                        close = True
-                    elif "keep-alive" in tokens:
-                        close = False
+        parsed = _HEADS.get(head)
+        if parsed is None:
+            parsed = _parse_head_bytes(head)
+            if parsed is None:
+                return False
+            if len(_HEADS) >= HEAD_CACHE_SIZE:
+                _HEADS.clear()
+            _HEADS[head] = parsed
+        status, resp.reason, resp.header_list, resp.content_type, length, chunked, close = parsed
         resp.status = status
-        resp.reason = status_line[13:]
-        resp.headers = CIMultiDictProxy(CIMultiDict(pairs))
+        resp._headers = None  # the CIMultiDictProxy is built on first access
         if close:
             self.reusable = False
         if self._head_method or status in _NO_BODY_STATUS:
@@ -308,13 +423,51 @@ class _Conn(asyncio.Protocol):
         return True
 
     def _feed_chunked(self, resp: RawResponse, data: bytes) -> None:
+        if self._state == _CHUNK_SIZE and not self._buf:
+            # a streamed token usually arrives as exactly one whole chunk
+            m = _CHUNK_SIZE_LINE.match(data)
+            if m is not None:
+                start = m.end()
+                size = int(m[1], 16)
+                if size and start + size + 2 == len(data) and data.endswith(b"\r\n"):
+                    resp._data(data[start:-2])
+                    return
         buf = self._buf + data if self._buf else data
         n = len(buf)
         pos = 0
         out: list[bytes] = []
         state = self._state
         left = self._left
+        if state == _CHUNK_SIZE and n >= BURST_BYTES:
+            # many small chunks at once (judged by the first one): cut them in one go
+            m = _CHUNK_SIZE_LINE.match(buf)
+            if m is not None and (int(m[1], 16) + 8) * 8 <= n:
+                out, pos = _plain_run(buf)
+                if not out:
+                    out = []  # (never append to the shared empty run)
+        match_size = _CHUNK_SIZE_LINE.match
+        startswith = buf.startswith
+        append = out.append
         while pos < n:
+            if state == _CHUNK_SIZE:
+                # fast path: a plain hex size line, and often the whole chunk behind it
+                m = match_size(buf, pos)
+                if m is not None:
+                    size = int(m[1], 16)
+                    start = m.end()
+                    if not size:
+                        pos = start
+                        state = _TRAILER
+                        continue
+                    end = start + size
+                    if startswith(b"\r\n", end):  # the data and its CRLF are all here
+                        append(buf[start:end])
+                        pos = end + 2
+                        continue
+                    pos = start
+                    left = size
+                    state = _CHUNK_DATA
+                    continue
             if state == _CHUNK_DATA:
                 take = n - pos
                 if take >= left:
@@ -391,6 +544,7 @@ class RawResponse:
         "_eof",
         "_exc",
         "_head",
+        "_headers",
         "_high",
         "_idle",
         "_idle_timer",
@@ -399,7 +553,8 @@ class RawResponse:
         "_size",
         "_timer",
         "_waiter",
-        "headers",
+        "content_type",
+        "header_list",
         "reason",
         "status",
     )
@@ -407,7 +562,11 @@ class RawResponse:
     def __init__(self, conn: _Conn, loop: asyncio.AbstractEventLoop) -> None:
         self.status = 0
         self.reason = ""
-        self.headers: CIMultiDictProxy[str] = _EMPTY_HEADERS
+        # the head's headers in order, names as sent; ``headers`` is the same as a
+        # case-insensitive CIMultiDictProxy (built on first use)
+        self.header_list: tuple[tuple[str, str], ...] = ()
+        self.content_type = ""  # the first Content-Type header's value ("" if none)
+        self._headers: CIMultiDictProxy[str] | None = _EMPTY_HEADERS
         self._conn = conn
         self._loop = loop
         self._chunks: deque[bytes] = deque()
@@ -415,7 +574,7 @@ class RawResponse:
         self._eof = False
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None  # time to first byte
+        self._timer: float | None = None  # first-byte deadline (loop time), see _Conn._arm
         self._idle_timer: asyncio.TimerHandle | None = None  # gap between chunks
         self._idle = 0.0
         self._mark = 0.0  # when the current wait for data began
@@ -427,6 +586,13 @@ class RawResponse:
     def content(self) -> RawResponse:
         return self
 
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        h = self._headers
+        if h is None:
+            h = self._headers = CIMultiDictProxy(CIMultiDict(self.header_list))
+        return h
+
     # -- called by the connection ------------------------------------------------------
     def _wake(self) -> None:
         w = self._waiter
@@ -435,21 +601,27 @@ class RawResponse:
             if not w.done():
                 w.set_result(None)
 
-    def _head_done(self) -> None:
-        self._head = True
-        self._wake()
-
     def _data(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
         if self._size > self._high:
             self._conn.pause()
-        self._wake()
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
 
     def _complete(self) -> None:
         self._eof = True
-        self._cancel_all()
-        self._wake()
+        self._timer = None
+        if self._idle_timer is not None:
+            self._cancel_all()
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:
         if self._eof or self._exc is not None:
@@ -462,21 +634,18 @@ class RawResponse:
     def set_timeout(self, delay: float | None) -> None:
         """Fail with ``TimeoutError`` unless body bytes are read (or ``cancel_timeout()``
         is called) within ``delay`` seconds."""
-        self._cancel_timer()
         if delay is not None and not self._eof and self._exc is None:
-            self._timer = self._loop.call_later(delay, self._on_timeout)
+            loop = self._loop
+            self._timer = due = loop.time() + delay
+            self._conn._arm(due, loop)
+        else:
+            self._timer = None
 
     def cancel_timeout(self) -> None:
-        self._cancel_timer()
-
-    def _cancel_timer(self) -> None:
-        t = self._timer
-        if t is not None:
-            self._timer = None
-            t.cancel()
+        self._timer = None
 
     def _cancel_all(self) -> None:
-        self._cancel_timer()
+        self._timer = None
         t = self._idle_timer
         if t is not None:
             self._idle_timer = None
@@ -499,20 +668,16 @@ class RawResponse:
         else:
             self._idle_timer = self._loop.call_at(due, self._on_idle)
 
-    async def _wait(self) -> None:
-        w = self._waiter = self._loop.create_future()
-        await w
-
     # -- reading -----------------------------------------------------------------------
     async def _wait_head(self) -> None:
         while not self._head:
             if self._exc is not None:
                 raise self._exc
-            await self._wait()
+            w = self._waiter = self._loop.create_future()
+            await w
 
     def _take(self) -> bytes:
-        if self._timer is not None:  # body bytes handed out: a first-byte timer is done
-            self._cancel_timer()
+        self._timer = None  # body bytes handed out: a first-byte deadline is done
         chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
@@ -536,31 +701,34 @@ class RawResponse:
     async def readany(self, timeout: float | None = None) -> bytes:
         """The next bytes as soon as there are any; ``b""`` at the end.  With ``timeout``
         a gap longer than that fails the response with ``TimeoutError``."""
-        if self._chunks:
-            return self._take()
-        if self._eof:
-            return b""
-        if self._exc is not None:
-            raise self._exc
-        if timeout is not None:
+        while True:
+            if self._chunks:
+                return self._take()
+            if self._eof:
+                return b""
+            if self._exc is not None:
+                raise self._exc
             loop = self._loop
-            self._mark = now = loop.time()
-            if self._idle_timer is None or timeout < self._idle:
-                if self._idle_timer is not None:
-                    self._idle_timer.cancel()
-                self._idle_timer = loop.call_at(now + timeout, self._on_idle)
-            self._idle = timeout
-        await self._wait()
-        return await self.readany(timeout)
+            if timeout is not None:
+                self._mark = now = loop.time()
+                if self._idle_timer is None or timeout < self._idle:
+                    if self._idle_timer is not None:
+                        self._idle_timer.cancel()
+                    self._idle_timer = loop.call_at(now + timeout, self._on_idle)
+                self._idle = timeout
+            w = self._waiter = loop.create_future()
+            await w
 
     async def read(self) -> bytes:
         """The whole body."""
         self._high = 1 << 62  # the caller wants everything: no flow control
-        self._conn.resume()
+        if self._conn.paused:
+            self._conn.resume()
         while not self._eof:
             if self._exc is not None:
                 raise self._exc
-            await self._wait()
+            w = self._waiter = self._loop.create_future()
+            await w
         chunks = self._chunks
         if not chunks:
             return b""
@@ -573,11 +741,14 @@ class RawResponse:
         if self._done:
             return
         self._done = True
-        self._cancel_all()
+        self._timer = None
+        if self._idle_timer is not None:
+            self._cancel_all()
         conn = self._conn
         if self._eof and self._exc is None and conn.reusable and not conn.closed:
             conn.resp = None
-            conn.resume()  # complete but not all read: reading may still be paused
+            if conn.paused:
+                conn.resume()  # complete but not all read: reading may still be paused
             conn.pool._put(conn)
         else:
             conn.close()
@@ -758,14 +929,25 @@ def build_head(
     body_len: int,
 ) -> bytes:
     """Request line + Host + fixed headers + forwarded headers + Content-Length + CRLF."""
+    prefix = head_prefix(method, target, host_line, fixed, forwarded)
+    if body_len or method not in ("GET", "HEAD"):
+        return prefix + b"Content-Length: %d\r\n\r\n" % body_len
+    return prefix + b"\r\n"
+
+
+def head_prefix(
+    method: str,
+    target: str,
+    host_line: bytes,
+    fixed: bytes,
+    forwarded: Mapping[str, str] | None,
+) -> bytes:
+    """Request line + Host + fixed headers + forwarded headers (no Content-Length, no
+    final CRLF): the part of a head that a client sends the same way every time."""
     parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), host_line, fixed]
     if forwarded:
         # aiohttp's server decodes header bytes as UTF-8 with surrogateescape: this
         # restores the client's exact bytes
         for k, v in forwarded.items():
             parts.append(f"{k}: {v}\r\n".encode("utf-8", "surrogateescape"))
-    if body_len or method not in ("GET", "HEAD"):
-        parts.append(b"Content-Length: %d\r\n\r\n" % body_len)
-    else:
-        parts.append(b"\r\n")
     return b"".join(parts)

@@ -74,7 +74,8 @@ class Admission:
     def release(self, h: HostState) -> None:
         """Free one slot on ``h``; hand it to the oldest live waiter that accepts ``h``."""
         h.in_flight -= 1
-        self.kick(h)
+        if h.queued:  # else no live waiter accepts h (stale entries wait for a later kick)
+            self.kick(h)
 
     def kick(self, h: HostState) -> None:
         """Hand free slots of ``h`` to waiters (also called when a host comes back)."""

@@ -68,7 +68,17 @@ from .hosts import (
 )
 from .refresh import Refresher
 from .routes import PULL_TIMEOUT, Route, lookup
-from .strategies import STRATEGIES, Pick, Strategy, chat_prefix_hashes, make_strategy
+from .strategies import (
+    STRATEGIES,
+    LatencyStrategy,
+    LeastLoadedStrategy,
+    P2CStrategy,
+    Pick,
+    RoundRobinStrategy,
+    Strategy,
+    chat_prefix_hashes,
+    make_strategy,
+)
 from .upstream import (
     UPSTREAM_ERRORS,
     PassThrough,
@@ -110,7 +120,39 @@ SLOW_TTFB_S = 1.0  # a first byte slower than this and 4x the usual triggers a r
 MISS_REFRESH_WAIT = 1.0  # how long an unknown-model request waits for the refresh it triggered
 
 _SMALL_INTS = tuple(str(i) for i in range(16))
+_NO_HOSTS: list[HostState] = []  # never mutated
+# strategies whose order() of one candidate is that candidate, with no side effect
+_PLAIN_ORDER = frozenset({LeastLoadedStrategy, P2CStrategy, RoundRobinStrategy, LatencyStrategy})
 _RE_METRICS = re.compile(rb'"(load_duration|eval_count|eval_duration)":(\d+)')
+
+
+def _final_metrics(tail: bytes) -> tuple[int | None, int | None, int | None]:
+    """(load_duration, eval_count, eval_duration) of the last bytes of an answer: the
+    last ``"name":<digits>`` of each in ``tail``, None where absent."""
+    # The final object lists them in this order; scanning from the last load_duration
+    # finds all three at once.  Matches cannot overlap, so what a scan from there finds
+    # is exactly the tail's last match of each name; if one is missing there, scan all.
+    pos = tail.rfind(b'"load_duration":')
+    ld = ec = ed = None
+    for k, v in _RE_METRICS.findall(tail, pos) if pos > 0 else _RE_METRICS.findall(tail):
+        if k == b"eval_count":
+            ec = v
+        elif k == b"eval_duration":
+            ed = v
+        else:
+            ld = v
+    if pos > 0 and (ld is None or ec is None or ed is None):
+        return _scan_metrics(tail)
+    return (
+        int(ld) if ld is not None else None,
+        int(ec) if ec is not None else None,
+        int(ed) if ed is not None else None,
+    )
+
+
+def _scan_metrics(tail: bytes) -> tuple[int | None, int | None, int | None]:
+    m = {k: int(v) for k, v in _RE_METRICS.findall(tail)}
+    return m.get(b"load_duration"), m.get(b"eval_count"), m.get(b"eval_duration")
 
 # Routes whose requests make the host load the model.
 _LOADING_PATHS = frozenset(
@@ -141,6 +183,9 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "destination": ((str,), "string"),
     "name": ((str,), "string"),
 }
+# json.loads without its Python layers: the C scanner, used when the body is exactly one
+# JSON value with no surrounding whitespace (anything else takes the json.loads path).
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _FIELDS_BY_ROUTE: dict[str, tuple[str, ...]] = {
     "/api/generate": ("model", "stream", "options", "prompt"),
     "/api/chat": ("model", "stream", "options", "messages"),
@@ -156,6 +201,16 @@ _FIELDS_BY_ROUTE: dict[str, tuple[str, ...]] = {
     "/v1/completions": ("model", "stream"),
     "/v1/embeddings": ("model",),
 }
+
+
+# path -> ((field, the one type json.loads gives for an accepted value, Go type name), ...)
+# (values from json.loads have exact types, so ``type(v) is t`` is the isinstance test,
+# bools included)
+_CHECKS_BY_ROUTE: dict[str, tuple[tuple[str, type, str], ...]] = {
+    path: tuple((f, _FIELD_TYPES[f][0][0], _FIELD_TYPES[f][1]) for f in fields)
+    for path, fields in _FIELDS_BY_ROUTE.items()
+}
+assert all(len(t) == 1 for t, _ in _FIELD_TYPES.values())
 
 
 def _is_zero_keep_alive(v: Any) -> bool:
@@ -330,6 +385,8 @@ class Dispatcher:
         self._streams: set[Any] = set()
         self._demand: dict[str, DecayingRate] = {}
         self._hist: dict[tuple[str, str], _Timings] = {}
+        # id(upstream header tuple) -> (that tuple, its end-to-end headers), see _resp_headers
+        self._kept_headers: dict[int, tuple[Any, dict[str, str]]] = {}
         self.counters: dict[str, Any] = {
             "requests": Counter(),
             "retries": 0,
@@ -500,10 +557,18 @@ class Dispatcher:
 
     # -- parsing -----------------------------------------------------------------------
     def _parse(self, route: Route, path: str, body: bytes) -> dict[str, Any] | DispatchResponse:
-        if not body or not body.strip():
+        if not body:
             return self._error(route, 400, "missing request body")
         try:
-            obj = json.loads(body.decode())  # UTF-8 only, as Go's decoder
+            text = body.decode()  # UTF-8 only, as Go's decoder
+            try:
+                obj, end = _scan_once(text, 0)
+            except StopIteration:
+                end = -1
+            if end != len(text):
+                if not body.strip():
+                    return self._error(route, 400, "missing request body")
+                obj = json.loads(text)
         except json.JSONDecodeError as exc:
             if not exc.msg.startswith("Extra data"):
                 return self._error(route, 400, go_json_error(exc))
@@ -516,12 +581,9 @@ class Dispatcher:
             return self._error(
                 route, 400, f"json: cannot unmarshal {go_type_name(obj)} into Go value of type api.{struct}"
             )
-        for fname in _FIELDS_BY_ROUTE.get(path, ()):
+        for fname, ftype, goname in _CHECKS_BY_ROUTE.get(path, ()):
             v = obj.get(fname)
-            if v is None:
-                continue
-            types, goname = _FIELD_TYPES[fname]
-            if not isinstance(v, types) or (bool not in types and isinstance(v, bool)):
+            if v is not None and type(v) is not ftype:
                 return self._error(
                     route,
                     400,
@@ -549,20 +611,21 @@ class Dispatcher:
         req.obj = obj
         name = self._model_of(route, obj)
         req.name = name
-        req.cache_header = self.cache.cacheable_route(path)
-        cache_kw: dict[str, Any] = {"cache": "miss"} if req.cache_header else {}
+        req.cache_header = cache_header = self.cache.cacheable_route(path)
+        cache_tag = "miss" if cache_header else None  # the X-Ollamamax-Cache header, if any
         if not name.strip():
             if route.empty_model == "notfound":
-                return self._error(route, 404, f"model '{name}' not found", **cache_kw)
-            return self._error(route, 400, "model is required", **cache_kw)
+                return self._error(route, 404, f"model '{name}' not found", cache=cache_tag)
+            return self._error(route, 400, "model is required", cache=cache_tag)
         model = normalize_model(name)
         req.model = model
-        if path in ("/api/generate", "/api/chat") and _is_zero_keep_alive(obj.get("keep_alive")):
+        keep_alive = obj.get("keep_alive")
+        if keep_alive is not None and path in ("/api/generate", "/api/chat") and _is_zero_keep_alive(keep_alive):
             empty = not obj.get("prompt") if path == "/api/generate" else not obj.get("messages")
             if empty:
                 return await routes.unload(self, req)
 
-        if req.cache_header:
+        if cache_header:
             req.cache_key = self.cache.key_for(path, model, obj)
             if req.cache_key is not None:
                 hit = self.cache.get(req.cache_key)
@@ -571,11 +634,13 @@ class Dispatcher:
                     return self._replay(hit)
                 self.counters["cache_misses"] += 1
 
-        cands = await self._candidates_or_fetch(model)
+        cands = self._candidates(model)
+        if cands is None:  # not in the snapshot: refresh (and maybe pull) first
+            cands = await self._candidates_or_fetch(model)
         if cands is None:
-            return self._error(route, 404, self._notfound_message(route, name), **cache_kw)
+            return self._error(route, 404, self._notfound_message(route, name), cache=cache_tag)
         if not cands:
-            return self._no_healthy(route, name, **cache_kw)
+            return self._no_healthy(route, name, cache=cache_tag)
         req.cands = cands
         rate = self._demand.get(model)  # only models some host has: bounded
         if rate is None:
@@ -612,6 +677,9 @@ class Dispatcher:
         if not idx:
             return None
         hosts = self.hosts
+        if len(idx) == 1:
+            h = hosts[idx[0]]
+            return [] if h.down else [h]
         return [hosts[i] for i in idx if not hosts[i].down]
 
     async def _candidates_or_fetch(self, model: str) -> list[HostState] | None:
@@ -699,9 +767,27 @@ class Dispatcher:
         return t
 
     async def _acquire(self, pool: list[HostState], req: _Req, deadline: float) -> tuple[HostState, float]:
+        """A slot on one host of ``pool`` and the seconds waited for it (raises
+        ``QueueFull`` / ``TimeoutError`` when none came before ``deadline``)."""
+        h, wait_on, widen_after = self._select(pool, req)
+        if h is not None:
+            return h, 0.0
+        return await self._wait_slot(pool, wait_on, widen_after, deadline)
+
+    def _select(
+        self, pool: list[HostState], req: _Req
+    ) -> tuple[HostState | None, list[HostState], float | None]:
+        """Take a free slot now: (host, [], None); else (None, hosts to wait on, seconds
+        after which to accept any host of ``pool`` or None)."""
         adm = self.admission
         strategy = self.strategy
         assert strategy is not None and req.pick is not None
+        if len(pool) == 1 and type(strategy) in _PLAIN_ORDER:
+            # one candidate: loaded or not, it is the one to take or wait for
+            h = pool[0]
+            if adm.try_acquire(h):
+                return h, _NO_HOSTS, None
+            return None, pool, None
         snap = self._snapshot
         model = req.model
         loaded: list[HostState] = []
@@ -712,7 +798,7 @@ class Dispatcher:
         if loaded:
             for h in strategy.order(loaded, req.pick):
                 if adm.try_acquire(h):
-                    return h, 0.0
+                    return h, _NO_HOSTS, None
             wait_on = loaded
             if cold:
                 # expected time to first token: wait for a slot (+ load if cold) + EWMA TTFB
@@ -721,15 +807,21 @@ class Dispatcher:
                 if wait_est > cost:
                     for h in self._order_cold(cold, req.pick):
                         if adm.try_acquire(h):
-                            return h, 0.0
+                            return h, _NO_HOSTS, None
                     wait_on = pool
                 else:
                     widen_after = max(cost - wait_est, 0.05)
         else:
             for h in self._order_cold(pool, req.pick):
                 if adm.try_acquire(h):
-                    return h, 0.0
+                    return h, _NO_HOSTS, None
             wait_on = pool
+        return None, wait_on, widen_after
+
+    async def _wait_slot(
+        self, pool: list[HostState], wait_on: list[HostState], widen_after: float | None, deadline: float
+    ) -> tuple[HostState, float]:
+        adm = self.admission
         t0 = time.monotonic()
         remaining = deadline - t0
         if adm.full() or remaining <= 0:
@@ -751,20 +843,26 @@ class Dispatcher:
         queue_s = 0.0
         last: _Failure | None = None
         deadline = time.monotonic() + cfg.queue_timeout
-        cache_kw: dict[str, Any] = {"cache": "miss"} if req.cache_header else {}
         while attempts < cfg.max_attempts:
-            pool = [h for h in req.cands if h.index not in tried and not h.down]
-            if not pool and last is not None and last.busy:
-                pool = [h for h in req.cands if not h.down]
+            if attempts:
+                pool = [h for h in req.cands if h.index not in tried and not h.down]
+                if not pool and last is not None and last.busy:
+                    pool = [h for h in req.cands if not h.down]
+            else:
+                pool = req.cands  # just taken from the snapshot: all up, none tried
             if not pool:
                 break
-            t_wait = time.monotonic()
-            try:
-                h, waited = await self._acquire(pool, req, deadline)
-            except (QueueFull, TimeoutError, asyncio.TimeoutError):
-                queue_s += time.monotonic() - t_wait
-                return self._busy(req.route, queue_s=queue_s, attempts=attempts, **cache_kw)
-            queue_s += waited
+            h, wait_on, widen_after = self._select(pool, req)
+            if h is None:
+                t_wait = time.monotonic()
+                try:
+                    h, waited = await self._wait_slot(pool, wait_on, widen_after, deadline)
+                except (QueueFull, TimeoutError, asyncio.TimeoutError):
+                    queue_s += time.monotonic() - t_wait
+                    return self._busy(
+                        req.route, queue_s=queue_s, attempts=attempts, cache="miss" if req.cache_header else None
+                    )
+                queue_s += waited
             attempts += 1
             if attempts > 1:
                 self.counters["retries"] += 1
@@ -833,7 +931,9 @@ class Dispatcher:
                 trace=trace,
                 timeout=cfg.first_byte_timeout,
             )
-            ctype = resp.headers.get("Content-Type", "")
+            ctype = getattr(resp, "content_type", None)
+            if ctype is None:  # a response object without the fast attribute
+                ctype = resp.headers.get("Content-Type", "")
             streaming = resp.status == 200 and (
                 ctype.startswith(NDJSON_CONTENT_TYPE) or ctype.startswith(SSE_CONTENT_TYPE)
             )
@@ -911,7 +1011,21 @@ class Dispatcher:
     def _resp_headers(
         self, resp: RawResponse, h: HostState, cold: bool, queue_s: float, attempts: int, cache: str | None
     ) -> dict[str, str]:
-        out = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_HEADERS}
+        pairs = getattr(resp, "header_list", None)
+        if pairs is None:  # a response object without the fast attribute
+            out = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_HEADERS}
+        else:
+            # _rawhttp hands out the same header tuple for every answer with the same
+            # head bytes: the filtered copy is kept per tuple (by identity)
+            cached = self._kept_headers.get(id(pairs))
+            if cached is not None and cached[0] is pairs:
+                out = cached[1].copy()
+            else:
+                kept = {k: v for k, v in pairs if k.lower() not in _DROP_HEADERS}
+                if len(self._kept_headers) >= 64:
+                    self._kept_headers.clear()
+                self._kept_headers[id(pairs)] = (pairs, kept)
+                out = kept.copy()
         out[HEADER_HOST] = h.name
         out[HEADER_COLD] = "1" if cold else "0"
         out[HEADER_QUEUE_MS] = f"{queue_s * 1000.0:.0f}" if queue_s else "0"
@@ -961,16 +1075,14 @@ class Dispatcher:
         slow = h.ttfb.value is not None and ttfb > max(SLOW_TTFB_S, 4.0 * h.ttfb.value)
         h.ttfb.add(ttfb)
         h.service.add(t_end - t0)
-        metrics = {k: int(v) for k, v in _RE_METRICS.findall(tail)}  # one scan of the last bytes
+        ld_ns, ec, ed = _final_metrics(tail)
         loaded_now = False
-        ld_ns = metrics.get(b"load_duration")
         if ld_ns is not None and ld_ns / 1e9 > COLD_LOAD_S:
             e = h.load_cost.get(model)
             if e is None:
                 e = h.load_cost[model] = Ewma()
             e.add(ld_ns / 1e9)
             loaded_now = True
-        ec, ed = metrics.get(b"eval_count"), metrics.get(b"eval_duration")
         if ec is not None and ed:
             tm.tokens_per_s.record(max(1, int(round(ec / (ed / 1e9)))))
         if cold or loaded_now or slow:

@@ -5,7 +5,9 @@ capacity plus a few idle connections for probes and broadcasts are kept), so one
 never affects another.  Only the TCP connect is bounded here (``connect_timeout``); the
 time-to-first-byte and idle-gap limits are the caller's: ``send(timeout=...)`` arms a
 timer on the response that stays armed until body bytes are read (or ``cancel_timeout()``), and
-``readany(timeout)`` bounds one gap between chunks.  Both are ``loop.call_later`` handles.
+``readany(timeout)`` bounds one gap between chunks.  Both are loop timer handles, re-armed
+lazily (see ``_rawhttp``).  Request heads are built once per (method, path, query,
+forwarded header values) and kept in a small per-host cache.
 
 Connection set-up time is measured only when a new connection is created (reused
 keep-alive connections cost nothing) and written into the attempt's :class:`TraceCtx`.
@@ -31,7 +33,7 @@ from ._rawhttp import (
     RawResponse,
     StatusError,
     UpstreamError,
-    build_head,
+    head_prefix,
 )
 from ._types import DispatcherConfig, HostConfig
 from .errors import ollama_error_body, openai_error_body
@@ -73,6 +75,7 @@ _FORWARD_CANON = {
     "user-agent": "User-Agent",
 }
 EXTRA_POOL_CONNECTIONS = 4
+HEAD_CACHE_SIZE = 256  # request heads (without Content-Length) kept per host; cleared when full
 IDLE_CONNECTION_TTL = 30.0  # seconds an idle keep-alive connection is kept
 
 
@@ -132,17 +135,45 @@ class Upstream:
         )
         self._host_line = self.pool.host_line()
         self._fwd_cache: dict[tuple[str | None, ...], dict[str, str]] = {}
+        self._fwd_set = frozenset(self._forward)
+        self._no_vals: tuple[str | None, ...] = (None,) * len(self._forward)
+        # (method, path, query, forwarded values) -> request line + Host + headers, the
+        # whole head but its Content-Length line; a hit skips quoting and building
+        self._heads: dict[tuple[Any, ...], bytes] = {}
+
+    def _forward_values(self, client_headers: Mapping[str, str] | None) -> tuple[str | None, ...]:
+        """The values of the forwarded header names (None if absent), looked up
+        case-insensitively as :func:`header_get` does."""
+        if not client_headers:
+            return self._no_vals
+        if isinstance(client_headers, (CIMultiDictProxy, CIMultiDict)):
+            return tuple(map(client_headers.get, self._forward))
+        # any other mapping: one pass.  As header_get: an exact lower-case key with a
+        # value wins, else the first key (in order) that matches case-insensitively.
+        wanted = self._fwd_set
+        found: dict[str, str | None] = {}
+        exact: dict[str, str] | None = None
+        for k, v in client_headers.items():
+            lk = k.lower()
+            if lk in wanted:
+                if k == lk and v is not None:
+                    if exact is None:
+                        exact = {}
+                    exact[lk] = v
+                elif lk not in found:
+                    found[lk] = v
+        if exact:
+            found.update(exact)
+        if not found:
+            return self._no_vals
+        return tuple(map(found.get, self._forward))
 
     def request_headers(self, client_headers: Mapping[str, str] | None) -> dict[str, str]:
         """The client headers passed on (Content-Type defaults to JSON), without the
         host's fixed headers (those are prebuilt)."""
-        if client_headers is None:
-            vals: tuple[str | None, ...] = (None,) * len(self._forward)
-        elif isinstance(client_headers, (CIMultiDictProxy, CIMultiDict)):
-            get = client_headers.get
-            vals = tuple(get(n) for n in self._forward)
-        else:
-            vals = tuple(header_get(client_headers, n) for n in self._forward)
+        return self._headers_for(self._forward_values(client_headers))
+
+    def _headers_for(self, vals: tuple[str | None, ...]) -> dict[str, str]:
         out = self._fwd_cache.get(vals)
         if out is None:
             out = {_FORWARD_CANON[n]: v for n, v in zip(self._forward, vals) if v is not None}
@@ -174,21 +205,30 @@ class Upstream:
         The caller owns the response: ``release()`` it after reading it fully, or
         ``close()`` it to abort (drops the connection, so the host sees the client go).
         """
+        vals = self._forward_values(headers)
+        key = (method, path, query, vals)
+        prefix = self._heads.get(key)
+        if prefix is None:
+            prefix = self._build_prefix(method, path, query, vals)
+            heads = self._heads
+            if len(heads) >= HEAD_CACHE_SIZE:
+                heads.clear()
+            heads[key] = prefix
+        if body:
+            head = prefix + b"Content-Length: %d\r\n\r\n" % len(body)
+        else:
+            body = b""
+            head = prefix + (b"\r\n" if method in ("GET", "HEAD") else b"Content-Length: 0\r\n\r\n")
+        return await self.pool.request(head, body, head_only=method == "HEAD", timeout=timeout, trace=trace)
+
+    def _build_prefix(self, method: str, path: str, query: str, vals: tuple[str | None, ...]) -> bytes:
+        """The request head without its Content-Length line and final CRLF."""
         if not (path.isascii() and path.isprintable()) or " " in path:
             path = quote(path, safe="/:@!$&'()*+,;=-._~%")  # never a raw space or CR/LF
         if query and (not (query.isascii() and query.isprintable()) or " " in query):
             query = quote(query, safe="/:@!$&'()*+,;=-._~%?")
         target = path + "?" + query if query else path
-        body = body or b""
-        head = build_head(
-            method,
-            target,
-            self._host_line,
-            self._fixed,
-            self.request_headers(headers),
-            len(body),
-        )
-        return await self.pool.request(head, body, head_only=method == "HEAD", timeout=timeout, trace=trace)
+        return head_prefix(method, target, self._host_line, self._fixed, self._headers_for(vals))
 
     async def get_json(self, path: str, limit: float) -> Any:
         """GET a small JSON document within ``limit`` seconds (probes, refresh)."""
@@ -248,7 +288,8 @@ class PassThrough:
         "_label",
         "_on_finish",
         "_nbytes",
-        "tail",
+        "_tail_len",
+        "_tail_parts",
         "chunks",
         "content_type",
         "ctx",
@@ -274,19 +315,44 @@ class PassThrough:
         self._label = label
         self._on_finish = on_finish
         self._nbytes = 0
-        self.tail = b""
+        # the last chunks, joined and cut to TAIL_BYTES only when they exceed twice that
+        # (or when ``tail`` is read): no copy of the tail per chunk
+        self._tail_parts: list[bytes] = []
+        self._tail_len = 0
         self.chunks: list[bytes] | None = [] if collect else None
-        self.content_type = resp.headers.get("Content-Type", "")
+        ct = getattr(resp, "content_type", None)
+        self.content_type = ct if ct is not None else resp.headers.get("Content-Type", "")
         self.ctx = ctx
 
     def __aiter__(self) -> PassThrough:
         return self
 
+    @property
+    def tail(self) -> bytes:
+        """The last ``TAIL_BYTES`` of what was passed through."""
+        parts = self._tail_parts
+        if not parts:
+            return b""
+        t = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(t) > TAIL_BYTES:
+            t = t[-TAIL_BYTES:]
+        self._tail_parts = [t]
+        self._tail_len = len(t)
+        return t
+
     def _note(self, chunk: bytes) -> None:
         if len(chunk) >= TAIL_BYTES:
-            self.tail = chunk[-TAIL_BYTES:]
+            self._tail_parts = [chunk[-TAIL_BYTES:]]
+            self._tail_len = TAIL_BYTES
         else:
-            self.tail = (self.tail + chunk)[-TAIL_BYTES:]
+            parts = self._tail_parts
+            parts.append(chunk)
+            n = self._tail_len + len(chunk)
+            if n > 2 * TAIL_BYTES:
+                t = b"".join(parts)[-TAIL_BYTES:]
+                self._tail_parts = [t]
+                n = len(t)
+            self._tail_len = n
         chunks = self.chunks
         if chunks is not None:
             self._nbytes += len(chunk)
