@@ -16,7 +16,10 @@ in-flight requests up to ``--grace-period`` seconds to finish, close the host po
 processes on one port (SO_REUSEPORT, each with its own Dispatcher); the parent waits for
 all of them to be ready, prints the URL, forwards SIGTERM/SIGINT as SIGTERM, restarts a
 worker that crashes after start-up (at most 5 times a minute) and exits when they have all
-exited.  uvloop is used when installed (``--loop``).
+exited.  uvloop is used when installed (``--loop``).  The listener is
+:func:`ollamamax.dispatch.fastpath.start_server`: a lean HTTP/1.1 fast path for the common
+request shape in front of the aiohttp application from ``create_app``, which answers
+everything else.
 
 This module's top level imports only argparse (the CLI builds every subcommand's parser).
 """
