@@ -31,9 +31,11 @@ _py_ns = SimpleNamespace(
 
 if _c is not None:
 
+    _native_ring = _c.RingQueue
+
     class _NativeAsyncRingQueue(_ring_py.AsyncRingQueue[_T]):
         __slots__ = ()
-        _ring_type = _c.RingQueue
+        _ring_type = _native_ring
 
     _NativeAsyncRingQueue.__name__ = _NativeAsyncRingQueue.__qualname__ = "AsyncRingQueue"
     _c_ns: SimpleNamespace | None = SimpleNamespace(

@@ -198,7 +198,8 @@ class Gateway:
 
     @staticmethod
     def _path(request: web.BaseRequest) -> str:
-        tail = request.match_info.get("tail")
+        match_info = getattr(request, "match_info", None)  # a web.Request has one
+        tail = match_info.get("tail") if match_info is not None else None
         return "/" + tail if tail is not None else request.path
 
     def refusal(self, method: str, path: str, authorization: str | None) -> Refusal | None:

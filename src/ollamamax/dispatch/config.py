@@ -489,7 +489,7 @@ def load_config(
             source[key] = "toml"
 
     # dispatcher knobs: [dispatcher] table first, then the aliases on top
-    disp_kwargs: dict[str, object] = {}
+    disp_kwargs: dict[str, Any] = {}  # each value converted and checked per field
     table = toml.get("dispatcher", {})
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where_toml}: [dispatcher] must be a table")

@@ -404,8 +404,7 @@ class _FastProtocol(asyncio.Protocol):
 class GatewayServer:
     """A listening gateway: the fast path plus the aiohttp application behind it."""
 
-    def __init__(self, runner: web.AppRunner, server: asyncio.AbstractServer,
-                 shared: _Shared) -> None:
+    def __init__(self, runner: web.AppRunner, server: asyncio.Server, shared: _Shared) -> None:
         self.runner = runner
         self.server = server
         self._shared = shared
@@ -468,8 +467,9 @@ async def start_server(app: web.Application, host: str | None, port: int, *,
     runner = web.AppRunner(app, access_log=access_log, **runner_kw)
     await runner.setup()
     try:
-        shared = _Shared(gateway, runner.server, extra_headers or {}, keepalive_timeout,
-                         access_log)
+        fallback = runner.server  # aiohttp's protocol factory (web.Server), set by setup()
+        assert fallback is not None
+        shared = _Shared(gateway, fallback, extra_headers or {}, keepalive_timeout, access_log)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: _FastProtocol(shared), host, port,
                                           reuse_port=reuse_port, backlog=backlog)

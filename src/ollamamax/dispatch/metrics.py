@@ -135,6 +135,7 @@ def _fold_buckets(native: Sequence[tuple[float, int]], scale: float, bounds: tup
         return [*((le, 0) for le in _le_strings(bounds, fmt)), ("+Inf", 0)] if bounds else [("+Inf", 0)]
     total = native[-1][1]
     n = len(native) - 1 if math.isinf(native[-1][0]) else len(native)
+    out: list[tuple[str, float]]
     if bounds is None:
         out = [(fmt(native[i][0] * scale), native[i][1]) for i in range(n)]
     else:
@@ -271,7 +272,7 @@ class _CollectorMixin:
 def _collector_class() -> type:
     _core, _exposition, registry, _utils = _prometheus()
 
-    class DispatcherCollector(_CollectorMixin, registry.Collector):
+    class DispatcherCollector(_CollectorMixin, registry.Collector):  # type: ignore[name-defined]
         """prometheus_client collector reading a Dispatcher's counters and histograms."""
 
     return DispatcherCollector

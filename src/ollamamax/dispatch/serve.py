@@ -384,9 +384,8 @@ def _supervise(cfg) -> int:  # type: ignore[no-untyped-def]
                     os.close(r)
                     p = pending.pop(r)
                     if not data and b"\n" not in buffers[r]:
-                        code = p.wait()
                         print(f"ollamamax serve: error: worker {p.pid} failed to start "
-                              f"(exit code {code})", file=sys.stderr)
+                              f"(exit code {p.wait()})", file=sys.stderr)
                         stopping = True
         for r in pending:
             os.close(r)

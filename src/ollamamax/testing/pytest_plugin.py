@@ -14,7 +14,7 @@ from typing import Any
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - exercised only without pytest-asyncio
-    pytest_asyncio = None
+    pytest_asyncio = None  # type: ignore[assignment]
 
 __all__ = ["fake_ollama"]
 
