@@ -405,3 +405,31 @@ async def test_pipelined_flood_pauses_reading_until_the_running_request_ends(srv
     finally:
         writer.close()
     assert server.stats.fast_requests == 2001
+
+
+async def test_http_server_counters_in_metrics_and_status():
+    from test_gateway_common import stack
+
+    async with stack(1) as st:
+        host, port = st.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = b'{"model":"llama3.2","prompt":"hi","stream":false}'
+        try:
+            for _ in range(3):
+                writer.write(_post("/api/generate", body))
+                status, _, _ = await _response(reader)
+                assert status == b"HTTP/1.1 200 OK"
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # hands this one over
+            _, _, text = await _response(reader)
+            writer.write(b"GET /ollamamax/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            _, _, status_json = await _response(reader)
+        finally:
+            writer.close()
+    lines = dict(line.rsplit(" ", 1) for line in text.decode().splitlines()
+                 if line.startswith("ollamamax_http_"))
+    assert float(lines["ollamamax_http_fast_path_requests_total"]) == 3
+    assert float(lines["ollamamax_http_connections_total"]) == 1
+    assert float(lines["ollamamax_http_connections_handed_over_total"]) == 1
+    assert float(lines["ollamamax_http_open_connections"]) == 0  # the connection is aiohttp's now
+    assert json.loads(status_json)["http"] == {"fast_requests": 3, "handed_over": 1,
+                                               "connections": 1, "open_connections": 0}

@@ -332,3 +332,13 @@ async def test_status_page_in_headless_chromium(chromium, tmp_path):
         dest = os.environ.get("OLLAMAMAX_SCREENSHOT_DIR")
         if dest:
             shutil.copy(png, Path(dest) / "status.png")
+
+
+def test_render_shows_client_connections_when_served_by_the_fast_path():
+    plain = " ".join(check_html(render_status_page(sample_status())).text)
+    assert "Client connections" not in plain  # mounted app: no server counters
+    st = sample_status()
+    st["http"] = {"fast_requests": 10, "handed_over": 1, "connections": 4, "open_connections": 3}
+    c = check_html(render_status_page(st))
+    text = " ".join(" ".join(c.text).split())
+    assert "Client connections 3" in text

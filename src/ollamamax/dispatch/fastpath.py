@@ -42,6 +42,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .app import ERROR_HEADERS, GATEWAY_KEY, HOP_BY_HOP, Gateway
+from .metrics import OBSERVABILITY_KEY
 
 __all__ = ["GatewayServer", "start_server", "FastStats"]
 
@@ -70,17 +71,24 @@ _TERMINATOR = b"0\r\n\r\n"
 
 
 class FastStats:
-    """Counters of one server: requests served on the fast path, connections handed over."""
+    """Counters of one server: requests served on the fast path, connections accepted and
+    handed over, connections open on the fast path (exported in ``/metrics``)."""
 
-    __slots__ = ("fast_requests", "handed_over", "connections")
+    __slots__ = ("fast_requests", "handed_over", "connections", "_conns")
 
-    def __init__(self) -> None:
+    def __init__(self, conns: set[Any] | None = None) -> None:
         self.fast_requests = 0
         self.handed_over = 0
         self.connections = 0
+        self._conns = conns if conns is not None else set()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
 
     def as_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in self.__slots__}
+        return {"fast_requests": self.fast_requests, "handed_over": self.handed_over,
+                "connections": self.connections, "open_connections": self.open_connections}
 
 
 class _Shared:
@@ -97,7 +105,7 @@ class _Shared:
         self.extra = "".join(f"{k}: {v}\r\n" for k, v in extra_headers.items()).encode()
         self.keepalive = keepalive_timeout
         self.conns: set[_FastProtocol] = set()
-        self.stats = FastStats()
+        self.stats = FastStats(self.conns)
         self.loop = asyncio.get_running_loop()
         self.access = access
         self._date_sec = -1
@@ -476,4 +484,7 @@ async def start_server(app: web.Application, host: str | None, port: int, *,
     except BaseException:
         await runner.cleanup()
         raise
+    obs = app.get(OBSERVABILITY_KEY)
+    if obs is not None:
+        obs.attach_http_stats(shared.stats)
     return GatewayServer(runner, server, shared)

@@ -25,6 +25,14 @@ time (``Dispatcher.metrics_snapshot()``); nothing is counted twice.  Exported fa
     generation_tokens_per_second{host,model}  histogram  eval_count / eval_duration
     gc_pause_seconds{generation}              histogram  this process's cyclic GC pauses
 
+and, when the app is served by ``fastpath.start_server`` (``ollamamax serve``), its HTTP
+server's counters (``Observability.attach_http_stats``)::
+
+    http_fast_path_requests_total             counter  requests the fast path served itself
+    http_connections_total                    counter  connections accepted
+    http_connections_handed_over_total        counter  connections given to aiohttp
+    http_open_connections                     gauge    open connections on the fast path
+
 Histogram buckets: the LatencyHistograms have ~1% relative-error buckets, too many to
 export as series, and their set of non-empty buckets changes over time, which breaks
 ``rate()`` per ``le``.  So the exporter folds ``LatencyHistogram.buckets()`` into a fixed
@@ -278,6 +286,38 @@ def _collector_class() -> type:
     return DispatcherCollector
 
 
+@functools.lru_cache(maxsize=1)
+def _http_collector_class() -> type:
+    core, _exposition, registry, _utils = _prometheus()
+
+    class HttpServerCollector(registry.Collector):  # type: ignore[name-defined]
+        """The gateway HTTP server's counters (``fastpath.FastStats``)."""
+
+        def __init__(self, prefix: str, stats: Any) -> None:
+            self.prefix = prefix
+            self.stats = stats
+
+        def describe(self) -> list[Any]:
+            return []
+
+        def collect(self) -> Iterator[Any]:
+            p, s = self.prefix, self.stats
+            yield core.CounterMetricFamily(
+                f"{p}_http_fast_path_requests", "Requests the HTTP fast path served itself.",
+                value=s.fast_requests)
+            yield core.CounterMetricFamily(
+                f"{p}_http_connections", "HTTP connections accepted.", value=s.connections)
+            yield core.CounterMetricFamily(
+                f"{p}_http_connections_handed_over",
+                "HTTP connections handed to the aiohttp application (request shapes the fast "
+                "path leaves to it).", value=s.handed_over)
+            yield core.GaugeMetricFamily(
+                f"{p}_http_open_connections", "Open HTTP connections on the fast path.",
+                value=s.open_connections)
+
+    return HttpServerCollector
+
+
 def make_collector(dispatcher: Any, *, gc_recorder: GcPauseRecorder | None = None, prefix: str = "ollamamax",
                    bucket_bounds: str | None = "fixed", weak: bool = False) -> Any:
     """A ``prometheus_client.registry.Collector`` for ``dispatcher`` (ImportError without
@@ -321,9 +361,22 @@ class Observability:
         self.auth = auth
         self.refresh_seconds = float(refresh_seconds)
         self._warned = False
+        self.http_stats: Any = None  # the serving HTTP server's counters, once attached
 
     def registry(self) -> Any:
         return registry_for(self.dispatcher, gc_recorder=self.gc_recorder)
+
+    def attach_http_stats(self, stats: Any) -> None:
+        """Export an HTTP server's counters (``fastpath.FastStats``) in ``/metrics`` and the
+        status JSON (``start_server`` calls this).  Once per Observability."""
+        if self.http_stats is not None:
+            raise RuntimeError("HTTP server stats are already attached")
+        self.http_stats = stats
+        try:
+            reg = self.registry()
+        except ImportError:  # no prometheus_client: the status JSON still has them
+            return
+        reg.register(_http_collector_class()("ollamamax", stats))
 
     def _check(self, request: web.BaseRequest) -> web.StreamResponse | None:
         return self.auth(request, request.path) if self.auth is not None else None
@@ -353,7 +406,10 @@ class Observability:
     def status(self) -> dict[str, Any]:
         from .statuspage import build_status
 
-        return build_status(self.dispatcher, self.gc_recorder)
+        out = build_status(self.dispatcher, self.gc_recorder)
+        if self.http_stats is not None:
+            out["http"] = self.http_stats.as_dict()
+        return out
 
     async def status_json(self, request: web.Request) -> web.StreamResponse:
         refused = self._check(request)

@@ -159,6 +159,9 @@ def _tiles(st: dict[str, Any]) -> str:
         ("Cache hit rate", f"{rate}", ""),
         ("GC pause p99", _ms(gc.get("p99_ms")) if gc and gc.get("count") else "–", ""),
     ]
+    http = st.get("http")
+    if http:  # served by `ollamamax serve`: its HTTP server's client connections
+        tiles.append(("Client connections", f"{int(http.get('open_connections') or 0)}", ""))
     return "".join(
         f'<div class="tile {cls}"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>'
         for k, v, cls in tiles
@@ -322,6 +325,7 @@ footer a{color:var(--acc)}
              ["In flight", infl + " / " + cap, ""], ["Queued", (q.depth || 0) + " / " + (q.size || 0), ""],
              ["Requests", String(ok), ""], ["Errors", String(errs), errs ? "bad" : ""],
              ["Cache hit rate", rate, ""], ["GC pause p99", gc, ""]];
+    if (st.http) t.push(["Client connections", String(st.http.open_connections || 0), ""]);
     return t.map(function (x) {
       return '<div class="tile ' + x[2] + '"><div class="k">' + e(x[0]) + '</div><div class="v">' + e(x[1]) +
         "</div></div>";
