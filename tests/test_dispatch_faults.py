@@ -192,6 +192,31 @@ async def test_gateway_queue_full_and_queue_timeout() -> None:
             assert d.hosts[0].in_flight == 0 and d.admission.waiting == 0
 
 
+async def test_close_answers_queued_requests_busy_at_once() -> None:
+    slow = {"preload": ["llama3.2"], "tokens_per_sec": 20, "response_tokens": (200, 200)}
+    async with fleet(slow) as (a,):
+        d = Dispatcher([HostConfig(a.url, max_concurrency=1)], queue_size=4, queue_timeout=30)
+        await d.start()
+        try:
+            held = await d.handle("POST", "/api/chat", chat_body(stream=True), {})
+            waiters = [asyncio.create_task(d.handle("POST", "/api/chat", chat_body(content=str(i)), {}))
+                       for i in range(3)]
+            assert await until(lambda: d.admission.waiting == 3)
+            t0 = time.monotonic()
+            closing = asyncio.create_task(d.close())
+            answers = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+            assert time.monotonic() - t0 < 2  # not their 30 s deadline
+            assert [r.status for r in answers] == [503, 503, 503]
+            assert all(json.loads(r.body) == {"error": BUSY_MESSAGE} for r in answers)
+            await closing
+            await held.aclose()
+            assert d.admission.waiting == 0
+            with pytest.raises(RuntimeError, match="not running"):  # as before
+                await d.handle("POST", "/api/chat", chat_body(content="late"), {})
+        finally:
+            await d.close()
+
+
 async def test_waiter_gets_slot_in_fifo_order() -> None:
     slow = {"preload": ["llama3.2"], "tokens_per_sec": 100, "response_tokens": (5, 5)}
     async with fleet(slow) as (a,):

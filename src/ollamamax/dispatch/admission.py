@@ -58,6 +58,7 @@ class Admission:
 
         self.queue_size = max(int(queue_size), 0)
         self.waiting = 0
+        self.closed = False
         self.hosts = list(hosts)
         ring_size = max(self.queue_size, 1)
         for h in self.hosts:
@@ -94,7 +95,21 @@ class Admission:
 
     # -- waiting -----------------------------------------------------------------------
     def full(self) -> bool:
-        return self.waiting >= self.queue_size
+        return self.closed or self.waiting >= self.queue_size
+
+    def close(self) -> None:
+        """Refuse new waits and end every current one with ``QueueFull`` (the caller answers
+        busy at once instead of waiting out its deadline while the dispatcher shuts down)."""
+        self.closed = True
+        for h in self.hosts:
+            q = h.waiters
+            while q.qsize():
+                try:
+                    w = q.get_nowait()
+                except QueueEmpty:  # pragma: no cover - qsize() said otherwise
+                    break
+                if not w.fut.done():
+                    w.fut.set_exception(QueueFull())
 
     async def wait(self, hosts: Sequence[HostState], timeout: float) -> HostState:
         """Wait up to ``timeout`` s for a slot on any of ``hosts`` (FIFO).
@@ -102,7 +117,7 @@ class Admission:
         Raises ``QueueFull`` when the wait queue is full and ``asyncio.TimeoutError``
         when no slot came in time.  Cancellation-safe.
         """
-        if self.waiting >= self.queue_size:
+        if self.closed or self.waiting >= self.queue_size:
             raise QueueFull
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[HostState] = loop.create_future()
@@ -120,7 +135,7 @@ class Admission:
             async with _timeout(max(timeout, 0.0)):
                 return await fut
         except BaseException:
-            if fut.done() and not fut.cancelled():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.release(fut.result())  # granted while we were leaving: give it back
             else:
                 fut.cancel()

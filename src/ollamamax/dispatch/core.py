@@ -429,6 +429,8 @@ class Dispatcher:
         if self._closed:
             return
         self._closed = True
+        if self.admission is not None:  # queued requests get 503 now, not at their deadline
+            self.admission.close()
         await self.refresher.stop()
         pending = [t for t in (*self._auto_pulls.values(), self._miss_refresh) if t is not None and not t.done()]
         for t in pending:
