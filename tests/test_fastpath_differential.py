@@ -80,7 +80,7 @@ class Pair:
 
 def _exchange(addr: tuple[str, int], raw: bytes) -> int | None:
     """Send ``raw``; the status code of the first response (None: closed without one)."""
-    with socket.create_connection(addr, timeout=2) as sock:
+    with socket.create_connection(addr, timeout=5) as sock:  # generous: a loaded CI machine
         sock.sendall(raw)
         data = b""
         while b"\r\n" not in data:
