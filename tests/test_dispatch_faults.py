@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from test_gateway_common import wait_until
 
 from ollamamax.dispatch import Dispatcher, HostConfig
 from ollamamax.dispatch._types import HEADER_ATTEMPTS, HEADER_HOST, HEADER_QUEUE_MS
@@ -47,13 +48,7 @@ def served(host: FakeOllama, model: str = "llama3.2:latest") -> int:
     return host.stats()["models"].get(model, {}).get("served", 0)
 
 
-async def until(cond: Any, limit: float = 5.0) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        await asyncio.sleep(0.02)
-    return bool(cond())
+until = wait_until  # poll a condition, bounded (returns whether it came true)
 
 
 async def test_host_down_at_start_is_not_fatal() -> None:

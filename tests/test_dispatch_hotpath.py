@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
+from test_dispatch_upstream_raw import FakeTransport, _conn
 
 from ollamamax.dispatch import Dispatcher, _rawhttp
 from ollamamax.dispatch._rawhttp import BadResponse, HostPool, RawResponse, _Conn
@@ -27,36 +28,6 @@ from ollamamax.dispatch.upstream import Upstream, header_get
 pytestmark = pytest.mark.timeout(30)
 
 
-class FakeTransport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.aborted = False
-        self.paused = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-
-def _conn(pool: HostPool | None = None) -> tuple[_Conn, RawResponse, FakeTransport]:
-    pool = pool or HostPool("127.0.0.1", 1, max_idle=4, connect_timeout=1.0)
-    conn = _Conn(pool)
-    t = FakeTransport()
-    conn.connection_made(t)  # type: ignore[arg-type]
-    pool._all.add(conn)
-    resp = RawResponse(conn, asyncio.get_running_loop())
-    conn.start(resp, b"GET / HTTP/1.1\r\n\r\n", b"", False)
-    return conn, resp, t
-
-
 # -- response heads ------------------------------------------------------------------
 HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nX-A: 1\r\n"
@@ -67,7 +38,7 @@ HEAD = (
 async def test_same_head_twice_gives_equal_results_and_independent_headers() -> None:
     results = []
     for _ in range(2):
-        conn, resp, _t = _conn()
+        _, conn, resp, _t = _conn()
         conn.data_received(HEAD + b"{}")
         assert resp.status == 200 and resp.reason == "OK" and resp._eof and conn.reusable
         assert resp.content_type == "application/json; charset=utf-8"
@@ -81,23 +52,23 @@ async def test_same_head_twice_gives_equal_results_and_independent_headers() -> 
 
 
 async def test_head_without_content_type_and_first_of_two() -> None:
-    conn, resp, _t = _conn()
+    _, conn, resp, _t = _conn()
     conn.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
     assert resp.content_type == "" and resp.headers.get("Content-Type") is None
-    conn, resp, _t = _conn()
+    _, conn, resp, _t = _conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-type: a\r\nContent-Type: b\r\nContent-Length: 0\r\n\r\n")
     assert resp.content_type == "a" == resp.headers.get("Content-Type")
 
 
 async def test_headers_before_the_head_are_empty() -> None:
-    _, resp, _t = _conn()
+    _, _, resp, _t = _conn()
     assert resp.header_list == () and resp.content_type == "" and len(resp.headers) == 0
 
 
 async def test_a_bad_head_is_never_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     bad = b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"
     for _ in range(2):
-        conn, resp, t = _conn()
+        _, conn, resp, t = _conn()
         conn.data_received(bad)
         assert isinstance(resp._exc, BadResponse) and t.aborted
     assert bad[:-4] not in _rawhttp._HEADS
@@ -106,7 +77,7 @@ async def test_a_bad_head_is_never_cached(monkeypatch: pytest.MonkeyPatch) -> No
 async def test_head_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_rawhttp, "HEAD_CACHE_SIZE", 4)
     for i in range(10):
-        conn, resp, _t = _conn()
+        _, conn, resp, _t = _conn()
         conn.data_received(b"HTTP/1.1 200 OK\r\nX-N: %d\r\nContent-Length: 0\r\n\r\n" % i)
         assert resp.headers["X-N"] == str(i) and resp._eof
         assert len(_rawhttp._HEADS) <= 4
@@ -144,7 +115,7 @@ async def test_chunked_fast_path_at_every_split(raw: bytes) -> None:
         expect += body[i + 2 : i + 2 + size]
         pos = i + 2 + size + 2
     for cut in range(1, len(raw)):
-        conn, resp, _t = _conn()
+        _, conn, resp, _t = _conn()
         conn.data_received(raw[:cut])
         conn.data_received(raw[cut:])
         assert resp._eof and b"".join(resp._chunks) == expect and conn.reusable
@@ -159,7 +130,7 @@ async def test_chunked_fast_path_at_every_split(raw: bytes) -> None:
     ],
 )
 async def test_chunked_fast_path_errors_as_general_path(body: bytes) -> None:
-    conn, resp, _t = _conn()
+    _, conn, resp, _t = _conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n")
     if body.startswith(b"0x"):
         assert resp._eof and b"".join(resp._chunks) == b"abc"
@@ -168,7 +139,7 @@ async def test_chunked_fast_path_errors_as_general_path(body: bytes) -> None:
 
 
 async def test_chunks_arriving_one_per_read() -> None:
-    conn, resp, _t = _conn()
+    _, conn, resp, _t = _conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     got = []
     for piece in (b"ab", b"\r\n", b"c" * 40, b"x\r\ny"):
@@ -178,7 +149,7 @@ async def test_chunks_arriving_one_per_read() -> None:
     conn.data_received(b"2\r\nab\r")  # incomplete: waits for the rest
     conn.data_received(b"\n0\r\n\r\n")
     assert await resp.readany() == b"ab" and resp.at_eof() and conn.reusable
-    conn, resp, _t = _conn()
+    _, conn, resp, _t = _conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     conn.data_received(b"3\r\nabcXY")  # right length, wrong end
     assert isinstance(resp._exc, BadResponse) and not conn.reusable
@@ -228,7 +199,7 @@ async def test_chunked_fast_paths_agree_with_byte_by_byte_parsing() -> None:
 # -- first-byte timer: one handle per connection ---------------------------------------
 async def test_first_byte_timer_is_armed_once_per_connection() -> None:
     pool = HostPool("127.0.0.1", 1, max_idle=4, connect_timeout=1.0)
-    conn, resp, _t = _conn(pool)
+    _, conn, resp, _t = _conn(pool)
     resp.set_timeout(30.0)
     handle = conn._timer_h
     assert handle is not None and resp._timer is not None
@@ -248,7 +219,7 @@ async def test_first_byte_timer_is_armed_once_per_connection() -> None:
 
 
 async def test_early_timer_re_arms_for_a_later_deadline() -> None:
-    conn, resp, _t = _conn()
+    _, conn, resp, _t = _conn()
     resp.set_timeout(0.02)
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
     await resp.read()
@@ -263,14 +234,14 @@ async def test_early_timer_re_arms_for_a_later_deadline() -> None:
 
 
 async def test_cancel_timeout_and_idle_connection_timer_do_nothing() -> None:
-    conn, resp, _t = _conn()
+    _, conn, resp, _t = _conn()
     resp.set_timeout(0.02)
     resp.cancel_timeout()
     await asyncio.sleep(0.06)
     assert resp._exc is None and not conn.closed
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     resp.release()
-    conn2, resp2, _t2 = _conn()
+    _, conn2, resp2, _t2 = _conn()
     resp2.set_timeout(0.02)
     conn2.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     resp2.release()  # idle in its pool; the handle fires with no response
@@ -528,7 +499,7 @@ async def test_passthrough_tail_is_the_last_bytes() -> None:
     from ollamamax.dispatch.upstream import TAIL_BYTES, PassThrough
 
     rng = random.Random(5)
-    conn, resp, _t = _conn()
+    _, conn, resp, _t = _conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
     st = PassThrough(resp, b"first", idle=1.0, sse=False, label="h", on_finish=lambda s, ok, e: None)
     seen = [await st.__anext__()]

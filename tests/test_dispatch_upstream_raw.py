@@ -49,8 +49,10 @@ class FakeTransport:
         self.paused = False
 
 
-def _conn() -> tuple[HostPool, _Conn, RawResponse, FakeTransport]:
-    pool = HostPool("127.0.0.1", 1, max_idle=4, connect_timeout=1.0)
+def _conn(pool: HostPool | None = None) -> tuple[HostPool, _Conn, RawResponse, FakeTransport]:
+    """A connection of ``pool`` (a new one by default) over a fake transport, with one
+    request started on it: (pool, conn, response, transport)."""
+    pool = pool or HostPool("127.0.0.1", 1, max_idle=4, connect_timeout=1.0)
     conn = _Conn(pool)
     t = FakeTransport()
     conn.connection_made(t)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+from test_gateway_common import stack, wait_until
 
 from ollamamax.dispatch import fastpath
 from ollamamax.dispatch._types import DispatchResponse
@@ -257,10 +258,7 @@ async def test_a_stream_nobody_reads_is_flow_controlled(srv):
         assert d.yielded > produced
     finally:
         writer.close()
-    for _ in range(100):
-        if d.closed:
-            break
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: d.closed, 2.0)
     assert d.closed == 1  # the client went away mid-stream: the stream was closed
 
 
@@ -285,10 +283,7 @@ async def test_shutdown_lets_requests_in_flight_finish():
     idle_r, idle_w = await _conn(server)
     try:
         writer.write(_post("/slow"))
-        for _ in range(200):
-            if d.calls:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: d.calls, 2.0)  # the request reached the dispatcher
         closing = asyncio.ensure_future(server.close(5.0))
         await asyncio.sleep(0.05)
         assert await asyncio.wait_for(idle_r.read(), 5) == b""  # idle: closed at once
@@ -307,10 +302,7 @@ async def test_shutdown_cancels_what_outlives_the_grace_period():
     reader, writer = await _conn(server)
     try:
         writer.write(_post("/slow"))
-        for _ in range(200):
-            if d.calls:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: d.calls, 2.0)  # the request reached the dispatcher
         await asyncio.wait_for(server.close(0.2), 5)
         assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
@@ -388,10 +380,7 @@ async def test_pipelined_flood_pauses_reading_until_the_running_request_ends(srv
     reader, writer = await _conn(server)
     try:
         writer.write(_post("/slow"))
-        for _ in range(200):
-            if d.calls:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: d.calls, 2.0)  # the request reached the dispatcher
         flood = b"".join(_post(f"/q{i}", b"y" * 1000) for i in range(2000))  # ~2.2 MB
         writer.write(flood)
         await asyncio.sleep(0.2)
@@ -408,8 +397,6 @@ async def test_pipelined_flood_pauses_reading_until_the_running_request_ends(srv
 
 
 async def test_http_server_counters_in_metrics_and_status():
-    from test_gateway_common import stack
-
     async with stack(1) as st:
         host, port = st.url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))

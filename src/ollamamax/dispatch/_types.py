@@ -25,7 +25,15 @@ __all__ = [
     "HEADER_QUEUE_MS",
     "HEADER_ATTEMPTS",
     "HEADER_CACHE",
+    "HOP_BY_HOP",
 ]
+
+# Headers that describe one hop's framing: a front end never copies them from a
+# DispatchResponse (it frames the answer itself).  Lower case.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer",
+     "upgrade", "proxy-connection"}
+)
 
 # Response headers the dispatcher adds to every response it produces.
 HEADER_HOST = "X-Ollamamax-Host"  # name of the host that served it ("-" if none)

@@ -52,6 +52,7 @@ from ._types import (
     HEADER_COLD,
     HEADER_HOST,
     HEADER_QUEUE_MS,
+    HOP_BY_HOP,
     DispatchResponse,
 )
 
@@ -62,11 +63,6 @@ log = logging.getLogger("ollamamax.gateway")
 DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 ADMIN_PATHS = frozenset({"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"})
 
-# Headers that describe one hop's framing; aiohttp computes its own.
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer",
-     "upgrade", "proxy-connection"}
-)
 _JSON_CT = "application/json; charset=utf-8"
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
                  403: "permission_error", 404: "not_found_error", 413: "invalid_request_error"}
@@ -197,9 +193,8 @@ class Gateway:
     # ------------------------------------------------------------------ the handler
 
     @staticmethod
-    def _path(request: web.BaseRequest) -> str:
-        match_info = getattr(request, "match_info", None)  # a web.Request has one
-        tail = match_info.get("tail") if match_info is not None else None
+    def _path(request: web.Request) -> str:
+        tail = request.match_info.get("tail")
         return "/" + tail if tail is not None else request.path
 
     def refusal(self, method: str, path: str, authorization: str | None) -> Refusal | None:

@@ -41,7 +41,8 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .app import ERROR_HEADERS, GATEWAY_KEY, HOP_BY_HOP, Gateway
+from ._types import HOP_BY_HOP
+from .app import ERROR_HEADERS, GATEWAY_KEY, Gateway
 from .metrics import OBSERVABILITY_KEY
 
 __all__ = ["GatewayServer", "start_server", "FastStats"]
@@ -200,6 +201,11 @@ class _FastProtocol(asyncio.Protocol):
         # None lets the transport close, so connection_lost cancels what is running).
         return None
 
+    def _resume_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self._transport.resume_reading()  # type: ignore[union-attr]
+
     def close(self) -> None:
         t = self._transport
         if not self._gone and t is not None and not t.is_closing():
@@ -220,9 +226,7 @@ class _FastProtocol(asyncio.Protocol):
         proto = s.fallback()
         transport.set_protocol(proto)
         proto.connection_made(transport)
-        if not self._reading:
-            self._reading = True
-            transport.resume_reading()
+        self._resume_reading()
         if data:
             proto.data_received(data)  # type: ignore[attr-defined]
 
@@ -342,9 +346,7 @@ class _FastProtocol(asyncio.Protocol):
             if close or s.closing:
                 self.close()
             elif not self._gone:
-                if not self._reading:
-                    self._reading = True
-                    self._transport.resume_reading()  # type: ignore[union-attr]
+                self._resume_reading()
                 if self._buf:
                     self._next()
 
@@ -375,7 +377,8 @@ class _FastProtocol(asyncio.Protocol):
         t.write(data)
 
     async def _drained(self) -> None:
-        if self._paused and not self._gone:
+        """Wait until the transport takes writes again (called when paused)."""
+        if not self._gone:
             fut = self._s.loop.create_future()
             self._drain = fut
             await fut

@@ -26,14 +26,10 @@ from typing import Any
 import httpx
 from multidict import CIMultiDict
 
-from ._types import DispatchResponse
+from ._types import HOP_BY_HOP, DispatchResponse
 
 __all__ = ["DispatcherTransport"]
 
-_HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer",
-     "upgrade", "proxy-connection"}
-)
 
 
 class _DispatchStream(httpx.AsyncByteStream):
@@ -74,11 +70,11 @@ class DispatcherTransport(httpx.AsyncBaseTransport):
         if resp.stream is None:
             try:
                 out_headers = [(k, v) for k, v in resp.headers.items()
-                               if k.lower() not in _HOP_BY_HOP]
+                               if k.lower() not in HOP_BY_HOP]
                 return httpx.Response(resp.status, headers=out_headers,
                                       content=resp.body or b"", request=request)
             finally:
                 await resp.aclose()
-        out_headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP]
+        out_headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP]
         return httpx.Response(resp.status, headers=out_headers, stream=_DispatchStream(resp),
                               request=request)
