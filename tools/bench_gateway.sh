@@ -14,6 +14,10 @@
 #   --json PATH               write the aggregated figures as JSON
 #   --raw PATH                keep the raw measurements (JSON lines; profiles next to it)
 #   --no-aiohttp              skip the plain-aiohttp reference proxy row
+#   --baseline DIR            also measure a second gateway run from source tree DIR (another
+#                             commit, e.g. `git worktree add /tmp/old <commit>`, with the native
+#                             modules copied or built into DIR/src/ollamamax): target "baseline",
+#                             interleaved with the others, so before/after is one run
 #   --mem-conns N             connections/streams for the memory figures (default 256)
 #   --workers-scaling         also measure `serve --workers 1` vs `--workers 2` (unpinned)
 #   --profile                 also profile the gateway under wrk load with py-spy (top 10)
@@ -50,6 +54,7 @@ REPS=3
 JSON_OUT=""
 RAW_OUT=""
 AIOHTTP=1
+BASELINE=""
 MEM_N=256
 PHASES="main,memory"
 BASE=11500
@@ -66,6 +71,7 @@ while [ $# -gt 0 ]; do
         --json) JSON_OUT=$2; shift 2 ;;
         --raw) RAW_OUT=$2; shift 2 ;;
         --no-aiohttp) AIOHTTP=0; shift ;;
+        --baseline) BASELINE=$(cd "$2" && pwd); shift 2 ;;
         --mem-conns) MEM_N=$2; shift 2 ;;
         --workers-scaling) PHASES="$PHASES,scaling"; shift ;;
         --profile) PHASES="$PHASES,profile"; shift ;;
@@ -99,7 +105,7 @@ CPUS=$(nproc)
 if [ "$CPUS" -lt 2 ]; then echo "needs 2 cores for the pinning (core 0: load + backends, core 1: proxy)" >&2; exit 1; fi
 
 B1=$((BASE + 1)); B2=$((BASE + 2))              # main backends
-P_OLM=$((BASE + 10)); P_NGX=$((BASE + 11)); P_AIO=$((BASE + 12))
+P_OLM=$((BASE + 10)); P_NGX=$((BASE + 11)); P_AIO=$((BASE + 12)); P_BASE=$((BASE + 13))
 M1=$((BASE + 21)); M2=$((BASE + 22)); P_MEM=$((BASE + 23))  # memory phase
 S1=$((BASE + 31)); S2=$((BASE + 32)); P_W1=$((BASE + 33)); P_W2=$((BASE + 34))  # scaling
 for p in $B1 $B2 $P_OLM $P_NGX $P_AIO $M1 $M2 $P_MEM $S1 $S2 $P_W1 $P_W2; do
@@ -271,6 +277,11 @@ start_main() {
     fi
     start_gateway ollamamax "$PROXY_CPU" "$P_OLM" 1 64 "$B1" "$B2"
     OLM_PID=$GW_PID
+    if [ -n "$BASELINE" ]; then
+        [ -d "$BASELINE/src/ollamamax" ] || { echo "--baseline: no $BASELINE/src/ollamamax" >&2; exit 2; }
+        PYTHONPATH="$BASELINE/src" start_gateway baseline "$PROXY_CPU" "$P_BASE" 1 64 "$B1" "$B2"
+        BASE_PID=$GW_PID
+    fi
     render "$HERE/proxy.conf.in" "$TMP/nginx_proxy.conf" "PORT=$P_NGX" "B1=$B1" "B2=$B2"
     nginx -t -q -p "$TMP" -c "$TMP/nginx_proxy.conf" || exit 1
     start nginx "$PROXY_CPU" nginx -p "$TMP" -c "$TMP/nginx_proxy.conf"
@@ -284,7 +295,7 @@ start_main() {
     fi
     # one streamed reply through each, as a check (the wrk script counts lines of every reply)
     local u n
-    for u in "$B1" "$P_OLM" "$P_NGX" $([ "$AIOHTTP" = 1 ] && echo "$P_AIO"); do
+    for u in "$B1" "$P_OLM" "$P_NGX" $([ "$AIOHTTP" = 1 ] && echo "$P_AIO") $([ -n "$BASELINE" ] && echo "$P_BASE"); do
         n=$(curl -sf -d "$BODY_STREAM" "http://127.0.0.1:$u$PATH_STREAM" | wc -l)
         [ "$n" -gt 1 ] || { echo "streamed reply via port $u has $n lines" >&2; exit 1; }
     done
@@ -295,6 +306,7 @@ if phase main; then
     start_main
     targets=(direct ollamamax nginx)
     [ "$AIOHTTP" = 1 ] && targets+=(aiohttp)
+    [ -n "$BASELINE" ] && targets+=(baseline)
     echo "main: ${#targets[@]} targets x 4 measurements x ${DUR} s x $REPS reps (~$(( ${#targets[@]} * 4 * DUR * REPS )) s)"
     for rep in $(seq 1 "$REPS"); do
         for t in "${targets[@]}"; do
@@ -303,6 +315,7 @@ if phase main; then
                 ollamamax) port=$P_OLM; pids=("$OLM_PID") ;;
                 nginx) port=$P_NGX; pids=("$NGX_PID") ;;
                 aiohttp) port=$P_AIO; pids=("$AIO_PID") ;;
+                baseline) port=$P_BASE; pids=("$BASE_PID") ;;
             esac
             u="http://127.0.0.1:$port"
             wrk_run wrk "$t" c64 "$u/api/chat" 64 1 "$LOAD_CPU" 0 "$rep" "${pids[@]}"

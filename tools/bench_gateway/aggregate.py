@@ -29,7 +29,7 @@ import sys
 from collections import Counter, defaultdict
 from typing import Any
 
-TARGETS = ("direct", "ollamamax", "nginx", "aiohttp")
+TARGETS = ("direct", "ollamamax", "nginx", "aiohttp", "baseline")
 GOALS = {
     "throughput_x_nginx": 0.15,
     "throughput_x_nginx_stretch": 0.25,
@@ -192,7 +192,7 @@ def table(path: str, json_out: str | None) -> int:
             p("lines per streamed response (min,max): " + ", ".join(f"{t} {v[0]},{v[1]}" for t, v in lpr.items()))
         p("")
         p("ratios vs nginx (same run):")
-        for t in ("ollamamax", "aiohttp"):
+        for t in ("ollamamax", "aiohttp", "baseline"):
             if t not in med:
                 continue
             r = ratios(med, t)
@@ -206,6 +206,15 @@ def table(path: str, json_out: str | None) -> int:
             r = ratios(med, "nginx")
             p(f"  {'nginx':<10} added p50@1 {_fmt(r['added_p50_us_c1'])} us, p99@1 {_fmt(r['added_p99_us_c1'])} us "
               f"over direct")
+        if "baseline" in med and "ollamamax" in med:
+            o, b = med["ollamamax"], med["baseline"]
+
+            def rel(key: str) -> str:
+                x, y = o.get(key), b.get(key)
+                return f"{x / y:.3f}x" if x and y else "-"
+
+            p(f"ollamamax vs baseline (--baseline, same run): CPU/req {rel('cpu_us_per_req')}, "
+              f"stream chunks per proxy CPU-s {rel('chunks_per_cpu_core_s')}, req/s@64 {rel('rps_c64')}")
     if mem:
         p("")
         p("memory (ollamamax, RSS of the gateway process):")
