@@ -2,7 +2,7 @@
 
 ``impl`` runs a data-structure test against both implementations: ``native`` (the
 Cython/C modules) and ``pure`` (the pure-Python twins).  Each selector module
-(``ollamamax._ring``, ``_pool``, ``_lfu``, ``_hist``) publishes
+(``ollamamax.structures.ring``, ``.pool``, ``.lfu``, ``.hist``) publishes
 ``IMPLEMENTATIONS = {"c": <namespace or None>, "py": <namespace>}`` and ``PUBLIC``
 (the names it exports); the fixture resolves a name through them.
 """
@@ -13,7 +13,7 @@ import importlib
 
 import pytest
 
-SELECTORS = ("_ring", "_pool", "_lfu", "_hist")
+SELECTORS = ("ring", "pool", "lfu", "hist")
 
 
 class _Impl:
@@ -25,7 +25,7 @@ class _Impl:
 
     def __getattr__(self, name: str):
         for sel_name in SELECTORS:
-            sel = importlib.import_module(f"ollamamax.{sel_name}")
+            sel = importlib.import_module(f"ollamamax.structures.{sel_name}")
             if name in sel.PUBLIC:
                 ns = sel.IMPLEMENTATIONS[self.kind]
                 if ns is None:

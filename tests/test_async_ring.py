@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ollamamax._errors import QueueEmpty, QueueFull
+from ollamamax.structures.exceptions import QueueEmpty, QueueFull
 
 if sys.version_info >= (3, 11):
     _timeout = asyncio.timeout

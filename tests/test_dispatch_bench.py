@@ -119,7 +119,7 @@ async def test_dispatcher_logic_cost_without_http() -> None:
     Reference: the same number of bare ``json.loads`` of the request body."""
     from multidict import CIMultiDict
 
-    from ollamamax.dispatch.hosts import HostView
+    from ollamamax.fleet.snapshot import HostView
 
     body = json.dumps({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}).encode()
     reply = (

@@ -14,8 +14,8 @@ import pytest
 from test_gateway_common import wait_until
 
 from ollamamax.dispatch import Dispatcher, HostConfig
-from ollamamax.dispatch._types import HEADER_ATTEMPTS, HEADER_HOST, HEADER_QUEUE_MS
-from ollamamax.dispatch.errors import BUSY_MESSAGE
+from ollamamax.wire.response import HEADER_ATTEMPTS, HEADER_HOST, HEADER_QUEUE_MS
+from ollamamax.wire.ollama import BUSY_MESSAGE
 from ollamamax.testing import FakeOllama
 
 pytestmark = pytest.mark.timeout(60)
@@ -136,7 +136,7 @@ async def test_host_flaps_ejected_then_back_via_probes() -> None:
                 await a.restart()
                 assert await until(lambda: not ha.down, 5.0)
                 assert d.status()["hosts"][0]["healthy"] is True
-            assert d.health.ejections_total >= 1
+            assert d.metrics_snapshot()["counters"]["ejections"].get(ha.name, 0) >= 1
             before = served(a)
             for i in range(6):
                 await d.handle("POST", "/api/chat", chat_body(content=f"after {i}"), {})

@@ -2,8 +2,16 @@
 
 Covers: the response-head cache and lazy headers, the chunked fast path, the one
 first-byte timer per connection, the cached request heads and the one-pass header
-lookup of ``Upstream``, the final-metrics scan, the JSON fast path of the request parser,
-the end-to-end header cache of the response builder and admission's release shortcut.
+lookup of ``Upstream`` (checked on the bytes it writes), the final-metrics scan, the JSON
+fast path of the request parser, the end-to-end header cache of the response builder
+(through ``Dispatcher.handle``), admission's release shortcut and the router's
+one-candidate shortcut.
+
+Only public names and the documented read-only seams are used: ``RawResponse.complete``
+/ ``.error`` / ``.peek()`` / ``.first_byte_deadline``, ``Connection.timer_handle``,
+``HostPool.adopt`` / ``.put_idle`` / ``.take_idle``, ``Upstream.cached_heads``,
+``http1.HEAD_CACHE``, ``Dispatcher.upstream(h)`` / ``.store`` / ``.accounting`` /
+``.metrics_snapshot()``, and ``Router.choose``.
 """
 
 from __future__ import annotations
@@ -12,18 +20,29 @@ import asyncio
 import random
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
-from test_dispatch_upstream_raw import FakeTransport, _conn
+from test_dispatch_upstream_raw import FakeTransport, wired_conn
 
-from ollamamax.dispatch import Dispatcher, _rawhttp
-from ollamamax.dispatch._rawhttp import BadResponse, HostPool, RawResponse, _Conn
-from ollamamax.dispatch._types import DispatcherConfig, HostConfig
+from ollamamax.dispatch import Dispatcher, HostConfig
+from ollamamax.dispatch.accounting import final_metrics
 from ollamamax.dispatch.admission import Admission
-from ollamamax.dispatch.core import _RE_METRICS, _final_metrics
-from ollamamax.dispatch.hosts import HostState, HostView
-from ollamamax.dispatch.upstream import Upstream, header_get
+from ollamamax.fleet.hosts import HostState
+from ollamamax.fleet.learning import Demand
+from ollamamax.fleet.snapshot import HostView, Snapshot
+from ollamamax.placement.router import Router
+from ollamamax.placement.strategies import STRATEGIES, RoutingKey, make_strategy
+from ollamamax.upstream import client as upclient
+from ollamamax.upstream import http1
+from ollamamax.upstream.client import FORWARD_REQUEST_HEADERS, Upstream, header_get
+from ollamamax.upstream.connection import Connection, RawResponse
+from ollamamax.upstream.pool import HostPool
+from ollamamax.upstream.http1 import BadResponse, build_head
+from ollamamax.wire.response import HEADER_ATTEMPTS, HEADER_CACHE, HEADER_COLD, HEADER_HOST, HEADER_QUEUE_MS
+from ollamamax.wire.routes import lookup
+from ollamamax.wire.validate import parse_body
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -38,9 +57,9 @@ HEAD = (
 async def test_same_head_twice_gives_equal_results_and_independent_headers() -> None:
     results = []
     for _ in range(2):
-        _, conn, resp, _t = _conn()
+        _, conn, resp, _t = wired_conn()
         conn.data_received(HEAD + b"{}")
-        assert resp.status == 200 and resp.reason == "OK" and resp._eof and conn.reusable
+        assert resp.status == 200 and resp.reason == "OK" and resp.complete and conn.reusable
         assert resp.content_type == "application/json; charset=utf-8"
         assert resp.headers.getall("X-A") == ["1", "2"]
         assert isinstance(resp.headers, CIMultiDictProxy)
@@ -52,35 +71,39 @@ async def test_same_head_twice_gives_equal_results_and_independent_headers() -> 
 
 
 async def test_head_without_content_type_and_first_of_two() -> None:
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
     assert resp.content_type == "" and resp.headers.get("Content-Type") is None
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-type: a\r\nContent-Type: b\r\nContent-Length: 0\r\n\r\n")
     assert resp.content_type == "a" == resp.headers.get("Content-Type")
 
 
 async def test_headers_before_the_head_are_empty() -> None:
-    _, _, resp, _t = _conn()
+    _, _, resp, _t = wired_conn()
     assert resp.header_list == () and resp.content_type == "" and len(resp.headers) == 0
 
 
-async def test_a_bad_head_is_never_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_bad_head_is_never_cached() -> None:
+    good = b"HTTP/1.1 200 OK\r\nX-Good: 1\r\nContent-Length: 0\r\n\r\n"
+    _, conn, resp, _t = wired_conn()
+    conn.data_received(good)
+    assert resp.complete and good[:-4] in http1.HEAD_CACHE  # heads are cached by their bytes
     bad = b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"
     for _ in range(2):
-        _, conn, resp, t = _conn()
+        _, conn, resp, t = wired_conn()
         conn.data_received(bad)
-        assert isinstance(resp._exc, BadResponse) and t.aborted
-    assert bad[:-4] not in _rawhttp._HEADS
+        assert isinstance(resp.error, BadResponse) and t.aborted
+    assert bad[:-4] not in http1.HEAD_CACHE
 
 
 async def test_head_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_rawhttp, "HEAD_CACHE_SIZE", 4)
+    monkeypatch.setattr(http1, "HEAD_CACHE_SIZE", 4)
     for i in range(10):
-        _, conn, resp, _t = _conn()
+        _, conn, resp, _t = wired_conn()
         conn.data_received(b"HTTP/1.1 200 OK\r\nX-N: %d\r\nContent-Length: 0\r\n\r\n" % i)
-        assert resp.headers["X-N"] == str(i) and resp._eof
-        assert len(_rawhttp._HEADS) <= 4
+        assert resp.headers["X-N"] == str(i) and resp.complete
+        assert 1 <= len(http1.HEAD_CACHE) <= 4
 
 
 # -- chunked fast path ----------------------------------------------------------------
@@ -115,10 +138,10 @@ async def test_chunked_fast_path_at_every_split(raw: bytes) -> None:
         expect += body[i + 2 : i + 2 + size]
         pos = i + 2 + size + 2
     for cut in range(1, len(raw)):
-        _, conn, resp, _t = _conn()
+        _, conn, resp, _t = wired_conn()
         conn.data_received(raw[:cut])
         conn.data_received(raw[cut:])
-        assert resp._eof and b"".join(resp._chunks) == expect and conn.reusable
+        assert resp.complete and resp.peek() == expect and conn.reusable
 
 
 @pytest.mark.parametrize(
@@ -130,16 +153,16 @@ async def test_chunked_fast_path_at_every_split(raw: bytes) -> None:
     ],
 )
 async def test_chunked_fast_path_errors_as_general_path(body: bytes) -> None:
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n")
     if body.startswith(b"0x"):
-        assert resp._eof and b"".join(resp._chunks) == b"abc"
+        assert resp.complete and resp.peek() == b"abc"
     else:
-        assert isinstance(resp._exc, BadResponse) and not conn.reusable
+        assert isinstance(resp.error, BadResponse) and not conn.reusable
 
 
 async def test_chunks_arriving_one_per_read() -> None:
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     got = []
     for piece in (b"ab", b"\r\n", b"c" * 40, b"x\r\ny"):
@@ -149,10 +172,10 @@ async def test_chunks_arriving_one_per_read() -> None:
     conn.data_received(b"2\r\nab\r")  # incomplete: waits for the rest
     conn.data_received(b"\n0\r\n\r\n")
     assert await resp.readany() == b"ab" and resp.at_eof() and conn.reusable
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     conn.data_received(b"3\r\nabcXY")  # right length, wrong end
-    assert isinstance(resp._exc, BadResponse) and not conn.reusable
+    assert isinstance(resp.error, BadResponse) and not conn.reusable
 
 
 def _random_chunked(rng: random.Random) -> bytes:
@@ -173,7 +196,7 @@ def _decode(body: bytes, cuts: list[int]) -> tuple[bool, bytes, bool]:
     """Feed a chunked body cut at ``cuts``: (failed, data delivered, reusable)."""
     loop = asyncio.get_running_loop()
     pool = HostPool("127.0.0.1", 1, max_idle=4, connect_timeout=1.0)
-    conn = _Conn(pool)
+    conn = Connection(pool)
     conn.connection_made(FakeTransport())  # type: ignore[arg-type]
     resp = RawResponse(conn, loop)
     conn.start(resp, b"GET / HTTP/1.1\r\n\r\n", b"", False)
@@ -183,8 +206,8 @@ def _decode(body: bytes, cuts: list[int]) -> tuple[bool, bytes, bool]:
         if c > prev:
             conn.data_received(body[prev:c])
         prev = c
-    failed = resp._exc is not None
-    return failed, b"" if failed else b"".join(resp._chunks), conn.reusable and resp._eof
+    failed = resp.error is not None
+    return failed, b"" if failed else resp.peek(), conn.reusable and resp.complete
 
 
 async def test_chunked_fast_paths_agree_with_byte_by_byte_parsing() -> None:
@@ -197,29 +220,50 @@ async def test_chunked_fast_paths_agree_with_byte_by_byte_parsing() -> None:
 
 
 # -- first-byte timer: one handle per connection ---------------------------------------
-async def test_first_byte_timer_is_armed_once_per_connection() -> None:
+def _count_call_at(monkeypatch: pytest.MonkeyPatch, loop: asyncio.AbstractEventLoop) -> list[float]:
+    """Record the deadline of every ``loop.call_at`` from now on (timers armed)."""
+    armed: list[float] = []
+    real = loop.call_at
+
+    def call_at(when: float, callback: Any, *args: Any, **kw: Any) -> asyncio.TimerHandle:
+        armed.append(when)
+        return real(when, callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_at", call_at)
+    return armed
+
+
+async def test_first_byte_timer_is_armed_once_per_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    armed = _count_call_at(monkeypatch, loop)
     pool = HostPool("127.0.0.1", 1, max_idle=4, connect_timeout=1.0)
-    _, conn, resp, _t = _conn(pool)
+    _, conn, resp, _t = wired_conn(pool)
+    n = len(armed)
     resp.set_timeout(30.0)
-    handle = conn._timer_h
-    assert handle is not None and resp._timer is not None
+    assert len(armed) == n + 1  # the first deadline on a connection arms its timer
+    handle = conn.timer_handle
+    assert handle is not None and resp.first_byte_deadline is not None
+    assert handle.when() == resp.first_byte_deadline
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-    assert await resp.read() == b"{}" and resp._timer is None
+    assert await resp.read() == b"{}" and resp.first_byte_deadline is None
     resp.release()
-    assert pool._get_idle() is conn
-    resp2 = RawResponse(conn, asyncio.get_running_loop())
+    assert pool.take_idle() is conn
+    resp2 = RawResponse(conn, loop)
     conn.start(resp2, b"GET / HTTP/1.1\r\n\r\n", b"", False)
-    resp2.set_timeout(30.0)  # a later deadline: the armed handle serves it
-    assert conn._timer_h is handle
-    resp2.set_timeout(0.01)  # an earlier one: re-armed
-    assert conn._timer_h is not handle
+    n = len(armed)
+    resp2.set_timeout(30.0)  # a later deadline: the armed handle serves it, nothing is armed
+    assert conn.timer_handle is handle and len(armed) == n and not handle.cancelled()
+    resp2.set_timeout(0.01)  # an earlier one: re-armed (one new timer, the old one cancelled)
+    assert conn.timer_handle is not handle and len(armed) == n + 1 and handle.cancelled()
+    assert conn.timer_handle is not None and conn.timer_handle.when() == resp2.first_byte_deadline
     with pytest.raises(TimeoutError):
         await resp2.read()
-    assert conn.closed and conn._timer_h is None
+    assert isinstance(resp2.error, TimeoutError)
+    assert conn.closed and conn.timer_handle is None
 
 
 async def test_early_timer_re_arms_for_a_later_deadline() -> None:
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     resp.set_timeout(0.02)
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
     await resp.read()
@@ -228,30 +272,86 @@ async def test_early_timer_re_arms_for_a_later_deadline() -> None:
     conn.start(resp2, b"GET / HTTP/1.1\r\n\r\n", b"", False)
     resp2.set_timeout(0.3)
     await asyncio.sleep(0.1)  # the 0.02 s handle fired meanwhile and re-armed itself
-    assert resp2._exc is None and conn._timer_h is not None
+    assert resp2.error is None and not conn.closed
+    h = conn.timer_handle
+    assert h is not None and h.when() == resp2.first_byte_deadline  # for the current deadline
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert await resp2.read() == b"ok"
 
 
 async def test_cancel_timeout_and_idle_connection_timer_do_nothing() -> None:
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     resp.set_timeout(0.02)
     resp.cancel_timeout()
+    assert resp.first_byte_deadline is None
     await asyncio.sleep(0.06)
-    assert resp._exc is None and not conn.closed
+    assert resp.error is None and not conn.closed
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     resp.release()
-    _, conn2, resp2, _t2 = _conn()
+    pool2, conn2, resp2, _t2 = wired_conn()
     resp2.set_timeout(0.02)
     conn2.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     resp2.release()  # idle in its pool; the handle fires with no response
+    assert pool2.idle_count == 1
     await asyncio.sleep(0.06)
-    assert not conn2.closed and conn2._timer_h is None
+    assert not conn2.closed and conn2.timer_handle is None and pool2.idle_count == 1
 
 
-# -- Upstream: cached heads, header lookup ---------------------------------------------
-def _values_by_header_get(up: Upstream, headers: Mapping[str, str] | None) -> tuple[str | None, ...]:
-    return tuple(header_get(headers, n) for n in up._forward)
+# -- Upstream: cached heads, header lookup (checked on the bytes written) ---------------
+EMPTY_200 = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+class AnsweringTransport(FakeTransport):
+    """Records what is written and answers each write with ``answer`` (next loop turn)."""
+
+    def __init__(self, conn: Connection, answer: bytes = EMPTY_200) -> None:
+        super().__init__()
+        self.conn = conn
+        self.answer = answer
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        asyncio.get_running_loop().call_soon(self.conn.data_received, self.answer)
+
+
+def wire_upstream(up: Upstream) -> AnsweringTransport:
+    """One hand-wired idle keep-alive connection in ``up``'s pool, over a transport that
+    answers every request: what ``up.send`` writes lands in its ``written``."""
+    conn = Connection(up.pool)
+    t = AnsweringTransport(conn)
+    conn.connection_made(t)  # type: ignore[arg-type]
+    up.pool.adopt(conn)
+    up.pool.put_idle(conn)
+    return t
+
+
+async def send_and_capture(
+    up: Upstream,
+    t: AnsweringTransport,
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: Mapping[str, str] | None = None,
+    query: str = "",
+) -> bytes:
+    """The bytes ``up.send`` wrote for one request (the connection goes back to the pool)."""
+    n = len(t.written)
+    resp = await up.send(method, path, body, headers, query=query)
+    await resp.read()
+    resp.release()
+    assert up.pool.open_count == 1 and up.pool.idle_count == 1  # the one wired connection
+    return b"".join(t.written[n:])
+
+
+def _head_fields(request: bytes) -> list[tuple[str, str]]:
+    """The header lines of a written request head, as (lower-case name, value)."""
+    head = request.split(b"\r\n\r\n", 1)[0].decode("utf-8")
+    out = []
+    for line in head.split("\r\n")[1:]:
+        name, sep, value = line.partition(": ")
+        assert sep, line
+        out.append((name.lower(), value))
+    return out
 
 
 @pytest.mark.parametrize(
@@ -268,19 +368,36 @@ def _values_by_header_get(up: Upstream, headers: Mapping[str, str] | None) -> tu
         CIMultiDictProxy(CIMultiDict({"User-Agent": "e"})),
     ],
 )
-def test_forward_values_match_header_get(headers: Mapping[str, str] | None) -> None:
-    up = Upstream(HostConfig(url="http://h:1"), 1, DispatcherConfig())
-    assert up._forward_values(headers) == _values_by_header_get(up, headers)
+async def test_forwarded_headers_match_header_get(headers: Mapping[str, str] | None) -> None:
+    """The one-pass lookup of the forwarded headers sends exactly what ``header_get``
+    finds for each forwarded name (Content-Type defaulting to JSON), nothing else."""
+    up = Upstream("http://h:1", capacity=1)
+    t = wire_upstream(up)
+    try:
+        want = {"host": "h:1", "content-length": "2"}
+        for name in FORWARD_REQUEST_HEADERS:
+            v = header_get(headers, name)
+            if v is not None:
+                want[name] = v
+        want.setdefault("content-type", "application/json")
+        for _ in range(2):  # built, then from the head cache
+            fields = _head_fields(await send_and_capture(up, t, "POST", "/api/chat", b"{}", headers))
+            assert dict(fields) == want and len(fields) == len(want), fields
+    finally:
+        await up.close()
 
 
 async def test_send_writes_the_same_head_as_build_head(monkeypatch: pytest.MonkeyPatch) -> None:
-    up = Upstream(HostConfig(url="http://h:1", headers={"Authorization": "Bearer x"}), 1, DispatcherConfig())
-    sent: list[bytes] = []
+    up = Upstream("http://h:1", headers={"Authorization": "Bearer x"}, capacity=1)
+    t = wire_upstream(up)
+    builds: list[str] = []
+    real_prefix = upclient.head_prefix
 
-    async def fake_request(head: bytes, body: bytes, **kw: object) -> None:
-        sent.append(head + body)
+    def counting_prefix(method: str, target: str, *a: Any) -> bytes:
+        builds.append(target)
+        return real_prefix(method, target, *a)
 
-    monkeypatch.setattr(up, "pool", type("P", (), {"request": staticmethod(fake_request)})())
+    monkeypatch.setattr(upclient, "head_prefix", counting_prefix)
     cases = [
         ("POST", "/api/chat", b'{"a":1}', {"Content-Type": "application/json"}, ""),
         ("POST", "/api/chat", b'{"a":12}', {"Content-Type": "application/json"}, ""),
@@ -290,45 +407,55 @@ async def test_send_writes_the_same_head_as_build_head(monkeypatch: pytest.Monke
         ("GET", "/a b", None, None, "q=1 2"),
         ("DELETE", "/api/delete", b"{}", {"User-Agent": "ua", "Accept": "*/*"}, ""),
     ]
-    for _ in range(2):  # second round: every head comes from the cache
-        for method, path, body, headers, query in cases:
-            await up.send(method, path, body, headers, query=query)
+    distinct = 6  # the first two differ only in their body: one cached head
+    sent: list[bytes] = []
+    try:
+        for rnd in range(2):  # second round: every head comes from the cache
+            for method, path, body, headers, query in cases:
+                sent.append(await send_and_capture(up, t, method, path, body, headers, query))
+            assert len(builds) == distinct and up.cached_heads == distinct, rnd
+    finally:
+        await up.close()
     from urllib.parse import quote
 
-    from ollamamax.dispatch._rawhttp import build_head
-
+    host_line = up.pool.host_line()
+    assert host_line == b"Host: h:1\r\n"
+    fixed = b"Authorization: Bearer x\r\n"  # the host's configured headers, on every request
     expected = []
     for method, path, body, headers, query in cases:
         p = quote(path, safe="/:@!$&'()*+,;=-._~%") if " " in path else path
         q = quote(query, safe="/:@!$&'()*+,;=-._~%?") if " " in query else query
         target = p + "?" + q if q else p
         b = body or b""
-        expected.append(
-            build_head(method, target, up._host_line, up._fixed, up.request_headers(headers), len(b)) + b
-        )
+        expected.append(build_head(method, target, host_line, fixed, up.request_headers(headers), len(b)) + b)
     assert sent == expected * 2
     assert b"GET /a%20b?q=1%202 HTTP/1.1\r\n" in sent[5]
 
 
 async def test_send_head_cache_is_bounded_and_bad_headers_still_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ollamamax.dispatch import upstream as upmod
+    monkeypatch.setattr(upclient, "HEAD_CACHE_SIZE", 3)
+    up = Upstream("http://h:1", capacity=1)
+    t = wire_upstream(up)
+    try:
+        for i in range(10):
+            req = await send_and_capture(up, t, "GET", f"/p{i}", None)
+            assert req.startswith(b"GET /p%d HTTP/1.1\r\n" % i)
+            assert 1 <= up.cached_heads <= 3
+        n = len(t.written)
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                await up.send("POST", "/x", b"{}", {"Content-Type": "a\r\nEvil: 1"})
+        assert len(t.written) == n  # nothing was sent for them
+        assert (await send_and_capture(up, t, "GET", "/ok", None)).startswith(b"GET /ok HTTP/1.1\r\n")
+    finally:
+        await up.close()
 
-    monkeypatch.setattr(upmod, "HEAD_CACHE_SIZE", 3)
-    up = Upstream(HostConfig(url="http://h:1"), 1, DispatcherConfig())
 
-    async def fake_request(head: bytes, body: bytes, **kw: object) -> None:
-        return None
-
-    monkeypatch.setattr(up, "pool", type("P", (), {"request": staticmethod(fake_request)})())
-    for i in range(10):
-        await up.send("GET", f"/p{i}", None)
-        assert len(up._heads) <= 3
-    for _ in range(2):
-        with pytest.raises(ValueError):
-            await up.send("POST", "/x", b"{}", {"Content-Type": "a\r\nEvil: 1"})
+# -- final metrics, request parsing ------------------------------------------------------
+# the reference: every "name":<digits> of the tail, the last one of each name wins
+_RE_METRICS = re.compile(rb'"(load_duration|eval_count|eval_duration)":(\d+)')
 
 
-# -- core: final metrics, request parsing, response headers ------------------------------
 def _metrics_by_regex(tail: bytes) -> tuple[int | None, int | None, int | None]:
     m = {k: int(v) for k, v in _RE_METRICS.findall(tail)}
     return m.get(b"load_duration"), m.get(b"eval_count"), m.get(b"eval_duration")
@@ -339,15 +466,15 @@ def test_final_metrics_equal_a_full_scan() -> None:
         b'{"done":true,"total_duration":5,"load_duration":24556,"prompt_eval_count":5,'
         b'"prompt_eval_duration":10000,"eval_count":16,"eval_duration":2474}\n'
     )
-    assert _final_metrics(final) == (24556, 16, 2474)
-    assert _final_metrics(b"") == (None, None, None)
-    assert _final_metrics(b'"load_duration":x,"eval_count":1') == (None, 1, None)
-    assert _final_metrics(b'"eval_count":7,"load_duration":3,"eval_duration":9') == (3, 7, 9)
+    assert final_metrics(final) == (24556, 16, 2474)
+    assert final_metrics(b"") == (None, None, None)
+    assert final_metrics(b'"load_duration":x,"eval_count":1') == (None, 1, None)
+    assert final_metrics(b'"eval_count":7,"load_duration":3,"eval_duration":9') == (3, 7, 9)
     parts = [b'"load_duration":', b'"eval_count":', b'"eval_duration":', b"1", b"23", b"x", b'"', b",", b"\\"]
     rng = random.Random(7)
     for _ in range(5000):
         tail = b"".join(rng.choice(parts) for _ in range(rng.randint(0, 12)))
-        assert _final_metrics(tail) == _metrics_by_regex(tail), tail
+        assert final_metrics(tail) == _metrics_by_regex(tail), tail
 
 
 @pytest.fixture
@@ -375,34 +502,118 @@ async def test_parse_errors_unchanged(d: Dispatcher, body: bytes, status: int, n
     assert r.status == status and r.body is not None and needle in r.body, r.body
 
 
-async def test_parse_accepts_surrounding_whitespace_and_trailing_values(d: Dispatcher) -> None:
-    route = __import__("ollamamax.dispatch.routes", fromlist=["lookup"]).lookup("POST", "/api/chat")
+def test_parse_accepts_surrounding_whitespace_and_trailing_values() -> None:
+    route = lookup("POST", "/api/chat")
+    assert route is not None
     for body in (b'{"model":"m"}', b' {"model":"m"} ', b'\n{"model":"m"}\n', b'{"model":"m"} {"x":1}'):
-        assert d._parse(route, "/api/chat", body) == {"model": "m"}
+        assert parse_body(route, body) == {"model": "m"}
 
 
-class _Resp:
-    def __init__(self, pairs: tuple[tuple[str, str], ...]) -> None:
+# -- response headers: the forwarder's per-head-tuple cache, through Dispatcher.handle --
+class StubResponse:
+    """What the forwarder reads of an upstream answer (``Upstream.send``'s result)."""
+
+    def __init__(self, status: int, pairs: tuple[tuple[str, str], ...], body: bytes = b"{}") -> None:
+        self.status = status
+        self.reason = ""
         self.header_list = pairs
         self.headers = CIMultiDictProxy(CIMultiDict(pairs))
+        self.content_type = self.headers.get("Content-Type", "")
+        self.body = body
+        self.ended = False
+
+    async def read(self) -> bytes:
+        return self.body
+
+    def release(self) -> None:
+        self.ended = True
+
+    def close(self) -> None:
+        self.ended = True
 
 
-def test_resp_headers_cached_copy_is_independent(d: Dispatcher) -> None:
-    pairs = (("Content-Type", "application/json"), ("Date", "x"), ("X-Host-Id", "1"), ("connection", "close"))
-    h = HostState(index=0, config=HostConfig(url="http://h:1"), name="h", url="http://h:1", capacity=1)
-    a = d._resp_headers(_Resp(pairs), h, False, 0.0, 1, None)  # type: ignore[arg-type]
-    a["X-Mutated"] = "1"
-    b = d._resp_headers(_Resp(pairs), h, True, 0.0015, 2, "miss")  # type: ignore[arg-type]
-    assert "X-Mutated" not in b and "Date" not in b and "connection" not in b
-    assert b["Content-Type"] == "application/json" and b["X-Host-Id"] == "1"
-    assert (b["X-Ollamamax-Cold-Load"], b["X-Ollamamax-Queue-Ms"], b["X-Ollamamax-Attempts"]) == ("1", "2", "2")
-    assert b["X-Ollamamax-Cache"] == "miss"
+async def test_resp_headers_cached_copy_is_independent(d: Dispatcher) -> None:
+    """The end-to-end headers are filtered once per upstream header tuple and copied per
+    answer: mutating one answer's headers, or another answer's per-call values (cold,
+    queue, attempts, cache), never shows in the next one."""
+    h = d.hosts[0]
+    up = d.upstream(h)
 
-    class Stub:  # a response object without the fast attribute
-        headers = CIMultiDict(pairs)
+    async def get_json(path: str, limit: float) -> Any:  # a refresh sees the same fleet
+        if path == "/api/tags":
+            return {"models": [{"name": "m:latest"}, {"name": "e:latest"}]}
+        if path == "/api/ps":
+            return {"models": [{"name": "m:latest"}]}
+        return {"version": "0.0.0"}
 
-    c = d._resp_headers(Stub(), h, False, 0.0, 1, None)  # type: ignore[arg-type]
-    assert c == {k: v for k, v in a.items() if k != "X-Mutated"}
+    script: list[StubResponse] = []
+
+    async def send(method: str, path: str, body: bytes | None, headers: Any = None, **kw: Any) -> StubResponse:
+        return script.pop(0)
+
+    up.get_json = get_json  # type: ignore[method-assign]
+    up.send = send  # type: ignore[method-assign]
+    d.store.publish(
+        HostView(
+            0, h.name, h.url, healthy=True, present=frozenset({"m:latest", "e:latest"}), loaded=frozenset({"m:latest"})
+        )
+    )
+    h.down = False
+    pairs = (
+        ("Content-Type", "application/json"),
+        ("Date", "x"),
+        ("X-Host-Id", "1"),
+        ("connection", "close"),
+        ("Server", "s"),
+        ("Content-Length", "2"),
+    )
+    kept = {"Content-Type": "application/json", "X-Host-Id": "1"}  # hop-by-hop and Date/Server dropped
+    chat = b'{"model":"m","stream":false}'
+
+    def expect(cold: str, queue: str, attempts: str, cache: str | None = None) -> dict[str, str]:
+        out = {**kept, HEADER_HOST: h.name, HEADER_COLD: cold, HEADER_QUEUE_MS: queue, HEADER_ATTEMPTS: attempts}
+        if cache is not None:
+            out[HEADER_CACHE] = cache
+        return out
+
+    # 1. warm model, one attempt, no wait, not a cacheable route
+    script.append(StubResponse(200, pairs))
+    a = await d.handle("POST", "/api/chat", chat)
+    assert a.status == 200 and a.body == b"{}"
+    assert a.headers == expect("0", "0", "1")
+    a.headers["X-Mutated"] = "1"
+    a.headers["Content-Type"] = "text/mutated"
+
+    # 2. the same header tuple: a cold model, a 30 ms wait for a slot, a cacheable route
+    slots = 0
+    while d.admission is not None and d.admission.try_acquire(h):
+        slots += 1
+    assert slots == h.capacity
+    asyncio.get_running_loop().call_later(0.03, d.admission.release, h)
+    script.append(StubResponse(200, pairs))
+    b = await d.handle("POST", "/api/embed", b'{"model":"e","input":"x"}')
+    assert b.status == 200 and b.body == b"{}"
+    queue_ms = b.headers.pop(HEADER_QUEUE_MS)
+    assert queue_ms.isdigit() and 25 <= int(queue_ms) < 5000, queue_ms  # whole milliseconds
+    assert b.headers == {k: v for k, v in expect("1", "0", "1", "miss").items() if k != HEADER_QUEUE_MS}
+    b.headers["X-Mutated-Too"] = "1"
+    for _ in range(slots - 1):
+        d.admission.release(h)
+    assert h.in_flight == 0
+
+    # 3. the same tuple again: a busy first attempt, answered on the second
+    script.extend([StubResponse(503, pairs, b'{"error":"busy"}'), StubResponse(200, pairs)])
+    c = await d.handle("POST", "/api/chat", chat)
+    assert c.status == 200 and c.headers == expect("0", "0", "2")
+
+    # 4. an equal tuple that is another object, then a different head: no cross-talk
+    script.append(StubResponse(200, tuple(list(pairs))))
+    assert (await d.handle("POST", "/api/chat", chat)).headers == expect("0", "0", "1")
+    other = (("Content-Type", "application/json"), ("X-Host-Id", "2"), ("Keep-Alive", "timeout=5"))
+    script.append(StubResponse(200, other))
+    e = await d.handle("POST", "/api/chat", chat)
+    assert e.headers == {**expect("0", "0", "1"), "X-Host-Id": "2"}
+    assert not script
 
 
 # -- admission: release with nobody waiting --------------------------------------------
@@ -417,31 +628,30 @@ async def test_release_without_waiters_then_a_waiter_still_gets_the_slot() -> No
     await asyncio.sleep(0)
     adm.release(b)  # grants t; a stale entry stays in a's ring
     assert await t is b
-    assert a.queued == 0 and a.waiters.qsize() == 1
+    assert a.queued == 0 and adm.ring_length(a) == 1
     adm.release(a)  # nobody live waits for a: the slot just frees
     assert a.in_flight == 0 and adm.try_acquire(a)
     t2 = asyncio.create_task(adm.wait([a], 5))
     await asyncio.sleep(0)
     adm.release(a)  # the stale entry is skipped, t2 gets it
     assert await t2 is a
-    assert a.waiters.qsize() == 0
+    assert adm.ring_length(a) == 0
 
 
-async def test_dispatcher_end_to_end_uses_the_fast_paths(d: Dispatcher, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_dispatcher_end_to_end_uses_the_fast_paths(d: Dispatcher) -> None:
     """One host answered by a fake transport: the 200 and the accounting are as usual."""
     h = d.hosts[0]
-    d._set_view(
+    d.store.publish(
         HostView(0, h.name, h.url, healthy=True, present=frozenset({"m:latest"}), loaded=frozenset({"m:latest"}))
     )
     h.down = False
     reply = b'{"done":true,"load_duration":1,"eval_count":5,"eval_duration":1000000000}'
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nDate: x\r\nContent-Length: %d\r\n\r\n" % len(reply)
     loop = asyncio.get_running_loop()
-    assert h.upstream is not None
-    pool = h.upstream.pool
+    pool = d.upstream(h).pool
 
     class T(FakeTransport):
-        def __init__(self, conn: _Conn) -> None:
+        def __init__(self, conn: Connection) -> None:
             super().__init__()
             self.conn = conn
 
@@ -449,57 +659,82 @@ async def test_dispatcher_end_to_end_uses_the_fast_paths(d: Dispatcher, monkeypa
             super().write(data)
             loop.call_soon(self.conn.data_received, head + reply)
 
-    c = _Conn(pool)
-    c.connection_made(T(c))  # type: ignore[arg-type]
-    pool._all.add(c)
-    pool._put(c)
+    c = Connection(pool)
+    t = T(c)
+    c.connection_made(t)  # type: ignore[arg-type]
+    pool.adopt(c)
+    pool.put_idle(c)
+    handle = None
     for i in range(3):
         r = await d.handle("POST", "/api/chat", b'{"model":"m","stream":false}', {"Content-Type": "application/json"})
         assert r.status == 200 and r.body == reply
         assert r.headers["Content-Type"] == "application/json" and "Date" not in r.headers
         assert r.headers["X-Ollamamax-Host"] == h.name
-    tm = d._hist[(h.name, "m:latest")]
-    assert tm.ttfb.count == 3 and tm.tokens_per_s.count == 3
-    assert d.counters["requests"][("/api/chat", "m:latest", h.name, 200)] == 3
-    assert pool.open_count == 1 and c._timer_h is not None  # one timer for the connection
-    assert re.match(rb"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:9\r\n", c.transport.written[0])  # type: ignore[union-attr]
+        if handle is None:
+            handle = c.timer_handle
+            assert handle is not None
+        assert c.timer_handle is handle, i  # one timer for the connection, never re-armed
+    hists = d.metrics_snapshot()["histograms"]
+    assert hists["ttfb"][(h.name, "m:latest")].count == 3
+    assert hists["tokens_per_s"][(h.name, "m:latest")].count == 3
+    assert d.accounting.requests[("/api/chat", "m:latest", h.name, 200)] == 3
+    assert d.metrics_snapshot()["counters"]["requests"][("/api/chat", "m:latest", h.name, 200)] == 3
+    assert pool.open_count == 1 and pool.idle_count == 1 and not c.closed
+    assert len(t.written) == 3
+    for w in t.written:
+        assert re.match(rb"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:9\r\n", w)
 
 
-@pytest.mark.parametrize("strategy", ["least-loaded", "p2c", "round-robin", "latency", "affinity"])
-async def test_select_one_candidate_shortcut_equals_general_path(
-    strategy: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from ollamamax.dispatch import core
+# -- placement: the router's one-candidate shortcut -----------------------------------
+def _general_one_candidate(
+    router: Router, h: HostState, key: RoutingKey, snap: Snapshot, now: float
+) -> tuple[HostState | None, list[HostState], float | None]:
+    """What the router's general rule gives for the pool ``[h]``: the model's hosts are
+    split into loaded and cold, the tier is ordered (by the strategy, or cold-first order),
+    the first host with a free slot is taken; else the request waits on the pool and,
+    with no other tier to widen to, never widens."""
+    loaded = h.is_loaded(key.model, snap.hosts[h.index])
+    ordered = router.strategy.order([h], key) if loaded else router.order_cold([h], key, snap, now)
+    for x in ordered:
+        if x.has_free_slot():
+            return x, [], None
+    return None, [h], None
 
-    async with Dispatcher(["http://127.0.0.1:9"], strategy=strategy, connect_timeout=0.2, refresh_interval=600) as d:
-        h = d.hosts[0]
-        h.down = False
-        for loaded in (frozenset(), frozenset({"m:latest"})):
-            d._set_view(HostView(0, h.name, h.url, healthy=True, present=frozenset({"m:latest"}), loaded=loaded))
-            h.warm.clear()
-            req = core._Req(core.lookup("POST", "/api/chat"), "POST", "/api/chat", b"{}", None, "")  # type: ignore[arg-type]
-            req.model = "m:latest"
-            req.pick = d._make_pick(req)
-            results = []
-            for shortcut in (True, False):
-                if not shortcut:
-                    monkeypatch.setattr(core, "_PLAIN_ORDER", frozenset())
-                h.in_flight = 0
-                got, wait_on, widen = d._select([h], req)
-                h.in_flight = h.capacity  # full: nothing to take now
-                full = d._select([h], req)
-                results.append((got, list(wait_on), widen, full[0], list(full[1]), full[2]))
-                monkeypatch.undo()
-            assert results[0] == results[1]
-            assert results[0][0] is h and results[0][3] is None and results[0][4] == [h]
-        h.in_flight = 0
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_select_one_candidate_shortcut_equals_general_path(strategy: str) -> None:
+    h = HostState(index=0, config=HostConfig(url="http://h:1"), name="h", url="http://h:1", capacity=2)
+    router = Router(make_strategy(strategy, [h]), Demand(), spread_cold=strategy != "affinity")
+    key = RoutingKey("m:latest")
+    now = 100.0
+    seen = set()
+    for loaded, sent in ((frozenset(), False), (frozenset({"m:latest"}), False), (frozenset(), True)):
+        snap = Snapshot((HostView(0, h.name, h.url, healthy=True, present=frozenset({"m:latest"}), loaded=loaded),))
+        h.sent_models.clear()
+        if sent:  # sent here since the last refresh: counts as loaded
+            h.sent_models["m:latest"] = 50.0
+        for in_flight, down in ((0, False), (h.capacity - 1, False), (h.capacity, False), (0, True)):
+            h.in_flight, h.down = in_flight, down
+            got = router.choose([h], key, snap, now)
+            want = _general_one_candidate(router, h, key, snap, now)
+            # wait_on is what to wait for when nothing is taken (Decision's contract)
+            assert (got.take, list(got.wait_on) if got.take is None else [], got.widen_after) == want, (
+                loaded,
+                sent,
+                in_flight,
+                down,
+            )
+            assert h.in_flight == in_flight and h.down == down  # pure: nothing taken
+            assert (got.take is h) == (in_flight < h.capacity and not down)
+            seen.add(got.take is h)
+    assert seen == {True, False}
 
 
 async def test_passthrough_tail_is_the_last_bytes() -> None:
-    from ollamamax.dispatch.upstream import TAIL_BYTES, PassThrough
+    from ollamamax.upstream.streams import TAIL_BYTES, PassThrough
 
     rng = random.Random(5)
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
     st = PassThrough(resp, b"first", idle=1.0, sse=False, label="h", on_finish=lambda s, ok, e: None)
     seen = [await st.__anext__()]

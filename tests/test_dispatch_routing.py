@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from ollamamax.dispatch import Dispatcher, HostConfig
-from ollamamax.dispatch._types import HEADER_COLD, HEADER_HOST
-from ollamamax.dispatch.hosts import Ewma
+from ollamamax.wire.response import HEADER_COLD, HEADER_HOST
+from ollamamax.fleet.learning import Ewma
 from ollamamax.testing import FakeOllama
 
 pytestmark = pytest.mark.timeout(60)

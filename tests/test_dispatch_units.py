@@ -11,17 +11,20 @@ from ollamamax import QueueFull
 from ollamamax.dispatch import DispatcherConfig, HostConfig
 from ollamamax.dispatch.admission import Admission
 from ollamamax.dispatch.cache import ResponseCache
-from ollamamax.dispatch.core import _is_zero_keep_alive
-from ollamamax.dispatch.errors import go_json_error
-from ollamamax.dispatch.health import Health
-from ollamamax.dispatch.hosts import HostState, display_name, host_name_from_url, normalize_model
-from ollamamax.dispatch.routes import lookup
-from ollamamax.dispatch.routes import parse_time as _parse_time
-from ollamamax.dispatch.routes import version_key as _version_key
-from ollamamax.dispatch.strategies import (
+from ollamamax.wire.ollama import go_json_error
+from ollamamax.fleet.health import Health, HealthPolicy
+from ollamamax.fleet.config import host_name_from_url
+from ollamamax.fleet.hosts import HostState
+from ollamamax.wire.names import display_name, normalize_model
+from ollamamax.wire.routes import ROUTES
+from ollamamax.wire.validate import is_zero_keep_alive
+from ollamamax.wire.routes import lookup
+from ollamamax.dispatch.merged import parse_time as _parse_time
+from ollamamax.dispatch.merged import version_key as _version_key
+from ollamamax.placement.strategies import (
     AffinityStrategy,
     HashRing,
-    Pick,
+    RoutingKey,
     RoundRobinStrategy,
     chat_prefix_hashes,
     make_strategy,
@@ -79,9 +82,9 @@ def test_go_json_error(doc: str, message: str) -> None:
 
 def test_zero_keep_alive_forms() -> None:
     for v in (0, 0.0, "0", "0s", "0m", "0h0m0s"):
-        assert _is_zero_keep_alive(v), v
+        assert is_zero_keep_alive(v), v
     for v in (None, False, 1, "5m", "-1", -1, "x", [0]):
-        assert not _is_zero_keep_alive(v), v
+        assert not is_zero_keep_alive(v), v
 
 
 def test_parse_time_and_version_key() -> None:
@@ -142,7 +145,7 @@ async def test_admission_slots_fifo_timeout_and_cancel() -> None:
     assert a.in_flight == 0 and b.in_flight == 0
 
 
-async def test_admission_down_host_not_granted_and_kick() -> None:
+async def test_admission_down_host_not_granted_until_it_comes_back() -> None:
     (a,) = mk_hosts(1, cap=1)
     adm = Admission([a], queue_size=4)
     assert adm.try_acquire(a)
@@ -154,7 +157,7 @@ async def test_admission_down_host_not_granted_and_kick() -> None:
     assert not t.done() and a.in_flight == 0
     assert not adm.try_acquire(a)
     a.down = False
-    adm.kick(a)
+    adm.grant_free_slots(a)
     assert await t is a
 
 
@@ -169,7 +172,7 @@ async def test_admission_compacts_stale_entries() -> None:
         await asyncio.sleep(0)
         adm.release(b)
         assert await t is b
-    assert a.waiters.qsize() <= 2
+    assert adm.ring_length(a) <= 2
     t = asyncio.create_task(adm.wait([a], 5))
     await asyncio.sleep(0)
     adm.release(a)
@@ -177,14 +180,13 @@ async def test_admission_compacts_stale_entries() -> None:
 
 
 def test_health_ejects_and_doubles_cooldown() -> None:
-    cfg = DispatcherConfig(eject_after_failures=2, eject_cooldown=1.0, eject_max_cooldown=3.0)
-    health = Health(cfg)
+    health = Health(HealthPolicy(eject_after_failures=2, eject_cooldown=1.0, eject_max_cooldown=3.0))
     (h,) = mk_hosts(1)
     assert not health.record_failure(h)
     health.record_success(h)
     assert not health.record_failure(h)
     assert health.record_failure(h)
-    assert h.down and health.ejections_total == 1
+    assert h.down
     c1 = h.ejected_until - h.last_ejected
     health.probe_failed(h)
     c2 = h.ejected_until - h.last_ejected
@@ -215,11 +217,11 @@ def test_affinity_prefix_memory_and_bounded_load() -> None:
     hosts = mk_hosts(3, cap=4)
     s = AffinityStrategy(hosts)
     msgs = [{"role": "user", "content": "hello"}]
-    p1 = Pick("m", prefixes=chat_prefix_hashes("m", msgs))
+    p1 = RoutingKey("m", prefixes=chat_prefix_hashes("m", msgs))
     first = s.order(hosts, p1)[0]
     s.observe(p1, first)
     longer = [*msgs, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}]
-    p2 = Pick("m", prefixes=chat_prefix_hashes("m", longer))
+    p2 = RoutingKey("m", prefixes=chat_prefix_hashes("m", longer))
     assert s.order(hosts, p2)[0] is first
     # overload the home host: it moves to the end
     first.in_flight = 4
@@ -230,7 +232,7 @@ def test_affinity_prefix_memory_and_bounded_load() -> None:
 def test_round_robin_and_factory() -> None:
     hosts = mk_hosts(3)
     rr = RoundRobinStrategy()
-    firsts = [rr.order(hosts, Pick("m"))[0].index for _ in range(6)]
+    firsts = [rr.order(hosts, RoutingKey("m"))[0].index for _ in range(6)]
     assert firsts == [0, 1, 2, 0, 1, 2]
     for name in ("least-loaded", "p2c", "round-robin", "latency", "affinity"):
         assert make_strategy(name, hosts).name == name
@@ -240,20 +242,21 @@ def test_round_robin_and_factory() -> None:
 
 def test_cache_keys() -> None:
     c = ResponseCache(16, None)
-    k1 = c.key_for("/api/embed", "m:latest", {"model": "m", "input": "x", "keep_alive": 5})
-    k2 = c.key_for("/api/embed", "m:latest", {"input": "x", "model": "m"})
+    k1 = c.key_for(ROUTES["/api/embed"], "m:latest", {"model": "m", "input": "x", "keep_alive": 5})
+    k2 = c.key_for(ROUTES["/api/embed"], "m:latest", {"input": "x", "model": "m"})
     assert k1 == k2
-    assert c.key_for("/api/chat", "m:latest", {"model": "m"}) is None  # not opted in
+    assert c.key_for(ROUTES["/api/chat"], "m:latest", {"model": "m"}) is None  # not opted in
     g = ResponseCache(16, None, cache_generate=True)
-    assert g.key_for("/api/chat", "m", {"model": "m", "options": {"temperature": 0, "seed": 1}}) is not None
-    assert g.key_for("/api/chat", "m", {"model": "m", "options": {"temperature": 0.5, "seed": 1}}) is None
-    assert g.key_for("/v1/chat/completions", "m", {"model": "m", "temperature": 0, "seed": 1}) is not None
-    assert g.key_for("/v1/chat/completions", "m", {"model": "m", "temperature": 0}) is None
-    assert ResponseCache(0, None).key_for("/api/embed", "m", {}) is None
+    assert g.key_for(ROUTES["/api/chat"], "m", {"model": "m", "options": {"temperature": 0, "seed": 1}}) is not None
+    assert g.key_for(ROUTES["/api/chat"], "m", {"model": "m", "options": {"temperature": 0.5, "seed": 1}}) is None
+    assert g.key_for(ROUTES["/v1/chat/completions"], "m", {"model": "m", "temperature": 0, "seed": 1}) is not None
+    assert g.key_for(ROUTES["/v1/chat/completions"], "m", {"model": "m", "temperature": 0}) is None
+    assert ResponseCache(0, None).key_for(ROUTES["/api/embed"], "m", {}) is None
 
 
 def test_path_parameters_are_validated() -> None:
-    from ollamamax.dispatch.routes import _DIGEST, _MODEL_IN_PATH
+    from ollamamax.dispatch.broadcast import DIGEST as _DIGEST
+    from ollamamax.dispatch.merged import MODEL_IN_PATH as _MODEL_IN_PATH
 
     assert _DIGEST.fullmatch("sha256:" + "a" * 64)
     assert not _DIGEST.fullmatch("../pull")

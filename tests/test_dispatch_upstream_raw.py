@@ -1,7 +1,10 @@
-"""The raw keep-alive upstream client (``ollamamax.dispatch._rawhttp``) and ``Upstream``.
+"""The raw keep-alive upstream client (``ollamamax.upstream``: ``http1``, ``connection``)
+and ``Upstream`` (``ollamamax.upstream.client``).
 
-Parser tests feed bytes to a connection with a fake transport (split at every offset);
-pool/timeout/error tests run a scripted HTTP server on 127.0.0.1.
+Parser tests feed bytes to a connection with a fake transport (split at every offset) and
+look at the response through its read-only seams (``head_received``, ``complete``,
+``error``, ``peek()``, ``first_byte_deadline``); pool/timeout/error tests run a scripted
+HTTP server on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -12,19 +15,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from ollamamax.dispatch._rawhttp import (
-    HIGH_WATER,
-    BadResponse,
-    ConnectFailed,
-    Disconnected,
-    HostPool,
-    RawResponse,
-    StatusError,
-    _Conn,
-    build_head,
-)
-from ollamamax.dispatch._types import DispatcherConfig, HostConfig
-from ollamamax.dispatch.upstream import TraceCtx, Upstream, describe_error
+from ollamamax.upstream.client import TraceCtx, Upstream, describe_error
+from ollamamax.upstream.connection import HIGH_WATER, Connection, RawResponse
+from ollamamax.upstream.pool import HostPool
+from ollamamax.upstream.http1 import BadResponse, ConnectFailed, Disconnected, StatusError, build_head
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -49,21 +43,23 @@ class FakeTransport:
         self.paused = False
 
 
-def _conn(pool: HostPool | None = None) -> tuple[HostPool, _Conn, RawResponse, FakeTransport]:
-    """A connection of ``pool`` (a new one by default) over a fake transport, with one
-    request started on it: (pool, conn, response, transport)."""
+def wired_conn(pool: HostPool | None = None) -> tuple[HostPool, Connection, RawResponse, FakeTransport]:
+    """A connection of ``pool`` (a new one by default) over a fake transport, counted as
+    open by the pool (``adopt``), with one request started on it:
+    (pool, conn, response, transport)."""
     pool = pool or HostPool("127.0.0.1", 1, max_idle=4, connect_timeout=1.0)
-    conn = _Conn(pool)
+    conn = Connection(pool)
     t = FakeTransport()
     conn.connection_made(t)  # type: ignore[arg-type]
-    pool._all.add(conn)
+    pool.adopt(conn)
     resp = RawResponse(conn, asyncio.get_running_loop())
     conn.start(resp, b"GET / HTTP/1.1\r\n\r\n", b"", False)
     return pool, conn, resp, t
 
 
 def _body(resp: RawResponse) -> bytes:
-    return b"".join(resp._chunks)
+    """The body bytes received and not read yet (not consumed)."""
+    return resp.peek()
 
 
 CHUNKED = (
@@ -87,16 +83,16 @@ async def test_parser_at_every_split(raw: bytes, status: int, body: bytes) -> No
         ):
             if not pieces:
                 continue
-            _, conn, resp, _t = _conn()
+            _, conn, resp, _t = wired_conn()
             for p in pieces:
                 conn.data_received(p)
-            assert resp.status == status and resp._head
-            assert resp._eof and _body(resp) == body
+            assert resp.status == status and resp.head_received
+            assert resp.complete and _body(resp) == body
             assert conn.reusable
 
 
 async def test_headers_reason_and_multi_values() -> None:
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(LENGTH)
     assert resp.reason == "Created"
     assert resp.headers.getall("x-a") == ["1", "2"]
@@ -104,34 +100,34 @@ async def test_headers_reason_and_multi_values() -> None:
 
 
 async def test_interim_100_is_skipped() -> None:
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.1 100 Continue\r\n\r\n" + LENGTH)
     assert resp.status == 201 and _body(resp) == b"hello world"
 
 
 async def test_no_body_for_head_and_204() -> None:
     pool = HostPool("127.0.0.1", 1, max_idle=4, connect_timeout=1.0)
-    conn = _Conn(pool)
+    conn = Connection(pool)
     conn.connection_made(FakeTransport())  # type: ignore[arg-type]
     resp = RawResponse(conn, asyncio.get_running_loop())
     conn.start(resp, b"HEAD / HTTP/1.1\r\n\r\n", b"", True)
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n")
-    assert resp._eof and _body(resp) == b"" and conn.reusable
-    _, conn, resp, _t = _conn()
+    assert resp.complete and _body(resp) == b"" and conn.reusable
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
-    assert resp._eof and resp.status == 204
+    assert resp.complete and resp.status == 204
 
 
 async def test_body_until_eof_and_connection_close() -> None:
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.0 200 OK\r\n\r\nabc")
     conn.data_received(b"def")
-    assert not resp._eof and not conn.reusable
+    assert not resp.complete and not conn.reusable
     conn.connection_lost(None)
-    assert resp._eof and _body(resp) == b"abcdef"
-    _, conn, resp, _t = _conn()
+    assert resp.complete and _body(resp) == b"abcdef"
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx")
-    assert resp._eof and not conn.reusable
+    assert resp.complete and not conn.reusable
 
 
 @pytest.mark.parametrize(
@@ -154,33 +150,34 @@ async def test_body_until_eof_and_connection_close() -> None:
     ],
 )
 async def test_bad_responses_fail_and_close(raw: bytes) -> None:
-    _, conn, resp, t = _conn()
+    _, conn, resp, t = wired_conn()
     conn.data_received(raw)
-    assert isinstance(resp._exc, BadResponse)
+    assert isinstance(resp.error, BadResponse)
     assert t.aborted and not conn.reusable
-    assert describe_error(resp._exc).startswith("invalid response")
+    assert describe_error(resp.error).startswith("invalid response")
 
 
 async def test_extra_bytes_after_response_prevent_reuse() -> None:
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(LENGTH + b"HTTP/1.1 200 OK\r\n")
-    assert resp._eof and not conn.reusable
-    _, conn, resp, _t = _conn()
+    assert resp.complete and not conn.reusable
+    _, conn, resp, _t = wired_conn()
     conn.data_received(CHUNKED + b"junk")
-    assert resp._eof and not conn.reusable
+    assert resp.complete and not conn.reusable
 
 
 async def test_unsolicited_bytes_close_an_idle_connection() -> None:
-    pool, conn, resp, t = _conn()
+    pool, conn, resp, t = wired_conn()
     conn.data_received(LENGTH)
     resp.release()
     assert pool.idle_count == 1
     conn.data_received(b"surprise")
-    assert t.aborted and pool._get_idle() is None
+    assert t.aborted and conn.closed
+    assert pool.take_idle() is None and pool.open_count == 0  # not handed out again
 
 
 async def test_flow_control_pauses_and_resumes() -> None:
-    _, conn, resp, t = _conn()
+    _, conn, resp, t = wired_conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     piece = b"y" * 65536
     frame = b"%x\r\n" % len(piece) + piece + b"\r\n"
@@ -194,7 +191,7 @@ async def test_flow_control_pauses_and_resumes() -> None:
 
 
 async def test_connection_lost_mid_body_is_disconnected() -> None:
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
     conn.connection_lost(ConnectionResetError("reset"))
     assert await resp.readany() == b"abc"  # what arrived is still delivered
@@ -204,13 +201,13 @@ async def test_connection_lost_mid_body_is_disconnected() -> None:
 
 
 async def test_read_nowait_and_read() -> None:
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     assert resp.read_nowait() == b""
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
     assert resp.read_nowait() == b"ab"
     conn.data_received(b"cd")
     assert await resp.read() == b"cd" and resp.at_eof()
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
     conn.connection_lost(None)
     with pytest.raises(Disconnected):
@@ -306,9 +303,10 @@ def ok_forever(s: Server) -> Handler:
     return h
 
 
-def upstream(port: int, **cfg: object) -> Upstream:
-    hc = HostConfig(url=f"http://127.0.0.1:{port}", headers={"Authorization": "Bearer up"})
-    return Upstream(hc, 2, DispatcherConfig(**cfg))  # type: ignore[arg-type]
+def upstream(port: int, **kw: object) -> Upstream:
+    return Upstream(
+        f"http://127.0.0.1:{port}", headers={"Authorization": "Bearer up"}, capacity=2, **kw  # type: ignore[arg-type]
+    )
 
 
 async def test_keepalive_reuse_headers_and_trace() -> None:
@@ -356,9 +354,9 @@ async def test_default_content_type_and_bad_header_values() -> None:
         finally:
             await up.close()
     with pytest.raises(ValueError):
-        Upstream(HostConfig(url="http://h:1", headers={"A": "b\r\nc"}), 1, DispatcherConfig())
+        Upstream("http://h:1", headers={"A": "b\r\nc"}, capacity=1)
     with pytest.raises(ValueError):
-        Upstream(HostConfig(url="ftp://h:1"), 1, DispatcherConfig())
+        Upstream("ftp://h:1", capacity=1)
 
 
 async def test_get_json_non_200_raises_status_error() -> None:
@@ -468,7 +466,7 @@ async def test_idle_timeout_between_chunks_and_close_aborts() -> None:
             s.eof_seen.clear()
             resp = await up.send("POST", "/", b"{}", timeout=1.0)
             assert await resp.readany() == b"abc"
-            assert resp._timer is None  # the first body bytes end the first-byte timer
+            assert resp.first_byte_deadline is None  # the first body bytes end the first-byte timer
             with pytest.raises(TimeoutError):
                 await resp.readany(0.05)
             await asyncio.wait_for(s.eof_seen.wait(), 5)
@@ -524,16 +522,39 @@ async def test_idle_pool_is_bounded_and_ttl_reaped() -> None:
             for r in resps:
                 await r.read()
                 r.release()
-            assert pool.idle_count == 2 and s.connections == 3
-            pool.idle_ttl = 0.0
-            for c in pool._idle:
-                c.idle_since -= 1.0
-            r = await pool.request(head, b"")
+            assert pool.idle_count == 2 and s.connections == 3 and pool.open_count == 2
+            pool.idle_ttl = 0.05
+            await asyncio.sleep(0.1)  # both idle ones are now past their TTL
+            r = await pool.request(head, b"")  # takes the most recent idle one (LIFO)
             await r.read()
             r.release()  # reaps the older idle one
-            assert pool.idle_count == 1
+            assert pool.idle_count == 1 and pool.open_count == 1 and s.connections == 3
         finally:
             await pool.close()
+
+
+async def test_idle_reaping_starts_at_the_oldest() -> None:
+    """``put_idle`` closes what has been idle past the TTL from the oldest end, keeps a
+    fresh one, and hands out the most recently used first (LIFO)."""
+    pool = HostPool("127.0.0.1", 1, max_idle=2, connect_timeout=1.0, idle_ttl=60.0)
+    conns = []
+    for _ in range(3):
+        c = Connection(pool)
+        c.connection_made(FakeTransport())  # type: ignore[arg-type]
+        pool.adopt(c)
+        conns.append(c)
+    old, fresh, newest = conns
+    pool.put_idle(old)
+    await asyncio.sleep(0.1)
+    pool.put_idle(fresh)  # idle: [old, fresh], both within the TTL
+    assert pool.idle_count == 2
+    pool.idle_ttl = 0.05  # old (idle >= 0.1 s) is past it now, fresh (idle for microseconds) is not
+    pool.put_idle(newest)  # reaps old from the bottom (not fresh), so newest fits under max_idle
+    assert old.closed and old.transport.aborted  # type: ignore[union-attr]
+    assert not fresh.closed and not newest.closed
+    assert pool.idle_count == 2 and pool.open_count == 2
+    assert pool.take_idle() is newest and pool.take_idle() is fresh and pool.take_idle() is None
+    await pool.close()
 
 
 async def test_idle_timer_is_per_gap_not_per_stream() -> None:
@@ -568,7 +589,7 @@ async def test_idle_timer_is_per_gap_not_per_stream() -> None:
 
 
 async def test_replay_and_passthrough_at_eof() -> None:
-    from ollamamax.dispatch.upstream import PassThrough, Replay
+    from ollamamax.upstream.streams import PassThrough, Replay
 
     rp = Replay([b"a", b"b"])
     assert not rp.at_eof()
@@ -580,7 +601,7 @@ async def test_replay_and_passthrough_at_eof() -> None:
     await rp2.aclose()
     assert [c async for c in rp2] == []
 
-    _, conn, resp, _t = _conn()
+    _, conn, resp, _t = wired_conn()
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
     first = await resp.readany()
     ends: list[object] = []
@@ -601,10 +622,10 @@ async def test_replay_and_passthrough_at_eof() -> None:
 
 
 async def test_release_of_complete_but_unread_response_resumes_reading() -> None:
-    pool, conn, resp, t = _conn()
+    pool, conn, resp, t = wired_conn()
     big = b"z" * (HIGH_WATER + 10)
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
-    assert t.paused and resp._eof
+    assert t.paused and resp.complete
     resp.release()
     assert not t.paused and pool.idle_count == 1
 

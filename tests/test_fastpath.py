@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 import pytest
 from test_gateway_common import stack, wait_until
 
-from ollamamax.dispatch import fastpath
-from ollamamax.dispatch._types import DispatchResponse
-from ollamamax.dispatch.app import create_app
-from ollamamax.dispatch.fastpath import start_server
+from ollamamax.frontends import fastpath
+from ollamamax.wire.response import DispatchResponse
+from ollamamax import create_app
+from ollamamax.frontends.fastpath import start_server
 
 pytestmark = pytest.mark.timeout(60)
 

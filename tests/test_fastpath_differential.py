@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ollamamax.dispatch._types import DispatchResponse
-from ollamamax.dispatch.app import create_app
+from ollamamax.wire.response import DispatchResponse
+from ollamamax import create_app
 from test_gateway_common import serve_app
 
 pytestmark = pytest.mark.timeout(300)

@@ -18,8 +18,12 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from ollamamax.dispatch._types import DispatchResponse
-from ollamamax.dispatch.app import ADMIN_PATHS, GATEWAY_KEY, create_app
+from ollamamax.wire.response import DispatchResponse
+from ollamamax import create_app
+from ollamamax.frontends.aiohttp_app import GATEWAY_KEY
+from ollamamax.wire.routes import ROUTES
+
+ADMIN_PATHS = frozenset(r.path for r in ROUTES.values() if r.admin_methods)
 from test_gateway_common import serve_app
 
 pytestmark = pytest.mark.timeout(60)

@@ -22,9 +22,9 @@ from typing import Any
 from aiohttp import web
 
 from ollamamax.dispatch import Dispatcher
-from ollamamax.dispatch._types import DispatcherConfig
-from ollamamax.dispatch.app import create_app
-from ollamamax.dispatch.fastpath import start_server
+from ollamamax.dispatch import DispatcherConfig
+from ollamamax import create_app
+from ollamamax.frontends.fastpath import start_server
 from ollamamax.testing import FakeOllama
 
 MODELS = ("llama3.2", "qwen3:8b", "nomic-embed-text")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 SCRIPT = textwrap.dedent(
     """
     import gc, json, os, sys, weakref
-    from ollamamax import _lfu
+    from ollamamax.structures import lfu as _lfu
 
     ns = _lfu.IMPLEMENTATIONS[sys.argv[1]]
     ttl = None if sys.argv[2] == "none" else float(sys.argv[2])

@@ -19,7 +19,7 @@ SRC = str(Path(ollamamax.__file__).resolve().parents[1])
 SCRIPT = textwrap.dedent(
     """
     import gc, os, sys, weakref
-    from ollamamax import _ring
+    from ollamamax.structures import ring as _ring
 
     ns = _ring.IMPLEMENTATIONS[sys.argv[1]]
     if ns is None:

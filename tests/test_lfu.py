@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from ollamamax import _lfu, _lfu_py
+from ollamamax.structures import _lfu_py, lfu as _lfu
 
 HAVE_NATIVE = _lfu.IMPLEMENTATIONS["c"] is not None
 

@@ -23,10 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from ollamamax.dispatch import Dispatcher
-from ollamamax.dispatch import gcstats, metrics
-from ollamamax.dispatch.app import create_app
-from ollamamax.dispatch.gcstats import GcPauseRecorder, parse_gc_threshold, tune_gc, untune_gc
-from ollamamax.dispatch.metrics import (
+from ollamamax.ops import gcstats, metrics
+from ollamamax import create_app
+from ollamamax.ops.gcstats import GcPauseRecorder, parse_gc_threshold, tune_gc, untune_gc
+from ollamamax.ops.metrics import (
     OBSERVABILITY_KEY,
     TIME_BOUNDS,
     Observability,
@@ -540,7 +540,7 @@ def test_registry_cache_does_not_keep_a_dispatcher_alive():
 
 async def test_auth_applies_when_installed_before_the_gateway_catch_all():
     """The order the lead may use in create_app: observability routes first."""
-    from ollamamax.dispatch.app import GATEWAY_KEY, Gateway
+    from ollamamax.frontends.aiohttp_app import GATEWAY_KEY, Gateway
 
     async with FakeOllama(["llama3.2"], **HOST_KW) as h, Dispatcher([h.url]) as d:
         app = web.Application()

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 import ollamamax
-from ollamamax._ext import NO_EXTENSIONS
+from ollamamax._compat import NO_EXTENSIONS
 
 SELECTORS = {
-    "_ring": ("RingQueue", "AsyncRingQueue"),
-    "_pool": ("ObjectPool",),
-    "_lfu": ("LFUCache",),
-    "_hist": ("LatencyHistogram",),
+    "ring": ("RingQueue", "AsyncRingQueue"),
+    "pool": ("ObjectPool",),
+    "lfu": ("LFUCache",),
+    "hist": ("LatencyHistogram",),
 }
 NATIVE_CLASSES = ("RingQueue", "ObjectPool", "LFUCache", "LatencyHistogram")
 
@@ -55,7 +55,7 @@ def test_typing_markers_shipped() -> None:
     assert (pkg / "py.typed").exists()
     if not NO_EXTENSIONS:
         for sel in SELECTORS:
-            assert (pkg / f"{sel}_c.pyi").exists(), f"missing stub {sel}_c.pyi"
+            assert (pkg / "structures" / f"_{sel}_c.pyi").exists(), f"missing stub _{sel}_c.pyi"
 
 
 @pytest.mark.skipif(NO_EXTENSIONS, reason="pure-Python run selected by OLLAMAMAX_NO_EXTENSIONS")
@@ -63,7 +63,7 @@ def test_native_modules_loaded_in_normal_install() -> None:
     import importlib
 
     for sel_name, names in SELECTORS.items():
-        sel = importlib.import_module(f"ollamamax.{sel_name}")
+        sel = importlib.import_module(f"ollamamax.structures.{sel_name}")
         native = sel.IMPLEMENTATIONS["c"]
         assert native is not None, f"native {sel_name} missing from a normal install"
         for name in names:
@@ -88,12 +88,12 @@ def test_no_extensions_switch_selects_pure() -> None:
 
 
 def test_missing_extension_warns_once_and_falls_back() -> None:
-    # Block every ollamamax._*_c import, as if the wheel had no compiled modules.
+    # Block every ollamamax.structures._*_c import, as if the wheel had no compiled modules.
     code = (
         "import sys, warnings\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.startswith('ollamamax._') and name.endswith('_c'):\n"
+        "        if name.startswith('ollamamax.structures._') and name.endswith('_c'):\n"
         "            raise ImportError('blocked for test: ' + name)\n"
         "        return None\n"
         "sys.meta_path.insert(0, Block())\n"

@@ -13,8 +13,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from ollamamax import _ring
-from ollamamax._errors import QueueEmpty, QueueFull
+from ollamamax.structures import ring as _ring
+from ollamamax.structures.exceptions import QueueEmpty, QueueFull
 
 
 class Obj:
@@ -37,7 +37,7 @@ def test_selector_public_names() -> None:
 
 
 def test_native_loaded_in_normal_build() -> None:
-    from ollamamax._ext import NO_EXTENSIONS
+    from ollamamax._compat import NO_EXTENSIONS
 
     if NO_EXTENSIONS:
         pytest.skip("pure-Python run requested")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ollamamax._errors import QueueEmpty, QueueFull
+from ollamamax.structures.exceptions import QueueEmpty, QueueFull
 
 JOIN = 30.0  # seconds: fail instead of hanging
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ollamamax.dispatch._types import DispatcherConfig, HostConfig
-from ollamamax.dispatch.config import (
+from ollamamax.dispatch import DispatcherConfig, HostConfig
+from ollamamax.ops.config import (
     ConfigError,
     GatewayConfig,
     load_config,
@@ -20,7 +20,7 @@ from ollamamax.dispatch.config import (
     parse_listen,
     parse_size,
 )
-from ollamamax.dispatch.serve import add_arguments
+from ollamamax.ops.serve import add_arguments
 import ollamamax
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,7 +301,7 @@ def test_cache_ttl_none_and_cache_off(tmp_path):
 
 
 def test_gc_tuning_keys_from_cli_env_and_errors() -> None:
-    from ollamamax.dispatch.config import ConfigError, load_config
+    from ollamamax.ops.config import ConfigError, load_config
 
     cfg = load_config({"backend": ["http://127.0.0.1:1"], "gc_freeze": True,
                        "gc_threshold": "50000,20,20"}, {})

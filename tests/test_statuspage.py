@@ -22,7 +22,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from ollamamax.dispatch.statuspage import PAGE_HEADERS, render_status_page
+from ollamamax.ops.statuspage import PAGE_HEADERS, render_status_page
 
 from test_metrics import obs_stack
 

@@ -11,8 +11,8 @@ import openai
 import pytest
 
 from ollamamax.dispatch import Dispatcher
-from ollamamax.dispatch._types import DispatcherConfig, DispatchResponse
-from ollamamax.dispatch.transport import DispatcherTransport
+from ollamamax.dispatch import DispatcherConfig, DispatchResponse
+from ollamamax.frontends.transport import DispatcherTransport
 from test_gateway_common import (
     DISPATCH_KW,
     new_host,

@@ -26,6 +26,6 @@ python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q "${whl}[test]"
 mkdir "$work/run" && cp -r tests tools examples pyproject.toml "$work/run/"  # no src/: the wheel is what runs
 cd "$work/run"
-"$work/venv/bin/python" -c "import ollamamax, ollamamax._ring as r; assert r.IMPLEMENTATIONS['c'] is not None; print('native core loaded from', ollamamax.__file__)"
+"$work/venv/bin/python" -c "import ollamamax, ollamamax.structures.ring as r; assert r.IMPLEMENTATIONS['c'] is not None; print('native core loaded from', ollamamax.__file__)"
 "$work/venv/bin/python" -m pytest -q -p no:cacheprovider
 echo "== OK: $whl"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Developer build: compile one or more native modules in place (into src/ollamamax/)
+# Developer build: compile one or more native modules in place (into src/ollamamax/structures/)
 # so that `PYTHONPATH=src python -m pytest` exercises them without an install.
 #   tools/dev_build.sh ring            # builds _ring_c
 #   tools/dev_build.sh ring lfu hist   # several
@@ -17,7 +17,7 @@ for m in "${mods[@]}"; do
   cmake --build "$bdir" --target "_${m}_c"
   # copy then rename: a process that has the old module mapped keeps a valid file
   for so in "$bdir"/_"${m}"_c*.so; do
-    cp -f "$so" "$root/src/ollamamax/.$(basename "$so").tmp"
-    mv -f "$root/src/ollamamax/.$(basename "$so").tmp" "$root/src/ollamamax/$(basename "$so")"
+    cp -f "$so" "$root/src/ollamamax/structures/.$(basename "$so").tmp"
+    mv -f "$root/src/ollamamax/structures/.$(basename "$so").tmp" "$root/src/ollamamax/structures/$(basename "$so")"
   done
 done

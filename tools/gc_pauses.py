@@ -76,9 +76,9 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
     from aiohttp import web
 
     from ollamamax.dispatch import Dispatcher
-    from ollamamax.dispatch.app import create_app
-    from ollamamax.dispatch.gcstats import GcPauseRecorder, parse_gc_threshold, tune_gc
-    from ollamamax.dispatch.metrics import install_observability
+    from ollamamax import create_app
+    from ollamamax.ops.gcstats import GcPauseRecorder, parse_gc_threshold, tune_gc
+    from ollamamax.ops.metrics import install_observability
     from ollamamax.testing import FakeOllama
 
     host_kw = dict(load_delay=0, tokens_per_sec=0, num_parallel=32, preload=[MODEL], seed=1)

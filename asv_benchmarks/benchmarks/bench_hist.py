@@ -3,7 +3,7 @@
 Conventions follow numpy's asv suite: ``params``/``param_names``, ``setup`` builds the
 fixture, ``time_*`` times one unit of work, ``peakmem_*`` the peak memory and
 ``track_*`` a non-time figure.  The implementation is chosen through
-``ollamamax._hist.IMPLEMENTATIONS`` so both are measured in the same run.
+``ollamamax.structures.hist.IMPLEMENTATIONS`` so both are measured in the same run.
 """
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from ollamamax import _hist
-except ImportError:  # a commit from before this structure: asv shows n/a, not failed
-    _hist = None  # type: ignore[assignment]
+    from ollamamax.structures import hist as _hist
+except ImportError:
+    try:  # commits before the structures/ package
+        from ollamamax import _hist  # type: ignore[no-redef]
+    except ImportError:  # a commit from before this structure: asv shows n/a, not failed
+        _hist = None  # type: ignore[assignment]
 
 # Fixed, not filtered by what is built: asv discovers the parameters once and indexes
 # into them on every commit, so the list must not change with the commit or the build.
@@ -23,7 +26,7 @@ IMPLS = ["c", "py"]
 
 def _ns(impl: str):
     if _hist is None:
-        raise NotImplementedError("ollamamax._hist is not in this commit")  # asv skips
+        raise NotImplementedError("ollamamax.structures.hist is not in this commit")  # asv skips
     ns = getattr(_hist, "IMPLEMENTATIONS", {}).get(impl)
     if ns is None:
         raise NotImplementedError(f"implementation {impl!r} not available")  # asv skips

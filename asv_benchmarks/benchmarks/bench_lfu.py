@@ -11,9 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from ollamamax import _lfu
-except ImportError:  # a commit from before this structure: asv shows n/a, not failed
-    _lfu = None  # type: ignore[assignment]
+    from ollamamax.structures import lfu as _lfu
+except ImportError:
+    try:  # commits before the structures/ package
+        from ollamamax import _lfu  # type: ignore[no-redef]
+    except ImportError:  # a commit from before this structure: asv shows n/a, not failed
+        _lfu = None  # type: ignore[assignment]
 
 # Fixed, not filtered by what is built: asv discovers the parameters once and indexes
 # into them on every commit, so the list must not change with the commit or the build.
@@ -25,7 +28,7 @@ N_KEYS = 100_000
 
 def _ns(impl: str):
     if _lfu is None:
-        raise NotImplementedError("ollamamax._lfu is not in this commit")  # asv skips
+        raise NotImplementedError("ollamamax.structures.lfu is not in this commit")  # asv skips
     ns = getattr(_lfu, "IMPLEMENTATIONS", {}).get(impl)
     if ns is None:
         raise NotImplementedError(f"implementation {impl!r} not available")  # asv skips

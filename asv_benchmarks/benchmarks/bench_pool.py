@@ -2,16 +2,19 @@
 
 Conventions follow numpy's asv suite: ``params``/``param_names``, ``setup`` builds the
 fixture, ``time_*`` times one unit of work, ``track_*`` a non-time figure.  The
-implementation is chosen through ``ollamamax._pool.IMPLEMENTATIONS`` so both are
+implementation is chosen through ``ollamamax.structures.pool.IMPLEMENTATIONS`` so both are
 measured in the same run.
 """
 
 from __future__ import annotations
 
 try:
-    from ollamamax import _pool
-except ImportError:  # a commit from before this structure: asv shows n/a, not failed
-    _pool = None  # type: ignore[assignment]
+    from ollamamax.structures import pool as _pool
+except ImportError:
+    try:  # commits before the structures/ package
+        from ollamamax import _pool  # type: ignore[no-redef]
+    except ImportError:  # a commit from before this structure: asv shows n/a, not failed
+        _pool = None  # type: ignore[assignment]
 
 # Fixed, not filtered by what is built: asv discovers the parameters once and indexes
 # into them on every commit, so the list must not change with the commit or the build.
@@ -22,7 +25,7 @@ N = 1000
 
 def _ns(impl: str):
     if _pool is None:
-        raise NotImplementedError("ollamamax._pool is not in this commit")  # asv skips
+        raise NotImplementedError("ollamamax.structures.pool is not in this commit")  # asv skips
     ns = getattr(_pool, "IMPLEMENTATIONS", {}).get(impl)
     if ns is None:
         raise NotImplementedError(f"implementation {impl!r} not available")  # asv skips

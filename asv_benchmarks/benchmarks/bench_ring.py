@@ -2,7 +2,7 @@
 
 Conventions follow numpy's asv suite: ``params``/``param_names``, ``setup`` builds the
 fixture, ``time_*`` methods time one unit of work.  The implementation is chosen
-through ``ollamamax._ring.IMPLEMENTATIONS`` so both are measured in the same run.
+through ``ollamamax.structures.ring.IMPLEMENTATIONS`` so both are measured in the same run.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import queue
 import threading
 
 try:
-    from ollamamax import _ring
-except ImportError:  # a commit from before this structure: asv shows n/a, not failed
-    _ring = None  # type: ignore[assignment]
+    from ollamamax.structures import ring as _ring
+except ImportError:
+    try:  # commits before the structures/ package
+        from ollamamax import _ring  # type: ignore[no-redef]
+    except ImportError:  # a commit from before this structure: asv shows n/a, not failed
+        _ring = None  # type: ignore[assignment]
 
 # Fixed, not filtered by what is built: asv discovers the parameters once and indexes
 # into them on every commit, so the list must not change with the commit or the build.
@@ -26,7 +29,7 @@ ITEM = object()
 
 def _ns(impl: str):
     if _ring is None:
-        raise NotImplementedError("ollamamax._ring is not in this commit")  # asv skips
+        raise NotImplementedError("ollamamax.structures.ring is not in this commit")  # asv skips
     ns = getattr(_ring, "IMPLEMENTATIONS", {}).get(impl)
     if ns is None:
         raise NotImplementedError(f"implementation {impl!r} not available")  # asv skips

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "AsyncRingQueue",
     "Dispatcher",
+    "DispatcherTransport",
     "LFUCache",
     "LatencyHistogram",
     "ObjectPool",
@@ -26,25 +27,31 @@ __all__ = [
 
 # name -> module that defines it (relative to this package)
 _LAZY = {
-    "RingQueue": "._ring",
-    "AsyncRingQueue": "._ring",
-    "QueueEmpty": "._errors",
-    "QueueFull": "._errors",
-    "ObjectPool": "._pool",
-    "LFUCache": "._lfu",
-    "LatencyHistogram": "._hist",
-    "Dispatcher": ".dispatch",
-    "create_app": ".dispatch.app",
+    "RingQueue": ".structures.ring",
+    "AsyncRingQueue": ".structures.ring",
+    "QueueEmpty": ".structures.exceptions",
+    "QueueFull": ".structures.exceptions",
+    "ObjectPool": ".structures.pool",
+    "LFUCache": ".structures.lfu",
+    "LatencyHistogram": ".structures.hist",
+    "Dispatcher": ".dispatch.dispatcher",
+    "DispatcherTransport": ".frontends.transport",
+    "create_app": ".ops.app",
 }
 
 if TYPE_CHECKING:  # type checkers see the pure-Python specification
-    from ._errors import QueueEmpty, QueueFull
-    from ._hist_py import LatencyHistogram
-    from ._lfu_py import LFUCache
-    from ._pool_py import ObjectPool
-    from ._ring_py import AsyncRingQueue, RingQueue
-    from .dispatch import Dispatcher
-    from .dispatch.app import create_app
+    from .structures import (
+        AsyncRingQueue,
+        LatencyHistogram,
+        LFUCache,
+        ObjectPool,
+        QueueEmpty,
+        QueueFull,
+        RingQueue,
+    )
+    from .dispatch.dispatcher import Dispatcher
+    from .frontends.transport import DispatcherTransport
+    from .ops.app import create_app
 
 
 def __getattr__(name: str) -> Any:

@@ -1,3 +1,5 @@
+"""``python -m ollamamax``: the same command as ``ollamamax`` (see ``cli.py``); nothing else."""
+
 import sys
 
 from .cli import main

@@ -10,12 +10,12 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from ._version import __version__
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ollamamax.demo", "start 3 emulated hosts and a gateway, drive a workload, print tables"),
-    "serve": ("ollamamax.dispatch.serve", "run the gateway in front of Ollama hosts"),
+    "serve": ("ollamamax.ops.serve", "run the gateway in front of Ollama hosts"),
     "mock": ("ollamamax.testing.cli", "run an emulated Ollama host (for tests, demos, benchmarks)"),
     "bench": ("ollamamax.bench", "load-test any Ollama API endpoint at several concurrency levels"),
 }

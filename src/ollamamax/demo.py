@@ -138,7 +138,7 @@ async def _send(session, url: str, path: str, body: dict, res: _Result,  # type:
 
     import aiohttp
 
-    from .dispatch._types import HEADER_ATTEMPTS, HEADER_COLD, HEADER_HOST
+    from .wire.response import HEADER_ATTEMPTS, HEADER_COLD, HEADER_HOST
 
     t0 = time.perf_counter()
     res.started = t0
@@ -256,9 +256,8 @@ async def run_demo(*, duration: float = 15.0, requests: int = 150, seed: int = 0
     import aiohttp
     from aiohttp import web
 
-    from .dispatch import Dispatcher
-    from .dispatch._types import DispatcherConfig, HostConfig
-    from .dispatch.app import create_app
+    from .dispatch import Dispatcher, DispatcherConfig, HostConfig
+    from .ops.app import create_app
     from .testing import FakeOllama
 
     rng = random.Random(seed)

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from ollamamax import _hist  # noqa: E402
+from ollamamax.structures import hist as _hist  # noqa: E402
 
 N_VALS = 4096
 

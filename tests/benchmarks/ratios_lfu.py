@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 
 from traces import scan_zipf_trace, shifted_zipf_trace, zipf_trace  # noqa: E402
 
-from ollamamax import _lfu  # noqa: E402
+from ollamamax.structures import lfu as _lfu  # noqa: E402
 
 CAPACITY = 10_000
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from ollamamax import _pool  # noqa: E402
+from ollamamax.structures import pool as _pool  # noqa: E402
 
 SIZE = 4096
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from ollamamax import _ring  # noqa: E402
-from ollamamax._errors import QueueFull  # noqa: E402
+from ollamamax.structures import ring as _ring  # noqa: E402
+from ollamamax.structures.exceptions import QueueFull  # noqa: E402
 
 ITEM = object()
 

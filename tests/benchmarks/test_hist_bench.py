@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ollamamax import _hist
+from ollamamax.structures import hist as _hist
 
 pytestmark = pytest.mark.bench
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ollamamax import _lfu
+from ollamamax.structures import lfu as _lfu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from traces import zipf_trace  # noqa: E402

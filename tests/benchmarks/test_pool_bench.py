@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from ollamamax import _pool
+from ollamamax.structures import pool as _pool
 
 pytestmark = pytest.mark.bench
 

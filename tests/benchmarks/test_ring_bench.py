@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ollamamax import _ring
+from ollamamax.structures import ring as _ring
 
 pytestmark = pytest.mark.bench
 

@@ -1,9 +1,9 @@
-"""The dispatcher: run many Ollama hosts as one.
+"""The dispatcher: the engine that runs many Ollama hosts as one.
 
-``Dispatcher`` answers every Ollama and OpenAI-compatible route over a set of hosts
-(see ``core.py`` for the request path, ``routes.py`` for the route table);
-``DispatcherConfig`` / ``HostConfig`` hold its knobs (``_types.py``) and
-``DispatchResponse`` is what ``Dispatcher.handle()`` returns to a front end.
+``Dispatcher`` answers every Ollama and OpenAI-compatible route over a set of hosts (see
+``dispatcher.py`` for the request path and the parts it composes); ``DispatcherConfig``
+and ``HostConfig`` hold its knobs; ``DispatchResponse`` is what ``Dispatcher.handle()``
+returns to a front end; ``ResponseError`` is what the embedded API raises.
 
 Embedded use, no gateway hop (names and return shapes follow ``ollama.AsyncClient``)::
 
@@ -19,31 +19,35 @@ Embedded use, no gateway hop (names and return shapes follow ``ollama.AsyncClien
 Errors raise :class:`ResponseError` (same ``error`` / ``status_code`` / ``str()`` as
 ``ollama.ResponseError``).  Per-host in-flight limit: ``HostConfig.max_concurrency``, else
 ``DispatcherConfig.max_in_flight_per_host`` (default 8).
+
+This layer acts (it talks to hosts and keeps requests moving); decisions about where a
+request goes are ``placement``'s; it never imports a front end.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._types import DispatcherConfig, DispatchResponse, HostConfig
+from ..fleet.config import HostConfig
+from ..wire.response import DispatchResponse
+from .config import DispatcherConfig
 
 __all__ = ["DispatchResponse", "Dispatcher", "DispatcherConfig", "HostConfig", "ResponseError"]
 
 if TYPE_CHECKING:
-    from .core import Dispatcher
-    from .errors import ResponseError
+    from ..wire.errors import ResponseError
+    from .dispatcher import Dispatcher
 
-# The core (and aiohttp) load on first use, so that `ollamamax serve --help` and the other
-# subcommands, which import ollamamax.dispatch.serve to build their parsers, start fast.
-_LAZY = {"Dispatcher": ".core", "ResponseError": ".errors"}
+# The engine (and the native core) load on first use, so that `ollamamax serve --help` and
+# the other subcommands, which import ollamamax.ops.serve to build their parsers, start fast.
+_LAZY = {"Dispatcher": ".dispatcher", "ResponseError": "..wire.errors"}
 
 
 def __getattr__(name: str) -> Any:
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'ollamamax.dispatch' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(mod, __name__), name)
     globals()[name] = value
     return value

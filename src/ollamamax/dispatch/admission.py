@@ -2,9 +2,9 @@
 
 Layout
     Each host has ``in_flight`` / ``capacity`` (``HostConfig.max_concurrency`` or
-    ``DispatcherConfig.max_in_flight_per_host``, default 8) and a ring of waiters
-    (``AsyncRingQueue``, used only through its non-blocking ``put_nowait`` /
-    ``get_nowait``).  A request that finds every acceptable host full creates one
+    ``DispatcherConfig.max_in_flight_per_host``, default 8) on its ``HostState``, and here
+    a ring of waiters (``AsyncRingQueue``, used only through its non-blocking
+    ``put_nowait`` / ``get_nowait``).  A request that finds every acceptable host full creates one
     :class:`Waiter` (a future plus nothing else) and pushes it into the ring of every
     host it would accept.  ``waiting`` counts live waiters across the dispatcher and
     ``HostState.queued`` the live waiters that would accept that host (it feeds the
@@ -31,6 +31,9 @@ Cost
 Cancellation
     A waiter that times out or is cancelled after it was granted a slot gives the slot
     back (``release``), so a slot is never lost.
+
+Admission takes and hands over slots; which host a request should get is placement's
+decision (``placement.router``), made before admission is asked.
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from .._errors import QueueEmpty, QueueFull
-from .hosts import HostState
-from .upstream import timeout as _timeout
+from ..fleet.hosts import HostState
+from ..structures.exceptions import QueueEmpty, QueueFull
+from ..structures.ring import AsyncRingQueue
+from ..upstream.client import timeout as _timeout
 
 __all__ = ["Admission", "QueueFull"]
 
@@ -54,19 +58,18 @@ class Waiter:
 
 class Admission:
     def __init__(self, hosts: Sequence[HostState], queue_size: int) -> None:
-        from .. import AsyncRingQueue
-
         self.queue_size = max(int(queue_size), 0)
         self.waiting = 0
         self.closed = False
         self.hosts = list(hosts)
         ring_size = max(self.queue_size, 1)
-        for h in self.hosts:
-            h.waiters = AsyncRingQueue(ring_size)
+        # host index -> its ring of waiters
+        self._rings: list[AsyncRingQueue[Waiter]] = [AsyncRingQueue(ring_size) for _ in self.hosts]
 
     # -- slots -------------------------------------------------------------------------
     @staticmethod
     def try_acquire(h: HostState) -> bool:
+        """Take a free slot on ``h`` (False when it has none or is down)."""
         if h.in_flight < h.capacity and not h.down:
             h.in_flight += 1
             return True
@@ -75,14 +78,14 @@ class Admission:
     def release(self, h: HostState) -> None:
         """Free one slot on ``h``; hand it to the oldest live waiter that accepts ``h``."""
         h.in_flight -= 1
-        if h.queued:  # else no live waiter accepts h (stale entries wait for a later kick)
-            self.kick(h)
+        if h.queued:  # else no live waiter accepts h (stale entries wait for a later call)
+            self.grant_free_slots(h)
 
-    def kick(self, h: HostState) -> None:
+    def grant_free_slots(self, h: HostState) -> None:
         """Hand free slots of ``h`` to waiters (also called when a host comes back)."""
         if h.down:
             return
-        q = h.waiters
+        q = self._rings[h.index]
         while h.in_flight < h.capacity and q.qsize():
             try:
                 w = q.get_nowait()
@@ -93,6 +96,10 @@ class Admission:
             h.in_flight += 1
             w.fut.set_result(h)
 
+    def ring_length(self, h: HostState) -> int:
+        """Entries in ``h``'s ring, live and stale (compaction keeps it <= ``queue_size``)."""
+        return self._rings[h.index].qsize()
+
     # -- waiting -----------------------------------------------------------------------
     def full(self) -> bool:
         return self.closed or self.waiting >= self.queue_size
@@ -101,8 +108,7 @@ class Admission:
         """Refuse new waits and end every current one with ``QueueFull`` (the caller answers
         busy at once instead of waiting out its deadline while the dispatcher shuts down)."""
         self.closed = True
-        for h in self.hosts:
-            q = h.waiters
+        for q in self._rings:
             while q.qsize():
                 try:
                     w = q.get_nowait()
@@ -146,7 +152,7 @@ class Admission:
                 h.queued -= 1
 
     def _push(self, h: HostState, w: Waiter) -> None:
-        q = h.waiters
+        q = self._rings[h.index]
         try:
             q.put_nowait(w)
             return

@@ -1,18 +1,20 @@
 """Response cache for deterministic requests (an ``LFUCache`` with TTL).
 
-What is cached
-    * always (unless ``cache_size == 0``): ``/api/embed``, ``/api/embeddings``,
-      ``/v1/embeddings`` — embeddings are a pure function of model and input;
-    * with ``cache_generate=True``: ``/api/generate``, ``/api/chat``, ``/v1/completions``,
-      ``/v1/chat/completions`` when the sampling is deterministic, i.e.
-      ``options.temperature == 0`` and ``options.seed`` set (native) or
-      ``temperature == 0`` and ``seed`` set (``/v1``).  A streamed answer is cached as
+What is cached (the route table's ``cache`` column says which routes can be)
+    * always (unless ``cache_size == 0``): ``cache="embed"`` routes (``/api/embed``,
+      ``/api/embeddings``, ``/v1/embeddings``) — embeddings are a pure function of model
+      and input;
+    * with ``cache_generate=True``: ``cache="gen"`` routes (``/api/generate``,
+      ``/api/chat``, ``/v1/completions``, ``/v1/chat/completions``) when the sampling is
+      deterministic, i.e. ``options.temperature == 0`` and ``options.seed`` set (native)
+      or ``temperature == 0`` and ``seed`` set (``/v1``).  A streamed answer is cached as
       its full byte stream and replayed chunk by chunk.
 
 Only complete 200 answers are stored.  The key is ``(path, normalised model,
 blake2b(canonical body))`` where the canonical body is the parsed request re-encoded
 with sorted keys, minus ``keep_alive`` (which changes residency, not the answer).  The
 model string as sent stays in the canonical body, because the answer echoes it.
+This module decides keys and keeps entries; it never talks to a host.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ import hashlib
 import json
 from typing import Any
 
-__all__ = ["CachedResponse", "ResponseCache"]
+from ..structures.lfu import LFUCache
+from ..wire.routes import Route
+
+__all__ = ["MAX_CACHED_BYTES", "CachedResponse", "ResponseCache"]
 
 MAX_CACHED_BYTES = 4 * 1024 * 1024  # larger answers are not cached
 
-EMBED_PATHS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
-GEN_PATHS = frozenset({"/api/generate", "/api/chat", "/v1/completions", "/v1/chat/completions"})
-
 
 class CachedResponse:
+    """A complete answer kept by the cache: a body, or a stream's chunks."""
+
     __slots__ = ("status", "headers", "body", "chunks")
 
     def __init__(
@@ -41,8 +45,8 @@ class CachedResponse:
         self.chunks = chunks
 
 
-def _deterministic(path: str, obj: dict[str, Any]) -> bool:
-    if path.startswith("/v1/"):
+def _deterministic(openai: bool, obj: dict[str, Any]) -> bool:
+    if openai:
         temp, seed = obj.get("temperature"), obj.get("seed")
     else:
         opts = obj.get("options")
@@ -64,22 +68,19 @@ class ResponseCache:
         self.cache_generate = cache_generate
         self.hits = 0
         self.misses = 0
-        self._lfu: Any = None
-        if self.enabled:
-            from .. import LFUCache
+        self._lfu: Any = LFUCache(size, ttl=ttl) if self.enabled else None
 
-            self._lfu = LFUCache(size, ttl=ttl)
-
-    def cacheable_route(self, path: str) -> bool:
+    def cacheable_route(self, route: Route) -> bool:
         """Routes that carry the X-Ollamamax-Cache header (whether or not cached)."""
-        return self.enabled and (path in EMBED_PATHS or (self.cache_generate and path in GEN_PATHS))
+        c = route.cache
+        return self.enabled and (c == "embed" or (c == "gen" and self.cache_generate))
 
-    def key_for(self, path: str, model: str, obj: dict[str, Any]) -> tuple[str, str, bytes] | None:
+    def key_for(self, route: Route, model: str, obj: dict[str, Any]) -> tuple[str, str, bytes] | None:
         """Cache key, or None when this request must not be cached."""
         if not self.enabled:
             return None
-        if path not in EMBED_PATHS:
-            if not (self.cache_generate and path in GEN_PATHS and _deterministic(path, obj)):
+        if route.cache != "embed":
+            if not (route.cache == "gen" and self.cache_generate and _deterministic(route.openai, obj)):
                 return None
         if "keep_alive" in obj:
             obj = {k: v for k, v in obj.items() if k != "keep_alive"}
@@ -87,7 +88,7 @@ class ResponseCache:
             canon = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
         except (TypeError, ValueError):  # pragma: no cover - came from json.loads
             return None
-        return (path, model, hashlib.blake2b(canon, digest_size=16).digest())
+        return (route.path, model, hashlib.blake2b(canon, digest_size=16).digest())
 
     def get(self, key: tuple[str, str, bytes]) -> CachedResponse | None:
         hit: CachedResponse | None = self._lfu.get(key)

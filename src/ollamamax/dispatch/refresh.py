@@ -1,12 +1,14 @@
 """Background refresh of what each host has, doubling as the active health probe.
 
-One task per host.  A healthy host is refreshed every ``refresh_interval`` seconds, and
-at once when poked (``HostState.wake``: after a cold load, a pull, a delete...).  A
-down host (ejected, or unreachable at its last refresh) is probed when its cooldown
-ends.  A refresh is ``GET /api/tags`` and ``GET /api/ps`` (plus ``/api/version`` while
-the version is unknown), each bounded by ``probe_timeout``.  Success builds a new
-:class:`HostView` and swaps in a new snapshot (the request path never locks);
-failure marks the host down with a doubling cooldown (see health.py).
+One task per host.  A healthy host is refreshed every ``interval`` seconds, and at once
+when asked (:meth:`Refresher.refresh_soon`: after a cold load, a pull, a delete...).  A
+down host (ejected, or unreachable at its last refresh) is probed when its cooldown ends.
+A refresh is ``GET /api/tags`` and ``GET /api/ps`` (plus ``/api/version`` while the version
+is unknown), each bounded by ``probe_timeout``.  Success publishes a new
+:class:`~ollamamax.fleet.snapshot.HostView` to the snapshot store (the request path never
+locks) and reinstates the host; failure marks it down with a doubling cooldown (see
+``fleet.health``).  The refresher writes only to the store and to health; ``on_up(host)``
+tells the owner a host came back (admission hands it waiting requests).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from .hosts import HostState, HostView, normalize_model
-from .upstream import UPSTREAM_ERRORS, timeout
-
-if TYPE_CHECKING:
-    from .core import Dispatcher
+from ..fleet.health import Health
+from ..fleet.hosts import HostState
+from ..fleet.snapshot import HostView, SnapshotStore
+from ..upstream.client import UPSTREAM_ERRORS, Upstream, timeout
+from ..wire.names import normalize_model
 
 __all__ = ["Refresher"]
 
@@ -39,18 +42,31 @@ def _names(entries: Any) -> tuple[tuple[dict[str, Any], ...], frozenset[str]]:
 
 
 class Refresher:
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.d = dispatcher
+    def __init__(
+        self,
+        hosts: Sequence[HostState],
+        upstreams: Sequence[Upstream],
+        store: SnapshotStore,
+        health: Health,
+        *,
+        probe_timeout: float,
+        interval: float,
+        on_up: Callable[[HostState], None],
+    ) -> None:
+        self.hosts = list(hosts)
+        self.upstreams = upstreams
+        self.store = store
+        self.health = health
+        self.probe_timeout = max(float(probe_timeout), 0.2)
+        self.interval = max(float(interval), 0.05)
+        self.on_up = on_up
+        self._wake: list[asyncio.Event] = []
         self._tasks: list[asyncio.Task[None]] = []
-        c = dispatcher.config
-        self.probe_timeout = max(float(c.connect_timeout), 0.2)
 
     async def refresh_host(self, h: HostState) -> bool:
         """Refresh one host now; returns True on success."""
-        d = self.d
-        up = h.upstream
-        assert up is not None
-        old = d._snapshot.hosts[h.index]
+        up = self.upstreams[h.index]
+        old = self.store.current.hosts[h.index]
         started = time.monotonic()
         try:
             want_version = old.version is None
@@ -64,7 +80,7 @@ class Refresher:
             if want_version and isinstance(results[2], dict):
                 version = str(results[2].get("version") or "") or None
         except (*UPSTREAM_ERRORS, ValueError) as exc:  # type: ignore[misc]
-            d._set_view(
+            self.store.publish(
                 HostView(
                     h.index,
                     h.name,
@@ -79,9 +95,9 @@ class Refresher:
                     error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                 )
             )
-            d.health.probe_failed(h)
+            self.health.probe_failed(h)
             return False
-        d._set_view(
+        self.store.publish(
             HostView(
                 h.index,
                 h.name,
@@ -95,26 +111,27 @@ class Refresher:
                 refreshed_at=started,
             )
         )
-        # forget "warm" hints that this refresh supersedes
-        if h.warm:
-            for m in [m for m, t in h.warm.items() if t < started]:
-                del h.warm[m]
-        if d.health.reinstate(h):
-            d.admission.kick(h)
+        # forget what this refresh supersedes: it saw what the host has now
+        sent = h.sent_models
+        if sent:
+            for m in [m for m, t in sent.items() if t < started]:
+                del sent[m]
+        if self.health.reinstate(h):
+            self.on_up(h)
         return True
 
-    async def _host_loop(self, h: HostState) -> None:
-        interval = max(float(self.d.config.refresh_interval), 0.05)
+    async def _host_loop(self, h: HostState, wake: asyncio.Event) -> None:
+        interval = self.interval
         next_at = time.monotonic() + interval
         while True:
             now = time.monotonic()
             due = max(h.ejected_until, now) if h.down else next_at
-            if not h.wake.is_set() and due > now:
+            if not wake.is_set() and due > now:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
                 with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                     async with timeout(due - now):
-                        await h.wake.wait()
-            h.wake.clear()
+                        await wake.wait()
+            wake.clear()
             if h.down and time.monotonic() < h.ejected_until:
                 continue  # woken early (ejection changed the schedule): recompute
             await self.refresh_host(h)
@@ -122,14 +139,19 @@ class Refresher:
 
     async def start(self) -> None:
         """Initial refresh of every host (bounded by the probe timeout), then the loops."""
-        hosts = self.d.hosts
-        await asyncio.gather(*(self.refresh_host(h) for h in hosts))
-        for h in hosts:
-            h.wake.clear()
-            self._tasks.append(asyncio.create_task(self._host_loop(h), name=f"ollamamax-refresh-{h.name}"))
+        self._wake = [asyncio.Event() for _ in self.hosts]
+        await asyncio.gather(*(self.refresh_host(h) for h in self.hosts))
+        for h, wake in zip(self.hosts, self._wake):
+            wake.clear()
+            self._tasks.append(asyncio.create_task(self._host_loop(h, wake), name=f"ollamamax-refresh-{h.name}"))
 
-    def poke(self, h: HostState) -> None:
-        h.wake.set()
+    def refresh_soon(self, h: HostState) -> None:
+        """Refresh ``h`` now rather than at its next period (or reschedule its probe)."""
+        if self._wake:
+            self._wake[h.index].set()
+
+    async def refresh_all(self, hosts: Sequence[HostState]) -> None:
+        await asyncio.gather(*(self.refresh_host(h) for h in hosts))
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, NamedTuple
 import numpy as np
 from aiohttp import web
 
-from .._ollama_wire import BUSY_MESSAGE, NOT_FOUND_PAGE, go_json_error, go_type_name
+from ..wire.ollama import BUSY_MESSAGE, NOT_FOUND_PAGE, go_json_error, go_type_name
 from ._models import (
     TOKENS_JSON,
     ModelInfo,

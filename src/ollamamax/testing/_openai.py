@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ._emulator import CT_SSE, MIDSTREAM_MSG, HttpError, _events, conversation, decode_body, keep_alive_of, render_events
-from .._ollama_wire import go_type_name
+from ..wire.ollama import go_type_name
 from ._models import TOKENS_JSON, go_dumps
 
 if TYPE_CHECKING:

@@ -1,0 +1,357 @@
+"""The Dispatcher: one object that answers every Ollama / OpenAI-compatible route.
+
+It owns the lifecycle (start: one upstream client per host, the first refresh of every
+host, the refresh loops; close: queued requests answered busy, streams and pools closed)
+and the route switch of :meth:`Dispatcher.handle`.  It composes the parts that do the
+work; each lives in its own module:
+
+* ``directory``: which healthy hosts have a model (with a refresh or pull on a miss);
+* ``placement.router``: which host serves a request now, or which ones it waits for;
+* ``admission``: per-host slots and the bounded FIFO of waiting requests;
+* ``forward``: attempts, retries before the first byte, pass-through streams;
+* ``accounting``: counters, histograms and learned costs;
+* ``cache``, ``broadcast`` (pull, create, copy, delete, blobs, unload), ``merged`` (tags,
+  ps, version, /v1/models), ``status``, and ``client_api`` (``chat()``, ``generate()``...).
+
+Request path for an inference route (``/api/chat`` ...)::
+
+    parse (Go-like 400s)  ->  cache lookup  ->  candidates (healthy hosts that have the
+    model, from the immutable snapshot)  ->  placement (take a free slot, or wait)  ->
+    admission  ->  upstream attempt (TTFB timeout)  ->  retry on another host while
+    nothing went to the client  ->  response (body or pass-through stream with idle
+    timeout; aclose() cancels upstream at once)  ->  accounting.
+
+The original request bytes are forwarded unchanged.  The client's own headers are not
+(only Content-Type/Accept/User-Agent plus the host's configured headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..fleet.config import HostConfig, host_name_from_url
+from ..fleet.health import Health, HealthPolicy
+from ..fleet.hosts import HostState
+from ..fleet.learning import Demand
+from ..fleet.snapshot import HostView, Snapshot, SnapshotStore
+from ..placement.router import Router
+from ..placement.strategies import STRATEGIES, RoutingKey, chat_prefix_hashes, make_strategy
+from ..upstream.client import Upstream, header_get
+from ..wire.names import normalize_model
+from ..wire.ollama import NOT_FOUND_PAGE
+from ..wire.response import DispatchResponse
+from ..wire.routes import Route, lookup
+from ..wire.validate import BadRequest, is_unload, model_of, parse_body
+from . import replies
+from .accounting import Accounting
+from .admission import Admission
+from .broadcast import Broadcaster
+from .cache import ResponseCache
+from .client_api import EmbeddedClient
+from .config import DispatcherConfig
+from .directory import HostDirectory
+from .forward import Forwarder, Request
+from .merged import Merger
+from .refresh import Refresher
+from .status import status_document
+
+__all__ = ["Dispatcher"]
+
+_URL = re.compile(r"^https?://[^/\s]+$")
+
+
+class Dispatcher(EmbeddedClient):
+    """Dispatch Ollama API requests over many Ollama hosts.
+
+    ``hosts`` are base URLs or :class:`HostConfig`.  ``strategy`` (default from the
+    config, ``least-loaded``) is one of ``least-loaded``, ``p2c``, ``round-robin``,
+    ``latency``, ``affinity``.  Keyword ``overrides`` replace fields of ``config``.
+    Use as ``async with Dispatcher([...]) as d:``; the initial refresh of every host
+    completes (bounded by the connect timeout) before the block starts; hosts that are
+    down are marked unhealthy and probed again later.
+    """
+
+    def __init__(
+        self,
+        hosts: Sequence[str | HostConfig] | str | HostConfig,
+        *,
+        strategy: str | None = None,
+        config: DispatcherConfig | None = None,
+        **overrides: Any,
+    ) -> None:
+        cfg = config if config is not None else DispatcherConfig()
+        if strategy is not None:
+            overrides["strategy"] = strategy
+        if overrides:
+            cfg = dataclasses.replace(cfg, **overrides)
+        if cfg.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if cfg.max_in_flight_per_host < 1:
+            raise ValueError("max_in_flight_per_host must be >= 1")
+        if cfg.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self.config = cfg
+        specs = [hosts] if isinstance(hosts, (str, HostConfig)) else list(hosts)
+        if not specs:
+            raise ValueError("at least one host is required")
+        self.hosts: list[HostState] = []
+        names: set[str] = set()
+        for i, spec in enumerate(specs):
+            hc = HostConfig(url=spec) if isinstance(spec, str) else spec
+            url = hc.url.strip().rstrip("/")
+            if not _URL.match(url):
+                raise ValueError(f"invalid host URL {hc.url!r} (expected http://host:port)")
+            name = hc.name or host_name_from_url(url)
+            base, k = name, 2
+            while name in names:
+                name = f"{base}#{k}"
+                k += 1
+            names.add(name)
+            cap = hc.max_concurrency if hc.max_concurrency is not None else cfg.max_in_flight_per_host
+            if cap < 1:
+                raise ValueError(f"max_concurrency of {url} must be >= 1")
+            if hc.weight <= 0:
+                raise ValueError(f"weight of {url} must be > 0")
+            self.hosts.append(HostState(index=i, config=hc, name=name, url=url, capacity=int(cap)))
+        self.store = SnapshotStore(HostView(h.index, h.name, h.url) for h in self.hosts)
+        self.health = Health(
+            HealthPolicy(cfg.eject_after_failures, cfg.eject_cooldown, cfg.eject_max_cooldown),
+            on_eject=self._on_eject,
+        )
+        self.cache = ResponseCache(cfg.cache_size, cfg.cache_ttl, cache_generate=cfg.cache_generate)
+        self.demand = Demand()
+        self.router = Router(
+            make_strategy(cfg.strategy, self.hosts, overflow=cfg.affinity_overflow),
+            self.demand,
+            spread_cold=cfg.strategy != "affinity",
+        )
+        self.accounting = Accounting(on_residency_change=self._refresh_soon)
+        self._streams: set[Any] = set()
+        self._upstreams: list[Upstream] = []
+        # built by start(): they need a running loop
+        self.refresher: Refresher | None = None
+        self.directory: HostDirectory | None = None
+        self.admission: Admission | None = None
+        self._forwarder: Forwarder | None = None
+        self._broadcaster: Broadcaster | None = None
+        self._merger: Merger | None = None
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def __aenter__(self) -> Dispatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        cfg = self.config
+        hosts = self.hosts
+        self._upstreams = [
+            Upstream(h.url, headers=h.config.headers, capacity=h.capacity, connect_timeout=cfg.connect_timeout)
+            for h in hosts
+        ]
+        self.admission = admission = Admission(hosts, cfg.queue_size)
+        self.refresher = refresher = Refresher(
+            hosts,
+            self._upstreams,
+            self.store,
+            self.health,
+            probe_timeout=cfg.connect_timeout,
+            interval=cfg.refresh_interval,
+            on_up=admission.grant_free_slots,
+        )
+        self.directory = directory = HostDirectory(
+            hosts, self.store, self._upstreams, refresher, auto_pull=cfg.auto_pull
+        )
+        self._forwarder = Forwarder(
+            cfg, hosts, self.store, self._upstreams, self.router, admission, self.health, self.accounting,
+            self.cache, self._streams, self._refresh_soon,
+        )
+        self._broadcaster = Broadcaster(cfg, directory, self._streams)
+        self._merger = Merger(cfg, directory, self._broadcaster)
+        try:
+            await refresher.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.admission is not None:  # queued requests get 503 now, not at their deadline
+            self.admission.close()
+        if self.refresher is not None:
+            await self.refresher.stop()
+        if self.directory is not None:
+            await self.directory.close()
+        for s in list(self._streams):
+            await s.aclose()
+        for up in self._upstreams:
+            await up.close()
+        # let the aborted upstream transports finish closing (avoids ResourceWarnings)
+        await asyncio.sleep(0)
+
+    def _on_eject(self, h: HostState) -> None:
+        if self.refresher is not None:
+            self.refresher.refresh_soon(h)  # reschedules its probe
+
+    def _refresh_soon(self, h: HostState) -> None:
+        if self.refresher is not None:
+            self.refresher.refresh_soon(h)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """What every host reported at its last refresh (immutable)."""
+        return self.store.current
+
+    def upstream(self, h: HostState) -> Upstream:
+        """The HTTP client of host ``h`` (after ``start()``)."""
+        return self._upstreams[h.index]
+
+    @property
+    def open_streams(self) -> int:
+        """Streams handed out and not yet finished or closed."""
+        return len(self._streams)
+
+    # -- public entry point ------------------------------------------------------------
+    async def handle(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        query: str = "",
+    ) -> DispatchResponse:
+        """Answer one HTTP request (see ``wire.response`` for the contract)."""
+        if self._forwarder is None or self._closed:
+            raise RuntimeError("Dispatcher is not running: use 'async with Dispatcher(...)' or await start()")
+        method = method.upper()
+        route = lookup(method, path)
+        if route is None:
+            return replies.plain(404, NOT_FOUND_PAGE)
+        kind = route.kind
+        if kind == "model":
+            return await self._inference(route, method, path, body or b"", headers, query)
+        if kind == "root":
+            return replies.plain(200, b"Ollama is running")
+        merger = self._merger
+        assert merger is not None and self._broadcaster is not None
+        if kind == "tags":
+            return await merger.tags()
+        if kind == "ps":
+            return await merger.ps()
+        if kind == "version":
+            return merger.version()
+        if kind == "status":
+            return replies.json_reply(200, self.status())
+        if kind == "v1_models":
+            return await merger.v1_models()
+        if kind == "v1_model":
+            return await merger.v1_model(path[len("/v1/models/") :], headers)
+        if kind == "blobs":
+            return await self._broadcaster.blobs(method, path, body or b"", headers)
+        try:
+            obj = parse_body(route, body or b"")
+        except BadRequest as exc:
+            return replies.error(route, exc.status, exc.message)
+        return await self._broadcaster.manage(route, obj, model_of(route, obj), method, path, body or b"", headers)
+
+    # -- inference routes --------------------------------------------------------------
+    async def _inference(
+        self, route: Route, method: str, path: str, body: bytes, headers: Mapping[str, str] | None, query: str
+    ) -> DispatchResponse:
+        cache = self.cache
+        cache_header = cache.cacheable_route(route)
+        cache_tag = "miss" if cache_header else None  # the X-Ollamamax-Cache header, if any
+        try:
+            obj = parse_body(route, body)
+        except BadRequest as exc:
+            return replies.error(route, exc.status, exc.message, cache=cache_tag)
+        name = model_of(route, obj)
+        if not name.strip():
+            if route.empty_model == "notfound":
+                return replies.error(route, 404, f"model '{name}' not found", cache=cache_tag)
+            return replies.error(route, 400, "model is required", cache=cache_tag)
+        model = normalize_model(name)
+        fwd = self._forwarder
+        assert fwd is not None and self.directory is not None
+        if "keep_alive" in obj and is_unload(route, obj):
+            assert self._broadcaster is not None
+            return await self._broadcaster.unload(
+                route, name, model, method, path, body, headers, lambda: fwd.no_healthy(route, name, model)
+            )
+        req = Request(route, method, path, body, headers, query)
+        req.obj = obj
+        req.name = name
+        req.model = model
+        req.cache_header = cache_header
+        if cache_header:
+            req.cache_key = key = cache.key_for(route, model, obj)
+            if key is not None:
+                hit = cache.get(key)
+                if hit is not None:
+                    return replies.replay(hit)
+        directory = self.directory
+        cands = directory.candidates(model)
+        if cands is None:  # not in the snapshot: refresh (and maybe pull) first
+            cands = await directory.candidates_or_fetch(model)
+        if cands is None:
+            return replies.error(route, 404, replies.notfound_message(route, name), cache=cache_tag)
+        if not cands:
+            return fwd.no_healthy(route, name, model, cache=cache_tag)
+        req.cands = cands
+        self.demand.hit(model, time.monotonic())  # only models some host has: bounded
+        req.key = self._routing_key(req)
+        return await fwd.forward(req)
+
+    def _routing_key(self, req: Request) -> RoutingKey:
+        if self.config.strategy != "affinity":
+            return RoutingKey(req.model)
+        session = header_get(req.headers, self.config.session_header)
+        if session:
+            return RoutingKey(req.model, session=session)
+        obj = req.obj
+        msgs = obj.get("messages")
+        if isinstance(msgs, list) and msgs:
+            return RoutingKey(req.model, prefixes=chat_prefix_hashes(req.model, msgs))
+        prompt = obj.get("prompt")
+        if isinstance(prompt, str):
+            return RoutingKey(req.model, prompt_key=(req.model + "\x00" + prompt).encode())
+        return RoutingKey(req.model)
+
+    # -- status and metrics ------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The ``/ollamamax/status`` document (see ``dispatch.status``)."""
+        adm = self.admission
+        return status_document(
+            strategy=self.config.strategy,
+            hosts=self.hosts,
+            snapshot=self.store.current,
+            queue_depth=adm.waiting if adm is not None else 0,
+            queue_size=self.config.queue_size,
+            cache_stats=self.cache.stats(),
+            metrics=self.metrics_snapshot(),
+            now_mono=time.monotonic(),
+            now_wall=time.time(),
+        )
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Histograms (LatencyHistogram objects, microseconds; tokens_per_s in tokens/s)
+        keyed by (host, model), and counters.  For the metrics exporter."""
+        adm = self.admission
+        return self.accounting.snapshot(
+            self.hosts, adm.waiting if adm is not None else 0, self.cache.hits, self.cache.misses
+        )

@@ -1,0 +1,421 @@
+"""Forwarding one inference request: attempts, retries and the first-byte rule.
+
+For a request with its candidates, :meth:`Forwarder.forward` asks placement for a host
+(or a wait), takes the slot through admission, and sends the original bytes upstream.
+Connection errors, timeouts, 5xx and an error line before the first token are retried
+on another host with jittered backoff, within ``max_attempts``; once the first byte is
+on its way to the client nothing is retried, and a failure becomes one in-band error line
+(``upstream.streams``), so output is never duplicated.  A stream's end releases its slot
+and is accounted (``_finish_stream``).  The response headers are the host's end-to-end
+headers plus the ``X-Ollamamax-*`` ones.
+
+This module acts on decisions; it does not make them (placement does) and it does not
+build error texts (``replies``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..fleet.health import Health
+from ..fleet.hosts import HostState
+from ..fleet.snapshot import SnapshotStore
+from ..placement.router import Router
+from ..placement.strategies import RoutingKey
+from ..structures.exceptions import QueueFull
+from ..upstream.client import UPSTREAM_ERRORS, RawResponse, TraceCtx, Upstream, describe_error
+from ..upstream.streams import PassThrough
+from ..wire.errors import JSON_CONTENT_TYPE, NDJSON_CONTENT_TYPE, SSE_CONTENT_TYPE
+from ..wire.response import (
+    HEADER_ATTEMPTS,
+    HEADER_CACHE,
+    HEADER_COLD,
+    HEADER_HOST,
+    HEADER_QUEUE_MS,
+    NOT_FORWARDED,
+    DispatchResponse,
+)
+from ..wire.routes import Route
+from . import replies
+from .accounting import METRICS_BYTES, Accounting
+from .admission import Admission
+from .cache import CachedResponse, ResponseCache
+from .config import DispatcherConfig
+
+__all__ = ["Forwarder", "Request"]
+
+log = logging.getLogger("ollamamax.dispatch")
+
+class Request:
+    """Everything about one inference request the dispatcher needs across attempts."""
+
+    __slots__ = (
+        "route",
+        "method",
+        "path",
+        "body",
+        "headers",
+        "query",
+        "obj",
+        "name",
+        "model",
+        "key",
+        "cache_key",
+        "cache_header",
+        "cands",
+        "t0",
+    )
+
+    def __init__(
+        self, route: Route, method: str, path: str, body: bytes, headers: Mapping[str, str] | None, query: str
+    ) -> None:
+        self.route = route
+        self.method = method
+        self.path = path
+        self.body = body
+        self.headers = headers
+        self.query = query
+        self.obj: dict[str, Any] = {}
+        self.name = ""  # the model as the client spelled it
+        self.model = ""  # normalised
+        self.key: RoutingKey | None = None
+        self.cache_key: tuple[str, str, bytes] | None = None
+        self.cache_header = False
+        self.cands: list[HostState] = []
+        self.t0 = time.perf_counter()
+
+
+class _Failure:
+    """One failed upstream attempt (the slot is already released)."""
+
+    __slots__ = ("host", "status", "body", "message", "busy", "content_type")
+
+    def __init__(
+        self,
+        host: HostState,
+        *,
+        status: int = 0,
+        body: bytes = b"",
+        message: str = "",
+        content_type: str = JSON_CONTENT_TYPE,
+    ) -> None:
+        self.host = host
+        self.status = status
+        self.body = body
+        self.message = message
+        self.busy = status == 503
+        self.content_type = content_type
+
+
+class _StreamCtx:
+    """What the forwarder needs back when a pass-through stream ends."""
+
+    __slots__ = ("host", "req", "t0", "t_first", "cold", "queue_s", "trace")
+
+    def __init__(
+        self, host: HostState, req: Request, t0: float, t_first: float, cold: bool, queue_s: float, trace: TraceCtx
+    ) -> None:
+        self.host = host
+        self.req = req
+        self.t0 = t0
+        self.t_first = t_first
+        self.cold = cold
+        self.queue_s = queue_s
+        self.trace = trace
+
+
+def _cacheable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if not k.startswith("X-Ollamamax-")}
+
+
+class Forwarder:
+    def __init__(
+        self,
+        config: DispatcherConfig,
+        hosts: Sequence[HostState],
+        store: SnapshotStore,
+        upstreams: Sequence[Upstream],
+        router: Router,
+        admission: Admission,
+        health: Health,
+        accounting: Accounting,
+        cache: ResponseCache,
+        streams: set[Any],
+        refresh_soon: Callable[[HostState], None],
+    ) -> None:
+        self.config = config
+        self.hosts = hosts
+        self.store = store
+        self.upstreams = upstreams
+        self.router = router
+        self.admission = admission
+        self.health = health
+        self.accounting = accounting
+        self.cache = cache
+        self.streams = streams
+        self.refresh_soon = refresh_soon
+        # id(upstream header tuple) -> (that tuple, its end-to-end headers), see _resp_headers
+        self._kept_headers: dict[int, tuple[Any, dict[str, str]]] = {}
+
+    # -- replies that need the fleet's numbers ------------------------------------------
+    def busy(self, route: Route | None, **kw: Any) -> DispatchResponse:
+        return replies.busy(route, replies.retry_after(self.hosts, self.admission.waiting), **kw)
+
+    def no_healthy(self, route: Route, name: str, model: str, **kw: Any) -> DispatchResponse:
+        holders = self.store.current.by_model.get(model, ())
+        return replies.no_healthy(route, name, replies.no_healthy_retry(self.hosts, holders, time.monotonic()), **kw)
+
+    def _fail(self, h: HostState) -> None:
+        if self.health.record_failure(h):
+            self.accounting.ejections[h.name] += 1
+
+    # -- the request -------------------------------------------------------------------
+    async def _wait_slot(
+        self, pool: list[HostState], wait_on: list[HostState], widen_after: float | None, deadline: float
+    ) -> tuple[HostState, float]:
+        adm = self.admission
+        t0 = time.monotonic()
+        remaining = deadline - t0
+        if adm.full() or remaining <= 0:
+            raise QueueFull
+        if widen_after is not None and widen_after < remaining:
+            try:
+                h = await adm.wait(wait_on, widen_after)
+                return h, time.monotonic() - t0
+            except (TimeoutError, asyncio.TimeoutError):
+                wait_on = pool  # waited as long as a load would take: accept any host now
+        h = await adm.wait(wait_on, deadline - time.monotonic())
+        return h, time.monotonic() - t0
+
+    async def forward(self, req: Request) -> DispatchResponse:
+        cfg = self.config
+        router = self.router
+        adm = self.admission
+        tried: set[int] = set()
+        attempts = 0
+        queue_s = 0.0
+        last: _Failure | None = None
+        now = time.monotonic()
+        deadline = now + cfg.queue_timeout
+        key = req.key
+        assert key is not None
+        while attempts < cfg.max_attempts:
+            if attempts:
+                pool = [h for h in req.cands if h.index not in tried and not h.down]
+                if not pool and last is not None and last.busy:
+                    pool = [h for h in req.cands if not h.down]
+                now = time.monotonic()
+            else:
+                pool = req.cands  # just taken from the snapshot: all up, none tried
+            if not pool:
+                break
+            h, wait_on, widen_after = router.choose(pool, key, self.store.current, now)
+            if h is None or not adm.try_acquire(h):
+                t_wait = time.monotonic()
+                try:
+                    h, waited = await self._wait_slot(pool, wait_on or pool, widen_after, deadline)
+                except (QueueFull, TimeoutError, asyncio.TimeoutError):
+                    queue_s += time.monotonic() - t_wait
+                    return self.busy(
+                        req.route, queue_s=queue_s, attempts=attempts, cache="miss" if req.cache_header else None
+                    )
+                queue_s += waited
+            attempts += 1
+            if attempts > 1:
+                self.accounting.retries += 1
+            result = await self._attempt(h, req, attempts, queue_s)
+            if isinstance(result, DispatchResponse):
+                return result
+            last = result
+            tried.add(h.index)
+            log.debug(
+                "attempt %d of %s %s on %s failed: %s",
+                attempts,
+                req.path,
+                req.model,
+                h.name,
+                result.message or result.status,
+            )
+            if attempts < cfg.max_attempts:
+                base = cfg.retry_backoff * (2 ** (attempts - 1))
+                await asyncio.sleep(base * random.uniform(0.5, 1.5))
+        return self._exhausted(req, last, attempts, queue_s)
+
+    def _exhausted(self, req: Request, last: _Failure | None, attempts: int, queue_s: float) -> DispatchResponse:
+        route = req.route
+        cache_kw: dict[str, Any] = {"cache": "miss"} if req.cache_header else {}
+        if last is None:
+            return self.no_healthy(route, req.name, req.model, attempts=attempts, queue_s=queue_s, **cache_kw)
+        kw: dict[str, Any] = dict(host=last.host.name, attempts=attempts, queue_s=queue_s, **cache_kw)
+        self.accounting.count(req.path, req.model, last.host.name, last.status or 502)
+        if last.busy:
+            return self.busy(route, **kw)
+        if last.status:
+            h = replies.base_headers(**kw)
+            h["Content-Type"] = last.content_type
+            return DispatchResponse(last.status, h, body=last.body)
+        return replies.error(
+            route, 502, f"all {attempts} upstream attempts failed; last: {last.host.name}: {last.message}", **kw
+        )
+
+    async def _attempt(self, h: HostState, req: Request, attempts: int, queue_s: float) -> DispatchResponse | _Failure:
+        """One try on host ``h`` (holding one of its slots).  Releases the slot unless a
+        stream is returned (then the stream releases it)."""
+        cfg = self.config
+        model = req.model
+        view = self.store.current.hosts[h.index]
+        loads = req.route.loads_model  # show/push do not load the model
+        cold = loads and not h.is_loaded(model, view)
+        if loads:
+            h.sent_models[model] = time.monotonic()
+        trace = TraceCtx()
+        t0 = time.perf_counter()
+        resp: RawResponse | None = None
+        first = b""
+        body = b""
+        streaming = False
+        try:
+            # one timer bounds head + first chunk (or whole body): time to first byte;
+            # the response cancels it itself once the first body bytes are read
+            resp = await self.upstreams[h.index].send(
+                req.method,
+                req.path,
+                req.body,
+                req.headers,
+                query=req.query,
+                trace=trace,
+                timeout=cfg.first_byte_timeout,
+            )
+            ctype = resp.content_type
+            streaming = resp.status == 200 and (
+                ctype.startswith(NDJSON_CONTENT_TYPE) or ctype.startswith(SSE_CONTENT_TYPE)
+            )
+            if streaming:
+                first = await resp.readany()
+            else:
+                body = await resp.read()
+            t_first = time.perf_counter()
+        except asyncio.CancelledError:
+            if resp is not None:
+                resp.close()
+            self.admission.release(h)
+            raise
+        except UPSTREAM_ERRORS as exc:
+            if resp is not None:
+                resp.close()
+            self.admission.release(h)
+            if cold:
+                h.sent_models.pop(model, None)
+            self._fail(h)
+            return _Failure(h, message=describe_error(exc, f"no answer within {cfg.first_byte_timeout:g} s"))
+
+        status = resp.status
+        if streaming and first.startswith(b'{"error"'):
+            # The host failed before producing anything: nothing went to the client yet.
+            resp.close()
+            self.admission.release(h)
+            self._fail(h)
+            return _Failure(h, status=500, body=first.split(b"\n", 1)[0], message="error before first token")
+        if not streaming:
+            resp.release()
+            self.admission.release(h)
+            if status >= 500:
+                if status != 503:
+                    self._fail(h)
+                return _Failure(
+                    h, status=status, body=body, content_type=resp.headers.get("Content-Type", JSON_CONTENT_TYPE)
+                )
+            if status == 404 and req.route.kind == "model":
+                # The snapshot said this host has the model; it no longer does.
+                self.refresh_soon(h)
+                return _Failure(
+                    h, status=404, body=body, content_type=resp.headers.get("Content-Type", JSON_CONTENT_TYPE)
+                )
+        headers = self._resp_headers(resp, h, cold, queue_s, attempts, "miss" if req.cache_header else None)
+        if not streaming:
+            self.health.record_success(h)
+            self.accounting.answered(
+                h, req.path, model, status, t_arrival=req.t0, t_sent=t0, t_first=t_first,
+                t_end=time.perf_counter(), queue_s=queue_s, connect_s=trace.connect_s,
+                tail=body[-METRICS_BYTES:], cold=cold,
+            )
+            if status == 200:
+                if req.cache_key is not None:
+                    self.cache.put(req.cache_key, CachedResponse(status, _cacheable_headers(headers), body, None))
+                if req.key is not None:
+                    self.router.strategy.observe(req.key, h)
+            return DispatchResponse(status, headers, body=body)
+        if not first:  # empty stream: nothing to pass through
+            resp.release()
+            self.admission.release(h)
+            self.health.record_success(h)
+            return DispatchResponse(status, headers, body=b"")
+        st = PassThrough(
+            resp,
+            first,
+            idle=cfg.idle_timeout,
+            sse=ctype.startswith(SSE_CONTENT_TYPE),
+            label=f"upstream host {h.name}",
+            collect=req.cache_key is not None,
+            on_finish=self._finish_stream,
+            ctx=_StreamCtx(h, req, t0, t_first, cold, queue_s, trace),
+        )
+        self.streams.add(st)
+        return DispatchResponse(status, headers, stream=st, _close=st.aclose)
+
+    def _resp_headers(
+        self, resp: RawResponse, h: HostState, cold: bool, queue_s: float, attempts: int, cache: str | None
+    ) -> dict[str, str]:
+        pairs = resp.header_list
+        # the upstream client hands out the same header tuple for every answer with the
+        # same head bytes: the filtered copy is kept per tuple (by identity)
+        cached = self._kept_headers.get(id(pairs))
+        if cached is not None and cached[0] is pairs:
+            out = cached[1].copy()
+        else:
+            kept = {k: v for k, v in pairs if k.lower() not in NOT_FORWARDED}
+            if len(self._kept_headers) >= 64:
+                self._kept_headers.clear()
+            self._kept_headers[id(pairs)] = (pairs, kept)
+            out = kept.copy()
+        out[HEADER_HOST] = h.name
+        out[HEADER_COLD] = "1" if cold else "0"
+        out[HEADER_QUEUE_MS] = f"{queue_s * 1000.0:.0f}" if queue_s else "0"
+        out[HEADER_ATTEMPTS] = replies.small_int(attempts)
+        if cache is not None:
+            out[HEADER_CACHE] = cache
+        return out
+
+    def _finish_stream(self, st: PassThrough, ok: bool | None, error: str) -> None:
+        """Called once when a pass-through stream ends (ok True), fails (False) or is
+        closed by the consumer (None): release the slot, then account."""
+        self.streams.discard(st)
+        c: _StreamCtx = st.ctx
+        h, req = c.host, c.req
+        self.admission.release(h)
+        t_end = time.perf_counter()
+        if ok is None:  # consumer went away
+            self.accounting.count(req.path, req.model, h.name, 499)
+            return
+        tail = st.tail
+        last_line = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        host_error = last_line.startswith(b'{"error"') or last_line.startswith(b'data: {"error"')
+        if not ok or host_error:
+            self._fail(h)
+            self.accounting.count(req.path, req.model, h.name, 502 if not ok else 500)
+            return
+        self.health.record_success(h)
+        self.accounting.answered(
+            h, req.path, req.model, 200, t_arrival=req.t0, t_sent=c.t0, t_first=c.t_first, t_end=t_end,
+            queue_s=c.queue_s, connect_s=c.trace.connect_s, tail=tail[-METRICS_BYTES:], cold=c.cold,
+        )
+        if req.key is not None:
+            self.router.strategy.observe(req.key, h)
+        if req.cache_key is not None and st.chunks is not None:
+            headers = {"Content-Type": st.content_type or NDJSON_CONTENT_TYPE}
+            self.cache.put(req.cache_key, CachedResponse(200, headers, None, tuple(st.chunks)))

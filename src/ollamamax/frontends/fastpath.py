@@ -1,0 +1,493 @@
+"""The gateway's HTTP server: a lean HTTP/1.1 fast path in front of the aiohttp application.
+
+``ollamamax serve`` listens with :func:`start_server`.  Every connection starts on
+:class:`_FastProtocol`, a small ``asyncio.Protocol`` that serves the common request shape
+itself -- ``GET``/``POST``/``DELETE`` over HTTP/1.1 with a plain path and a ``Content-Length``
+body (or none) -- straight into the shared ``GatewayRules`` and ``Dispatcher.handle``: the head
+is split with ``bytes.find``, the answer goes out as one prebuilt write, a stream as chunked frames written
+as they arrive (the response head travels with the first chunk, the end marker with the last).
+
+Anything else is *handed over*: the connection, with every byte read so far, is given to the
+aiohttp application's own protocol (``transport.set_protocol``), which then owns it for good.
+That covers HTTP/1.0, ``Transfer-Encoding`` request bodies, ``Expect: 100-continue``,
+``Upgrade``, ``HEAD``, %-escaped or dot-segment paths, oversized or malformed heads and bodies
+over the size limit, and the observability routes (``/metrics``, ``/ollamamax...``).  So the
+fast path never has to be right about a corner of HTTP: aiohttp answers those exactly as
+before, and both paths share one set of rules (``rules.py``: auth, size limit, error shapes)
+and the same hop-by-hop filtering.
+
+Why: under load, aiohttp's server side (request object, router, response object, header
+serialisation, payload writer) was about a third of the gateway's CPU; see the README's
+gateway overhead section for the figures before and after.
+
+Behaviour kept from the aiohttp front end: a client that disconnects cancels its request at
+once (the dispatcher drops the upstream request); keep-alive connections idle longer than
+``keepalive_timeout`` are closed (one sweep timer per server, not a timer per request);
+pipelined requests are answered in order; writes respect the transport's flow control;
+shutdown stops listening, closes idle connections and waits up to the grace period for
+requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from email.utils import formatdate
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..wire.response import HOP_BY_HOP
+from .aiohttp_app import GATEWAY_KEY
+from .rules import ERROR_HEADERS, GatewayRules, gateway_error_body
+
+__all__ = ["GatewayServer", "start_server", "FastStats"]
+
+log = logging.getLogger("ollamamax.gateway")
+
+MAX_HEAD = 16 * 1024  # a longer request head is handed to aiohttp (which answers 431/400)
+PAUSE_BUFFER = 256 * 1024  # pipelined bytes buffered while a request runs before reading pauses
+SWEEP_INTERVAL = 5.0  # seconds between idle-connection sweeps
+_FAST_METHODS = frozenset({"GET", "POST", "DELETE"})
+# Request headers whose presence means "let aiohttp handle this connection" (the check is
+# against a CIMultiDict's keys, which keep the client's spelling: list the common ones).
+_HANDOVER_HEADERS = CIMultiDict(
+    (k, "") for k in ("Transfer-Encoding", "Expect", "Upgrade")).keys()
+# A target served as is: absolute path of plain characters, optional query; no "%" (needs
+# decoding), no "//" or "/." (needs normalising), no fragment, no spaces or controls.
+_PLAIN_TARGET = re.compile(
+    r"/(?:[A-Za-z0-9\-_~!$&'()*+,;=:@]+(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@]+)*/?)?(?:\?[\x21-\x7e]*)?")
+# One header line: CRLF, a token, a colon, optional blanks, the value (to the line's end:
+# trailing blanks are stripped afterwards, only in the rare head that has any).
+_HEADER = re.compile(r"\r\n([!#$&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*)")
+_OBSERVABILITY = ("/metrics", "/ollamamax")
+# Anything but tab and printable ASCII (searched after removing the CRLF line ends).
+_NOT_TEXT = re.compile(r"[^\t\x20-\x7e]")
+_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+_TERMINATOR = b"0\r\n\r\n"
+
+
+class FastStats:
+    """Counters of one server: requests served on the fast path, connections accepted and
+    handed over, connections open on the fast path (exported in ``/metrics``)."""
+
+    __slots__ = ("fast_requests", "handed_over", "connections", "_conns")
+
+    def __init__(self, conns: set[Any] | None = None) -> None:
+        self.fast_requests = 0
+        self.handed_over = 0
+        self.connections = 0
+        self._conns = conns if conns is not None else set()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"fast_requests": self.fast_requests, "handed_over": self.handed_over,
+                "connections": self.connections, "open_connections": self.open_connections}
+
+
+class _ServerState:
+    """What every connection of one server shares."""
+
+    __slots__ = ("rules", "fallback", "extra", "keepalive", "conns", "stats", "loop", "access",
+                 "_date_sec", "_date", "_sweep", "closing")
+
+    def __init__(self, rules: GatewayRules, fallback: Callable[[], asyncio.BaseProtocol],
+                 extra_headers: Mapping[str, str], keepalive_timeout: float,
+                 access: logging.Logger | None) -> None:
+        self.rules = rules
+        self.fallback = fallback
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in extra_headers.items()).encode()
+        self.keepalive = keepalive_timeout
+        self.conns: set[_FastProtocol] = set()
+        self.stats = FastStats(self.conns)
+        self.loop = asyncio.get_running_loop()
+        self.access = access
+        self._date_sec = -1
+        self._date = b""
+        self._sweep: asyncio.TimerHandle | None = None
+        self.closing = False
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self._date_sec:
+            self._date_sec = now
+            self._date = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._date
+
+    def add(self, conn: _FastProtocol) -> None:
+        self.conns.add(conn)
+        self.stats.connections += 1
+        if self._sweep is None and not self.closing:
+            self._sweep = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
+
+    def sweep(self) -> None:
+        """Close connections with no request running that have been idle too long."""
+        self._sweep = None
+        deadline = self.loop.time() - self.keepalive
+        for conn in [c for c in self.conns if c.task is None and c.last < deadline]:
+            conn.close()
+        if self.conns and not self.closing:
+            self._sweep = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
+
+    def stop_sweeping(self) -> None:
+        self.closing = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+
+
+class _FastProtocol(asyncio.Protocol):
+    __slots__ = ("_s", "_transport", "_buf", "task", "last", "_paused", "_drain", "_reading",
+                 "_gone")
+
+    def __init__(self, shared: _ServerState) -> None:
+        self._s = shared
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self.task: asyncio.Task[None] | None = None
+        self.last = 0.0
+        self._paused = False  # the transport asked us to stop writing
+        self._drain: asyncio.Future[None] | None = None
+        self._reading = True
+        self._gone = False  # the connection is closed, or no longer ours (handed over)
+
+    # ------------------------------------------------------------------ transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self.last = self._s.loop.time()
+        self._s.add(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._gone = True
+        self._s.conns.discard(self)
+        task = self.task
+        if task is not None:  # the client went away: stop its request now
+            task.cancel()
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_exception(ConnectionResetError("client disconnected"))
+            drain.exception()  # retrieved: nobody may be waiting any more
+        self._drain = None
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        drain = self._drain
+        if drain is not None:
+            self._drain = None
+            if not drain.done():
+                drain.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self.task is None:
+            self._next()
+        elif len(self._buf) > PAUSE_BUFFER and self._reading:
+            self._reading = False
+            self._transport.pause_reading()  # type: ignore[union-attr]
+
+    def eof_received(self) -> None:
+        # Like aiohttp: a client that shuts down its sending side has gone away (returning
+        # None lets the transport close, so connection_lost cancels what is running).
+        return None
+
+    def _resume_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self._transport.resume_reading()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        t = self._transport
+        if not self._gone and t is not None and not t.is_closing():
+            t.close()
+
+    # ------------------------------------------------------------------ requests
+
+    def _handover(self) -> None:
+        """Give this connection, and what it has sent so far, to the aiohttp protocol."""
+        s = self._s
+        s.conns.discard(self)
+        s.stats.handed_over += 1
+        self._gone = True
+        transport = self._transport
+        assert transport is not None
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        proto = s.fallback()
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        self._resume_reading()
+        if data:
+            proto.data_received(data)  # type: ignore[attr-defined]
+
+    def _next(self) -> None:
+        """Start the next complete request in the buffer, if there is one."""
+        if self._gone:
+            return
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 or end > MAX_HEAD:
+            if end > MAX_HEAD or len(buf) > MAX_HEAD:
+                self._handover()
+            return
+        head = bytes(buf[:end]).decode("latin-1")
+        if _NOT_TEXT.search(head.replace("\r\n", "")):
+            self._handover()  # control bytes, a bare CR or LF, non-ASCII: aiohttp's rules apply
+            return
+        line_end = head.find("\r\n")
+        if line_end < 0:
+            line_end = len(head)
+        parts = head[:line_end].split(" ")
+        if len(parts) != 3 or parts[2] != "HTTP/1.1" or parts[0] not in _FAST_METHODS:
+            self._handover()
+            return
+        target = parts[1]
+        if not _PLAIN_TARGET.fullmatch(target):
+            self._handover()  # %-escapes, dot segments, "//", fragments: aiohttp normalises
+            return
+        path, _, query = target.partition("?")
+        if path.startswith(_OBSERVABILITY):
+            self._handover()
+            return
+        pairs = _HEADER.findall(head, line_end)
+        if len(pairs) != head.count("\r\n"):
+            self._handover()  # a line that is not "name: value" (or an obsolete fold)
+            return
+        if " \r\n" in head or "\t\r\n" in head or head.endswith((" ", "\t")):
+            pairs = [(k, v.rstrip(" \t")) for k, v in pairs]
+        headers = CIMultiDict(pairs)
+        if not _HANDOVER_HEADERS.isdisjoint(headers) or len(headers.keys() & headers.keys()) != len(pairs):
+            # framing headers, or a repeated name (aiohttp refuses repeated Host, Content-Type,
+            # User-Agent, ... as smuggling attempts, and merges others): aiohttp decides
+            self._handover()
+            return
+        length = 0
+        cl = headers.get("Content-Length")
+        if cl is not None:
+            if not cl.isdigit():
+                self._handover()
+                return
+            length = int(cl)
+            if length > self._s.rules.max_body_size:
+                self._handover()  # aiohttp answers 413 (and closes)
+                return
+        close = False
+        conn = headers.get("Connection")
+        if conn is not None:
+            tokens = {t.strip().lower() for t in conn.split(",")}
+            if "upgrade" in tokens:
+                self._handover()
+                return
+            close = "close" in tokens
+        total = end + 4 + length
+        if len(buf) < total:
+            self.last = self._s.loop.time()  # the body is still arriving: not idle
+            return
+        body = bytes(buf[end + 4:total])
+        del buf[:total]
+        s = self._s
+        authorization = headers.get("Authorization")
+        if authorization is not None and s.rules.auth_enabled:
+            del headers["Authorization"]  # the gateway's credentials are not passed on
+        s.stats.fast_requests += 1
+        self.task = s.loop.create_task(
+            self._serve(parts[0], path, query, headers, body, authorization, close))
+
+    async def _serve(self, method: str, path: str, query: str, headers: CIMultiDict[str],
+                     body: bytes, authorization: str | None, close: bool) -> None:
+        s = self._s
+        rules = s.rules
+        started = s.loop.time()
+        status = 0
+        try:
+            refused = rules.refusal(method, path, authorization) if rules.auth_enabled else None
+            if refused is not None:
+                status = refused.status
+                self._write_error(path, refused.status, refused.message, refused.code,
+                                  refused.headers, close)
+                return
+            try:
+                resp = await rules.dispatcher.handle(method, path, body, headers, query=query)
+            except Exception:
+                log.exception("dispatcher failed on %s %s", method, path)
+                status = 500
+                self._write_error(path, 500, "internal error in ollamamax gateway", None, None,
+                                  close)
+                return
+            try:
+                status = resp.status
+                close = close or s.closing  # shutting down: this is the last answer
+                await self._respond(resp, close)
+            finally:
+                await resp.aclose()
+        except (ConnectionError, OSError):
+            log.debug("client disconnected during %s %s", method, path)
+            close = True
+        except asyncio.CancelledError:
+            close = True
+            if not self._gone:
+                raise  # cancelled by the server's shutdown, not by the client
+        finally:
+            self.task = None
+            self.last = s.loop.time()
+            if s.access is not None:
+                s.access.info('"%s %s HTTP/1.1" %d %.3f s (fast path)', method, path, status,
+                              self.last - started)
+            if close or s.closing:
+                self.close()
+            elif not self._gone:
+                self._resume_reading()
+                if self._buf:
+                    self._next()
+
+    def _head(self, status: int, headers: Mapping[str, str], framing: bytes, close: bool) -> bytes:
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        for k, v in headers.items():
+            if k.lower() not in HOP_BY_HOP:
+                out.append(f"{k}: {v}\r\n".encode("utf-8", "surrogateescape"))
+        s = self._s
+        out.append(s.date())
+        out.append(s.extra)
+        out.append(framing)
+        if close:
+            out.append(b"Connection: close\r\n")
+        out.append(b"\r\n")
+        return b"".join(out)
+
+    def _write_error(self, path: str, status: int, message: str, code: str | None,
+                     headers: Mapping[str, str] | None, close: bool) -> None:
+        body = gateway_error_body(path, status, message, code)
+        hdrs = ERROR_HEADERS if not headers else {**ERROR_HEADERS, **headers}
+        self._write(self._head(status, hdrs, b"Content-Length: %d\r\n" % len(body), close) + body)
+
+    def _write(self, data: bytes) -> None:
+        t = self._transport
+        if self._gone or t is None or t.is_closing():
+            raise ConnectionResetError("client disconnected")
+        t.write(data)
+
+    async def _drained(self) -> None:
+        """Wait until the transport takes writes again (called when paused)."""
+        if not self._gone:
+            fut = self._s.loop.create_future()
+            self._drain = fut
+            await fut
+
+    async def _respond(self, resp: Any, close: bool) -> None:
+        stream = resp.stream
+        if stream is None:
+            body = resp.body or b""
+            self._write(self._head(resp.status, resp.headers,
+                                   b"Content-Length: %d\r\n" % len(body), close) + body)
+            return
+        pending: bytes | None = self._head(resp.status, resp.headers,
+                                           b"Transfer-Encoding: chunked\r\n", close)
+        at_eof = getattr(stream, "at_eof", None)
+        ended = False
+        async for chunk in stream:
+            if not chunk:
+                continue
+            frame = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+            if at_eof is not None and at_eof():
+                frame += _TERMINATOR
+                ended = True
+            if pending is not None:
+                frame = pending + frame
+                pending = None
+            self._write(frame)
+            if self._paused:
+                await self._drained()
+            if ended:
+                return
+        self._write(_TERMINATOR if pending is None else pending + _TERMINATOR)
+
+
+class GatewayServer:
+    """A listening gateway: the fast path plus the aiohttp application behind it."""
+
+    def __init__(self, runner: web.AppRunner, server: asyncio.Server, shared: _ServerState) -> None:
+        self.runner = runner
+        self.server = server
+        self._shared = shared
+
+    @property
+    def stats(self) -> FastStats:
+        return self._shared.stats
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        return tuple(self.server.sockets or ())
+
+    @property
+    def port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop listening; close idle connections; give requests in flight ``grace`` seconds,
+        then cancel them; clean up the application (its ``on_cleanup`` hooks run)."""
+        s = self._shared
+        self.server.close()
+        s.stop_sweeping()
+
+        async def fast_drain() -> None:
+            for conn in list(s.conns):
+                if conn.task is None:
+                    conn.close()
+            deadline = s.loop.time() + grace
+            while s.loop.time() < deadline:
+                tasks = [c.task for c in s.conns if c.task is not None]
+                if not tasks:
+                    break
+                await asyncio.wait(tasks, timeout=max(0.0, deadline - s.loop.time()))
+            for conn in list(s.conns):
+                if conn.task is not None:
+                    conn.task.cancel()
+                conn.close()
+
+        await asyncio.gather(fast_drain(), self.runner.cleanup())
+        await self.server.wait_closed()
+
+
+async def start_server(app: web.Application, host: str | None, port: int, *,
+                       reuse_port: bool | None = None, backlog: int = 1024,
+                       extra_headers: Mapping[str, str] | None = None,
+                       keepalive_timeout: float = 75.0, access_log: logging.Logger | None = None,
+                       **runner_kw: Any) -> GatewayServer:
+    """Listen on ``host:port`` with the fast path in front of ``app`` (from ``create_app`` or
+    ``build_app``).
+
+    ``extra_headers`` are added to every fast-path response (add the same ones to the app
+    with ``on_response_prepare`` for the handed-over connections); ``runner_kw`` go to
+    :class:`aiohttp.web.AppRunner` (``handler_cancellation=True`` is the default here).
+    ``access_log``: a logger for one line per request on either path (None: no access log).
+    """
+    gateway = app.get(GATEWAY_KEY)
+    if gateway is None:
+        raise ValueError("start_server needs an application made by create_app()")
+    runner_kw.setdefault("handler_cancellation", True)
+    runner_kw.setdefault("keepalive_timeout", keepalive_timeout)
+    runner = web.AppRunner(app, access_log=access_log, **runner_kw)
+    await runner.setup()
+    try:
+        fallback = runner.server  # aiohttp's protocol factory (web.Server), set by setup()
+        assert fallback is not None
+        shared = _ServerState(gateway.rules, fallback, extra_headers or {}, keepalive_timeout, access_log)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _FastProtocol(shared), host, port,
+                                          reuse_port=reuse_port, backlog=backlog)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    gateway.http_stats = shared.stats  # exported by the observability routes, if installed
+    return GatewayServer(runner, server, shared)
