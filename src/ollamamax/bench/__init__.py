@@ -513,7 +513,7 @@ async def _run_level(
 
     import aiohttp
 
-    from ._hist import LatencyHistogram
+    from .._hist import LatencyHistogram
 
     clock = time.perf_counter
     done_re = re.compile(rb'"done"\s*:\s*true')
@@ -779,7 +779,7 @@ def metadata(args: argparse.Namespace, *, model: str, levels: list[int], duratio
     import shlex
     import sys
 
-    from . import __version__
+    from .. import __version__
 
     cmd = ["ollamamax", "bench", args.url, "--model", model, "--endpoint", args.endpoint,
            "--concurrency", ",".join(map(str, levels)), "--duration", args.duration, "--warmup", args.warmup,
@@ -826,7 +826,7 @@ def metadata(args: argparse.Namespace, *, model: str, levels: list[int], duratio
 
 
 def _native_hist() -> bool:
-    from . import _hist
+    from .. import _hist
 
     return _hist.IMPLEMENTATIONS["c"] is not None and _hist.LatencyHistogram is _hist.IMPLEMENTATIONS["c"].LatencyHistogram
 
