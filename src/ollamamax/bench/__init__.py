@@ -513,7 +513,7 @@ async def _run_level(
 
     import aiohttp
 
-    from .._hist import LatencyHistogram
+    from .. import LatencyHistogram
 
     clock = time.perf_counter
     done_re = re.compile(rb'"done"\s*:\s*true')
@@ -826,9 +826,10 @@ def metadata(args: argparse.Namespace, *, model: str, levels: list[int], duratio
 
 
 def _native_hist() -> bool:
-    from .. import _hist
+    from .. import LatencyHistogram
 
-    return _hist.IMPLEMENTATIONS["c"] is not None and _hist.LatencyHistogram is _hist.IMPLEMENTATIONS["c"].LatencyHistogram
+    # the selected class comes from the compiled module (``..._hist_c``) or its pure twin (``..._hist_py``)
+    return LatencyHistogram.__module__.endswith("_c")
 
 
 def write_plot(path: str, results: list[LevelResult], meta: dict[str, Any]) -> None:
