@@ -41,18 +41,17 @@ subcommand's ``add_arguments``); aiohttp, numpy and the histogram load inside :f
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from typing import Any, Callable, TextIO
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .options import UsageError, parse_concurrency, parse_duration
+from .progress import Progress
+from .request import DEFAULT_MODEL, DEFAULT_PROMPT, ENDPOINTS, NATIVE_PATHS, OPENAI_PATHS, RequestSpec
+from .results import QUANTILES, LevelResult  # noqa: F401  (QUANTILES: re-exported)
 
 __all__ = ["LevelResult", "add_arguments", "main", "parse_concurrency", "parse_duration", "run_bench"]
 
-DEFAULT_PROMPT = "Why is the sky blue? Answer in one sentence."
-DEFAULT_MODEL = "llama3.2"
-ENDPOINTS = ("chat", "generate", "embed")
-_NATIVE_PATHS = {"chat": "/api/chat", "generate": "/api/generate", "embed": "/api/embed"}
-_OPENAI_PATHS = {"chat": "/v1/chat/completions", "generate": "/v1/completions", "embed": "/v1/embeddings"}
 CONNECTION_BACKOFF = 0.05  # seconds a worker pauses after a connection error
-QUANTILES = (0.5, 0.9, 0.99)
 
 _EPILOG = """\
 method: closed loop. Each of C workers sends its next request when the previous one
@@ -78,49 +77,7 @@ examples:
 """
 
 
-class UsageError(ValueError):
-    """A bad option value (reported with exit status 2)."""
-
-
 # --------------------------------------------------------------------------- argument parsing
-
-
-def parse_duration(text: str | float | int, *, name: str = "duration", allow_zero: bool = False) -> float:
-    """``"10s"``, ``"500ms"``, ``"2m"``, ``"1h"`` or plain seconds (``"1.5"``) -> seconds."""
-    import math
-    import re
-
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", str(text))
-        if m is None:
-            raise UsageError(f"--{name}: expected a duration like 10s, 500ms, 2m or seconds, got {text!r}")
-        value = float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[m.group(2)]
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"--{name}: must be {'>= 0' if allow_zero else '> 0'}, got {text!r}")
-    return value
-
-
-def parse_concurrency(text: str) -> list[int]:
-    """``"1,10,50"`` -> ``[1, 10, 50]`` (each an integer >= 1, order kept)."""
-    levels: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            c = int(part)
-        except ValueError:
-            raise UsageError(f"--concurrency: {part!r} is not an integer (expected e.g. 1,10,50)") from None
-        if c < 1:
-            raise UsageError(f"--concurrency: levels must be >= 1, got {c}")
-        if c > 100_000:
-            raise UsageError(f"--concurrency: {c} is more than 100000 workers")
-        levels.append(c)
-    if not levels:
-        raise UsageError("--concurrency: give at least one level, e.g. 1,10,50")
-    return levels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,85 +108,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-uvloop", action="store_true", help="use the default asyncio loop even if uvloop is installed")
 
 
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class LevelResult:
-    """What one concurrency level measured (histograms hold successes only, in microseconds)."""
-
-    concurrency: int
-    warmup_s: float
-    duration_s: float
-    elapsed_s: float = 0.0
-    ok: int = 0
-    errors: int = 0
-    error_kinds: dict[str, int] = field(default_factory=dict)
-    error_samples: dict[str, str] = field(default_factory=dict)
-    drained: int = 0  # counted requests still in flight when the window closed
-    abandoned: int = 0  # of those, not finished within the bound (counted as "timeout" errors)
-    warmup_ok: int = 0
-    warmup_errors: int = 0
-    output_tokens: int = 0
-    interrupted: bool = False
-    latency_us: Any = None  # LatencyHistogram
-    ttft_us: Any = None  # LatencyHistogram
-    tps_request: Any = None  # LatencyHistogram of per-request tokens/s
-
-    @property
-    def requests_per_s(self) -> float:
-        return self.ok / self.elapsed_s if self.elapsed_s > 0 and self.ok else float("nan")
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.output_tokens / self.elapsed_s if self.elapsed_s > 0 and self.output_tokens else float("nan")
-
-    def latency_ms(self) -> list[float]:
-        """p50, p90, p99 latency in milliseconds (NaN when nothing succeeded)."""
-        return [v / 1000.0 for v in self.latency_us.quantiles(QUANTILES)]
-
-    def ttft_ms(self) -> list[float]:
-        """p50, p99 time to first token in milliseconds."""
-        return [v / 1000.0 for v in self.ttft_us.quantiles((0.5, 0.99))]
-
-    def tps_request_median(self) -> float:
-        return self.tps_request.quantile(0.5)
-
-    def to_dict(self) -> dict[str, Any]:
-        import base64
-
-        def num(x: float) -> float | None:
-            return None if x != x else round(x, 6)
-
-        lat = self.latency_ms()
-        ttft = self.ttft_ms()
-        return {
-            "concurrency": self.concurrency,
-            "warmup_s": self.warmup_s,
-            "duration_s": self.duration_s,
-            "elapsed_s": round(self.elapsed_s, 6),
-            "ok": self.ok,
-            "errors": self.errors,
-            "error_kinds": dict(sorted(self.error_kinds.items())),
-            "error_samples": dict(sorted(self.error_samples.items())),
-            "drained": self.drained,
-            "abandoned": self.abandoned,
-            "warmup_ok": self.warmup_ok,
-            "warmup_errors": self.warmup_errors,
-            "interrupted": self.interrupted,
-            "requests_per_s": num(self.requests_per_s),
-            "latency_ms": {"p50": num(lat[0]), "p90": num(lat[1]), "p99": num(lat[2]),
-                           "mean": num(self.latency_us.mean / 1000.0), "max": num(self.latency_us.max / 1000.0)},
-            "ttft_ms": {"p50": num(ttft[0]), "p99": num(ttft[1])},
-            "output_tokens": self.output_tokens,
-            "tokens_per_s": num(self.tokens_per_s),
-            "tokens_per_s_per_request_p50": num(self.tps_request_median()),
-            # LatencyHistogram.to_bytes(), base64: merge runs with LatencyHistogram.from_bytes
-            "latency_us_histogram": base64.b64encode(self.latency_us.to_bytes()).decode("ascii"),
-            "ttft_us_histogram": base64.b64encode(self.ttft_us.to_bytes()).decode("ascii"),
-        }
-
-
 @dataclass
 class _Outcome:
     t_start: float
@@ -239,70 +117,6 @@ class _Outcome:
     ttft_us: float = 0.0
     tokens: int = 0
     tps: float = 0.0  # per-request tokens/s, 0 = unknown
-
-
-@dataclass
-class _Spec:
-    """One request shape: where to send it and how to read the reply."""
-
-    url: str
-    endpoint: str
-    openai: bool
-    stream: bool
-    model: str
-    prompt: str
-    num_predict: int | None
-    seed: int | None
-    headers: dict[str, str]
-    _cached: bytes | None = None
-
-    def body(self, n: int) -> bytes:
-        """The request body; built once unless the prompt has a ``{n}`` counter."""
-        if self._cached is not None:
-            return self._cached
-        b = self._build(n)
-        if "{n}" not in self.prompt:
-            self._cached = b
-        return b
-
-    def _build(self, n: int) -> bytes:
-        import json
-
-        prompt = self.prompt.replace("{n}", str(n)) if "{n}" in self.prompt else self.prompt
-        b: dict[str, Any] = {"model": self.model}
-        if self.openai:
-            if self.endpoint == "embed":
-                b["input"] = prompt
-                b["encoding_format"] = "float"
-                return json.dumps(b).encode()
-            if self.endpoint == "chat":
-                b["messages"] = [{"role": "user", "content": prompt}]
-            else:
-                b["prompt"] = prompt
-            b["stream"] = self.stream
-            if self.stream:
-                b["stream_options"] = {"include_usage": True}
-            if self.num_predict is not None:
-                b["max_tokens"] = self.num_predict
-            if self.seed is not None:
-                b["seed"] = self.seed
-            return json.dumps(b).encode()
-        if self.endpoint == "embed":
-            b["input"] = prompt
-            return json.dumps(b).encode()
-        if self.endpoint == "chat":
-            b["messages"] = [{"role": "user", "content": prompt}]
-        else:
-            b["prompt"] = prompt
-        b["stream"] = self.stream
-        opts: dict[str, Any] = {}
-        if self.num_predict is not None:
-            opts["num_predict"] = self.num_predict
-        if self.seed is not None:
-            opts["seed"] = self.seed
-        if opts:
-            b["options"] = opts
-        return json.dumps(b).encode()
 
 
 # --------------------------------------------------------------------------- one request
@@ -344,7 +158,7 @@ def _json_object(data: bytes) -> dict[str, Any]:
     return obj
 
 
-async def _one_request(session: Any, spec: _Spec, n: int, done_re: Any) -> _Outcome:
+async def _one_request(session: Any, spec: RequestSpec, n: int, done_re: Any) -> _Outcome:
     """Send one request, read the whole reply, classify it."""
     import asyncio
     import time
@@ -495,7 +309,7 @@ class _Level:
 
 
 async def _run_level(
-    spec: _Spec,
+    spec: RequestSpec,
     concurrency: int,
     *,
     warmup: float,
@@ -593,49 +407,6 @@ async def _cancel(tasks: list[Any]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-# --------------------------------------------------------------------------- progress bar
-
-
-class Progress:
-    """A one-line progress bar on a text stream (``\\r`` updates on a terminal, else one line a second)."""
-
-    def __init__(self, stream: TextIO, *, tty: bool, width: int = 24) -> None:
-        import time
-
-        self.stream = stream
-        self.tty = tty
-        self.width = width
-        self._clock = time.monotonic
-        self._last = -1e9
-        self._shown = 0
-
-    def update(self, *, index: int, count: int, concurrency: int, elapsed: float, total: float,
-               warming: bool, draining: bool, ok: int, errors: int, in_flight: int) -> None:
-        now = self._clock()
-        if now - self._last < (0.1 if self.tty else 1.0):
-            return
-        self._last = now
-        frac = min(1.0, elapsed / total) if total > 0 else 1.0
-        fill = int(frac * self.width)
-        phase = "warm-up" if warming else ("draining" if draining else "measuring")
-        line = (f"level {index + 1}/{count} c={concurrency} [{'#' * fill}{'.' * (self.width - fill)}] "
-                f"{min(elapsed, total):.1f}/{total:.1f}s {phase}  req {ok}  err {errors}  in-flight {in_flight}")
-        if self.tty:
-            pad = max(0, self._shown - len(line))
-            self.stream.write("\r" + line + " " * pad)
-            self._shown = len(line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def clear(self) -> None:
-        if self.tty and self._shown:
-            self.stream.write("\r" + " " * self._shown + "\r")
-            self.stream.flush()
-        self._shown = 0
-        self._last = -1e9
-
-
 # --------------------------------------------------------------------------- the API
 
 
@@ -681,7 +452,7 @@ async def run_bench(
     headers = {"Content-Type": "application/json", "User-Agent": "ollamamax-bench"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    spec = _Spec(url=base + (_OPENAI_PATHS if openai else _NATIVE_PATHS)[endpoint], endpoint=endpoint,
+    spec = RequestSpec(url=base + (OPENAI_PATHS if openai else NATIVE_PATHS)[endpoint], endpoint=endpoint,
                  openai=openai, stream=stream, model=model, prompt=prompt, num_predict=num_predict,
                  seed=seed, headers=headers)
     stop = stop if stop is not None else asyncio.Event()
@@ -993,7 +764,7 @@ async def _main_async(args: argparse.Namespace, *, url: str, levels: list[int], 
         if model is None:
             print(f"ollamamax bench: could not list models at {url}; using {DEFAULT_MODEL!r} (pass --model)", file=err)
             model = DEFAULT_MODEL
-    path = (_OPENAI_PATHS if args.openai else _NATIVE_PATHS)[args.endpoint]
+    path = (OPENAI_PATHS if args.openai else NATIVE_PATHS)[args.endpoint]
     print(f"ollamamax bench: POST {url.rstrip('/')}{path}  model {model}  "
           f"{'stream' if args.stream else 'no stream'}  {duration:g}s per level after {warmup:g}s warm-up  "
           f"(closed loop; see --help on coordinated omission)", file=out)
