@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from ollamamax.dispatch import Dispatcher
@@ -377,9 +378,19 @@ async def test_blobs_go_to_every_host() -> None:
             r = await d.handle("HEAD", f"/api/blobs/{digest}", b"", {})
             assert r.status == 404
             r = await d.handle("POST", f"/api/blobs/{digest}", data, {"Content-Type": "application/octet-stream"})
-            assert r.status in (200, 201)
+            assert r.status == 201  # created (on both hosts)
             r = await d.handle("HEAD", f"/api/blobs/{digest}", b"", {})
             assert r.status == 200
+            # uploading it again: every host already has it
+            r = await d.handle("POST", f"/api/blobs/{digest}", data, {"Content-Type": "application/octet-stream"})
+            assert r.status == 200
+            # a blob only host a has: b creates it, so the answer is 201 ("created somewhere")
+            data2 = b"a blob host a already has"
+            digest2 = "sha256:" + hashlib.sha256(data2).hexdigest()
+            async with aiohttp.ClientSession() as s, s.post(f"{a.url}/api/blobs/{digest2}", data=data2) as direct:
+                assert direct.status == 201
+            r = await d.handle("POST", f"/api/blobs/{digest2}", data2, {"Content-Type": "application/octet-stream"})
+            assert r.status == 201
 
 
 async def test_handle_requires_running_dispatcher() -> None:

@@ -329,7 +329,11 @@ async def test_not_found_texts(session, host):
 
 async def test_go_html_escaping(session, host):
     s, h, b = await call(session, host, "POST", "/api/generate", {"model": "<b>&", "prompt": "x"})
-    assert b == b'{"error":"model \'\\u003cb\\u003e\\u0026\' not found"}' or s == 400
+    assert (s, b) == (400, b'{"error":"invalid model name"}')  # not a valid name: nothing echoed
+    # an error that does echo the client's text: <, > and & escaped as Go's encoder does
+    s, h, b = await call(session, host, "POST", "/api/generate", {"model": "llama3.2", "prompt": "x", "think": "<b>&"})
+    assert s == 400
+    assert b.startswith(b'{"error":"invalid think value: \\"\\u003cb\\u003e\\u0026\\" (must be ')
     s, h, b = await call(session, host, "POST", "/api/show", {"model": "llama3.2"})
     assert b"<" not in b and b"\\u003c" in b
 

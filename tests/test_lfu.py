@@ -691,3 +691,55 @@ def test_native_and_pure_agree_across_shifts_and_scans(small_traces, name):
     assert (c._shifts >= 1) == (name == "shift")
     assert all((k in c) == (k in p) for k in set(keys))
     assert [c.frequency(k) for k in keys[-300:]] == [p.frequency(k) for k in keys[-300:]]
+
+
+# -- admission (TinyLFU filter), on each implementation alone ----------------------
+#
+# test_frequent_keys_survive_a_scan keeps its hot set in the protected segment, where a
+# scan never competes, so it passes even when the admission filter admits everything.
+# Here part of the hot set sits in probation, where each one-off key must lose the
+# frequency comparison against the entry it would evict.
+
+
+def _scrambled(n: int) -> int:
+    """Integer keys spread over the hash space (deterministic: int hashes are not salted)."""
+    return n * 2654435761 % (1 << 61)
+
+
+@pytest.mark.parametrize("base", [0, 5000, 77777])
+def test_admission_keeps_a_hot_set_that_fills_the_cache(impl, base):
+    """A hot set as large as the cache (so ~10% of it is in probation), then a scan of
+    4x the capacity of one-off keys: the scan keys are refused admission; the hot set
+    stays.  (Always admitting lets the scan evict every probation entry: 89 of 100 left.)"""
+    c = impl.LFUCache(100)
+    hot = [_scrambled(base + i) for i in range(100)]
+    for _ in range(10):
+        for k in hot:
+            if c.get(k) is None:
+                c[k] = 1
+    assert all(k in c for k in hot)
+    scan = [_scrambled(base + 10_000 + i) for i in range(400)]
+    for k in scan:
+        if c.get(k) is None:
+            c[k] = 1
+    assert sum(k in c for k in hot) >= 95
+    assert sum(k in c for k in scan) <= 5  # the scan keys were the ones to go
+
+
+@pytest.mark.parametrize("base", [0, 5000, 77777])
+def test_admission_prefers_keys_the_sketch_has_seen_often(impl, base):
+    """Keys looked up often before they were stored (so they wait in probation, never
+    promoted) win every admission contest against one-off keys: a scan of 400 new keys
+    leaves (nearly) all 90 of them.  Always admitting would evict them all."""
+    c = impl.LFUCache(100)
+    hot = [_scrambled(base + i) for i in range(90)]
+    for _ in range(8):
+        for k in hot:
+            assert c.get(k) is None  # misses count in the frequency sketch too
+    for k in hot:
+        c[k] = 1
+    for i in range(400):
+        k = _scrambled(base + 10_000 + i)
+        if c.get(k) is None:
+            c[k] = 1
+    assert sum(k in c for k in hot) >= 85
