@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-
 from test_gateway_common import ThreadedStack
 
 pytestmark = pytest.mark.timeout(60)
@@ -127,14 +126,8 @@ def test_the_matrix_covers_every_admin_route():
 
 @pytest.mark.parametrize("key", list(AUTH), ids=list(AUTH))
 @pytest.mark.parametrize("route", ROUTES, ids=[_route_id(r) for r in ROUTES])
-def test_auth(request, gateways, front, route, key):
+def test_auth(gateways, front, route, key):
     method, path, body = route
-    if path == "/ollamamax" and key in ("no-key", "wrong-key"):
-        # Found by this matrix: the redirect /ollamamax -> /ollamamax/ is answered without a
-        # key check (302 to a page that does check), although app.py documents "every route
-        # needs a key".  Strict: the cell turns red the day the redirect checks the key too.
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="GET /ollamamax redirects without checking the key"))
     status, headers, data = _request(gateways[front], method, path, body, AUTH[key])
     admin_route = (method, path) in ADMIN_ROUTES
     if key in ("no-key", "wrong-key"):

@@ -22,11 +22,17 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from ollamamax import LatencyHistogram
-from ollamamax import bench
-from ollamamax.bench import LevelResult, Progress, UsageError, parse_concurrency, parse_duration, run_bench
-from ollamamax.testing import FakeOllama, ThreadedFakeOllama
 import ollamamax
+from ollamamax import LatencyHistogram, bench
+from ollamamax.bench import (
+    LevelResult,
+    Progress,
+    UsageError,
+    parse_concurrency,
+    parse_duration,
+    run_bench,
+)
+from ollamamax.testing import FakeOllama, ThreadedFakeOllama
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ollamamax.demo import _UNKNOWN_MODEL, run_demo
 import ollamamax
+from ollamamax.demo import _UNKNOWN_MODEL, run_demo
 
 pytestmark = pytest.mark.timeout(120)
 

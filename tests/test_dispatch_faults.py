@@ -14,9 +14,9 @@ import pytest
 from test_gateway_common import wait_until
 
 from ollamamax.dispatch import Dispatcher, HostConfig
-from ollamamax.wire.response import HEADER_ATTEMPTS, HEADER_HOST, HEADER_QUEUE_MS
-from ollamamax.wire.ollama import BUSY_MESSAGE
 from ollamamax.testing import FakeOllama
+from ollamamax.wire.ollama import BUSY_MESSAGE
+from ollamamax.wire.response import HEADER_ATTEMPTS, HEADER_HOST, HEADER_QUEUE_MS
 
 pytestmark = pytest.mark.timeout(60)
 

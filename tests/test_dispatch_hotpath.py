@@ -38,9 +38,15 @@ from ollamamax.upstream import client as upclient
 from ollamamax.upstream import http1
 from ollamamax.upstream.client import FORWARD_REQUEST_HEADERS, Upstream, header_get
 from ollamamax.upstream.connection import Connection, RawResponse
-from ollamamax.upstream.pool import HostPool
 from ollamamax.upstream.http1 import BadResponse, build_head
-from ollamamax.wire.response import HEADER_ATTEMPTS, HEADER_CACHE, HEADER_COLD, HEADER_HOST, HEADER_QUEUE_MS
+from ollamamax.upstream.pool import HostPool
+from ollamamax.wire.response import (
+    HEADER_ATTEMPTS,
+    HEADER_CACHE,
+    HEADER_COLD,
+    HEADER_HOST,
+    HEADER_QUEUE_MS,
+)
 from ollamamax.wire.routes import lookup
 from ollamamax.wire.validate import parse_body
 

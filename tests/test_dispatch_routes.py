@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from ollamamax.dispatch import Dispatcher
-from ollamamax.wire.response import HEADER_ATTEMPTS, HEADER_CACHE, HEADER_HOST
 from ollamamax.testing import FakeOllama
+from ollamamax.wire.response import HEADER_ATTEMPTS, HEADER_CACHE, HEADER_HOST
 
 pytestmark = pytest.mark.timeout(60)
 

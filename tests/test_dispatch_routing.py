@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from ollamamax.dispatch import Dispatcher, HostConfig
-from ollamamax.wire.response import HEADER_COLD, HEADER_HOST
 from ollamamax.fleet.learning import Ewma
 from ollamamax.testing import FakeOllama
+from ollamamax.wire.response import HEADER_COLD, HEADER_HOST
 
 pytestmark = pytest.mark.timeout(60)
 

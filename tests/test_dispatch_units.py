@@ -11,25 +11,24 @@ from ollamamax import QueueFull
 from ollamamax.dispatch import DispatcherConfig, HostConfig
 from ollamamax.dispatch.admission import Admission
 from ollamamax.dispatch.cache import ResponseCache
-from ollamamax.wire.ollama import go_json_error
-from ollamamax.fleet.health import Health, HealthPolicy
-from ollamamax.fleet.config import host_name_from_url
-from ollamamax.fleet.hosts import HostState
-from ollamamax.wire.names import display_name, normalize_model
-from ollamamax.wire.routes import ROUTES
-from ollamamax.wire.validate import is_zero_keep_alive
-from ollamamax.wire.routes import lookup
 from ollamamax.dispatch.merged import parse_time as _parse_time
 from ollamamax.dispatch.merged import version_key as _version_key
+from ollamamax.fleet.config import host_name_from_url
+from ollamamax.fleet.health import Health, HealthPolicy
+from ollamamax.fleet.hosts import HostState
 from ollamamax.placement.strategies import (
     AffinityStrategy,
     HashRing,
-    RoutingKey,
     RoundRobinStrategy,
+    RoutingKey,
     chat_prefix_hashes,
     make_strategy,
     stable_hash,
 )
+from ollamamax.wire.names import display_name, normalize_model
+from ollamamax.wire.ollama import go_json_error
+from ollamamax.wire.routes import ROUTES, lookup
+from ollamamax.wire.validate import is_zero_keep_alive
 
 
 def mk_hosts(n: int, cap: int = 2) -> list[HostState]:

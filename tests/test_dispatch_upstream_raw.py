@@ -17,8 +17,14 @@ import pytest
 
 from ollamamax.upstream.client import TraceCtx, Upstream, describe_error
 from ollamamax.upstream.connection import HIGH_WATER, Connection, RawResponse
+from ollamamax.upstream.http1 import (
+    BadResponse,
+    ConnectFailed,
+    Disconnected,
+    StatusError,
+    build_head,
+)
 from ollamamax.upstream.pool import HostPool
-from ollamamax.upstream.http1 import BadResponse, ConnectFailed, Disconnected, StatusError, build_head
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+import ollamamax
 from ollamamax.testing import FakeOllama, ThreadedFakeOllama
 from ollamamax.testing._models import parse_go_duration, parse_keep_alive, parse_name
 from ollamamax.testing.pytest_plugin import fake_ollama  # noqa: F401 - the fixture under test
-import ollamamax
 
 # the directory holding the ollamamax being tested (site-packages in CI, src/ in dev),
 # so subprocesses run the same build (native modules included) as this process

@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 import pytest
 from test_gateway_common import stack, wait_until
 
-from ollamamax.frontends import fastpath
-from ollamamax.wire.response import DispatchResponse
 from ollamamax import create_app
+from ollamamax.frontends import fastpath
 from ollamamax.frontends.fastpath import start_server
+from ollamamax.wire.response import DispatchResponse
 
 pytestmark = pytest.mark.timeout(60)
 

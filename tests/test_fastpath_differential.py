@@ -20,10 +20,10 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from ollamamax.wire.response import DispatchResponse
-from ollamamax import create_app
 from test_gateway_common import serve_app
+
+from ollamamax import create_app
+from ollamamax.wire.response import DispatchResponse
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -15,7 +15,6 @@ import httpx
 import ollama
 import openai
 import pytest
-
 from test_gateway_common import (
     HOST_KW,
     ThreadedStack,

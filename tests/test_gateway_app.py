@@ -18,9 +18,9 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from ollamamax.wire.response import DispatchResponse
 from ollamamax import create_app
 from ollamamax.frontends.aiohttp_app import GATEWAY_KEY
+from ollamamax.wire.response import DispatchResponse
 from ollamamax.wire.routes import ROUTES
 
 ADMIN_PATHS = frozenset(r.path for r in ROUTES.values() if r.admin_methods)

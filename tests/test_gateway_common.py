@@ -21,9 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ollamamax.dispatch import Dispatcher
-from ollamamax.dispatch import DispatcherConfig
 from ollamamax import create_app
+from ollamamax.dispatch import Dispatcher, DispatcherConfig
 from ollamamax.frontends.fastpath import start_server
 from ollamamax.testing import FakeOllama
 

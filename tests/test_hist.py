@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ollamamax.structures import _hist_py, hist as _hist
+from ollamamax.structures import _hist_py
+from ollamamax.structures import hist as _hist
 
 NATIVE = _hist.IMPLEMENTATIONS["c"]
 needs_native = pytest.mark.skipif(NATIVE is None, reason="native _hist_c not built")

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 import ollamamax
 
 # the directory holding the ollamamax being tested (site-packages in CI, src/ in dev),

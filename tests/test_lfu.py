@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from ollamamax.structures import _lfu_py, lfu as _lfu
+from ollamamax.structures import _lfu_py
+from ollamamax.structures import lfu as _lfu
 
 HAVE_NATIVE = _lfu.IMPLEMENTATIONS["c"] is not None
 

@@ -22,10 +22,15 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
+from ollamamax import create_app
 from ollamamax.dispatch import Dispatcher
 from ollamamax.ops import gcstats, metrics
-from ollamamax import create_app
-from ollamamax.ops.gcstats import GcPauseRecorder, parse_gc_threshold, tune_gc, untune_gc
+from ollamamax.ops.gcstats import (
+    GcPauseRecorder,
+    parse_gc_threshold,
+    tune_gc,
+    untune_gc,
+)
 from ollamamax.ops.metrics import (
     OBSERVABILITY_KEY,
     TIME_BOUNDS,

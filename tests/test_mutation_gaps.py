@@ -195,7 +195,7 @@ async def test_weight_scales_the_share_of_concurrent_requests(strategy: str) -> 
 
 
 def _hosts_with_weights(weights: list[float], capacity: int) -> list[Any]:
-    from ollamamax.dispatch.hosts import HostState
+    from ollamamax.fleet.hosts import HostState
 
     out = []
     for i, w in enumerate(weights):
@@ -208,16 +208,16 @@ def _hosts_with_weights(weights: list[float], capacity: int) -> list[Any]:
 
 def _assign(strategy: Any, hs: list[Any], n: int) -> list[int]:
     """n requests that stay in flight, each to the first host of the strategy's order."""
-    from ollamamax.dispatch.strategies import Pick
+    from ollamamax.placement.strategies import RoutingKey
 
     for _ in range(n):
-        first = strategy.order(hs, Pick("llama3.2:latest"))[0]
+        first = strategy.order(hs, RoutingKey("llama3.2:latest"))[0]
         first.in_flight += 1
     return [h.in_flight for h in hs]
 
 
 def test_least_loaded_strategy_fills_hosts_in_proportion_to_weight() -> None:
-    from ollamamax.dispatch.strategies import LeastLoadedStrategy
+    from ollamamax.placement.strategies import LeastLoadedStrategy
 
     got = _assign(LeastLoadedStrategy(), _hosts_with_weights([1, 3, 2], 100), 120)
     assert got == [20, 60, 40]
@@ -226,7 +226,7 @@ def test_least_loaded_strategy_fills_hosts_in_proportion_to_weight() -> None:
 def test_p2c_strategy_favours_heavier_hosts() -> None:
     """Three candidates, weights 1, 1, 3 (seeded): with 200 requests in flight the heavy
     host holds about 3x each light one (bound: 2x..3.5x of their mean)."""
-    from ollamamax.dispatch.strategies import P2CStrategy
+    from ollamamax.placement.strategies import P2CStrategy
 
     light1, light2, heavy = _assign(P2CStrategy(random.Random(1234)), _hosts_with_weights([1, 1, 3], 1000), 200)
     ratio = heavy / ((light1 + light2) / 2)

@@ -10,7 +10,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ollamamax.structures import _pool_py, pool as _pool
+from ollamamax.structures import _pool_py
+from ollamamax.structures import pool as _pool
 
 
 class Obj:

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ollamamax.testing import FakeOllama
 import ollamamax
+from ollamamax.testing import FakeOllama
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import ollamamax
 from ollamamax.dispatch import DispatcherConfig, HostConfig
 from ollamamax.ops.config import (
     ConfigError,
@@ -21,7 +22,6 @@ from ollamamax.ops.config import (
     parse_size,
 )
 from ollamamax.ops.serve import add_arguments
-import ollamamax
 
 REPO = Path(__file__).resolve().parents[1]
 

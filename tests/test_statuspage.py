@@ -21,10 +21,9 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from test_metrics import obs_stack
 
 from ollamamax.ops.statuspage import PAGE_HEADERS, render_status_page
-
-from test_metrics import obs_stack
 
 pytestmark = pytest.mark.timeout(90)
 

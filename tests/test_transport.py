@@ -9,10 +9,6 @@ import httpx
 import ollama
 import openai
 import pytest
-
-from ollamamax.dispatch import Dispatcher
-from ollamamax.dispatch import DispatcherConfig, DispatchResponse
-from ollamamax.frontends.transport import DispatcherTransport
 from test_gateway_common import (
     DISPATCH_KW,
     new_host,
@@ -20,6 +16,9 @@ from test_gateway_common import (
     openai_scenarios,
     wait_until,
 )
+
+from ollamamax.dispatch import Dispatcher, DispatcherConfig, DispatchResponse
+from ollamamax.frontends.transport import DispatcherTransport
 
 pytestmark = pytest.mark.timeout(120)
 

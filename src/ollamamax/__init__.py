@@ -40,6 +40,9 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # type checkers see the pure-Python specification
+    from .dispatch.dispatcher import Dispatcher
+    from .frontends.transport import DispatcherTransport
+    from .ops.app import create_app
     from .structures import (
         AsyncRingQueue,
         LatencyHistogram,
@@ -49,9 +52,6 @@ if TYPE_CHECKING:  # type checkers see the pure-Python specification
         QueueFull,
         RingQueue,
     )
-    from .dispatch.dispatcher import Dispatcher
-    from .frontends.transport import DispatcherTransport
-    from .ops.app import create_app
 
 
 def __getattr__(name: str) -> Any:

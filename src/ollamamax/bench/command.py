@@ -17,7 +17,14 @@ from .loop import run_bench
 from .options import UsageError, parse_concurrency, parse_duration
 from .plot import write_plot
 from .progress import Progress
-from .report import format_banner, format_header, format_row, metadata, summary_lines, write_json
+from .report import (
+    format_banner,
+    format_header,
+    format_row,
+    metadata,
+    summary_lines,
+    write_json,
+)
 from .request import DEFAULT_MODEL, DEFAULT_PROMPT, ENDPOINTS
 from .results import LevelResult
 

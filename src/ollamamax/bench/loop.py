@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .client import Outcome, one_request
 from .options import parse_concurrency
-from .request import DEFAULT_MODEL, DEFAULT_PROMPT, ENDPOINTS, NATIVE_PATHS, OPENAI_PATHS, RequestSpec
+from .request import (
+    DEFAULT_MODEL,
+    DEFAULT_PROMPT,
+    ENDPOINTS,
+    NATIVE_PATHS,
+    OPENAI_PATHS,
+    RequestSpec,
+)
 from .results import LevelResult
 
 if TYPE_CHECKING:
@@ -100,7 +107,7 @@ async def _run_level(
 
     import aiohttp
 
-    from .. import LatencyHistogram
+    from ..structures.hist import LatencyHistogram
 
     clock = time.perf_counter
     done_re = re.compile(rb'"done"\s*:\s*true')

@@ -104,7 +104,7 @@ def metadata(args: argparse.Namespace, *, model: str, levels: list[int], duratio
     import shlex
     import sys
 
-    from .. import __version__
+    from .._version import __version__
 
     cmd = ["ollamamax", "bench", args.url, "--model", model, "--endpoint", args.endpoint,
            "--concurrency", ",".join(map(str, levels)), "--duration", args.duration, "--warmup", args.warmup,
@@ -151,7 +151,7 @@ def metadata(args: argparse.Namespace, *, model: str, levels: list[int], duratio
 
 
 def _native_hist() -> bool:
-    from .. import LatencyHistogram
+    from ..structures.hist import LatencyHistogram
 
     # the selected class comes from the compiled module (``..._hist_c``) or its pure twin (``..._hist_py``)
     return LatencyHistogram.__module__.endswith("_c")

@@ -25,7 +25,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ..fleet.hosts import HostState
-from ..upstream.client import UPSTREAM_ERRORS, RawResponse, describe_error, header_get, timeout
+from ..upstream.client import (
+    UPSTREAM_ERRORS,
+    RawResponse,
+    describe_error,
+    header_get,
+    timeout,
+)
 from ..wire.errors import JSON_CONTENT_TYPE, NDJSON_CONTENT_TYPE, ollama_error_body
 from ..wire.names import normalize_model
 from ..wire.response import DispatchResponse

@@ -40,7 +40,12 @@ from ..fleet.hosts import HostState
 from ..fleet.learning import Demand
 from ..fleet.snapshot import HostView, Snapshot, SnapshotStore
 from ..placement.router import Router
-from ..placement.strategies import STRATEGIES, RoutingKey, chat_prefix_hashes, make_strategy
+from ..placement.strategies import (
+    STRATEGIES,
+    RoutingKey,
+    chat_prefix_hashes,
+    make_strategy,
+)
 from ..upstream.client import Upstream, header_get
 from ..wire.names import normalize_model
 from ..wire.ollama import NOT_FOUND_PAGE

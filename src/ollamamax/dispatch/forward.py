@@ -28,7 +28,13 @@ from ..fleet.snapshot import SnapshotStore
 from ..placement.router import Router
 from ..placement.strategies import RoutingKey
 from ..structures.exceptions import QueueFull
-from ..upstream.client import UPSTREAM_ERRORS, RawResponse, TraceCtx, Upstream, describe_error
+from ..upstream.client import (
+    UPSTREAM_ERRORS,
+    RawResponse,
+    TraceCtx,
+    Upstream,
+    describe_error,
+)
 from ..upstream.streams import PassThrough
 from ..wire.errors import JSON_CONTENT_TYPE, NDJSON_CONTENT_TYPE, SSE_CONTENT_TYPE
 from ..wire.response import (

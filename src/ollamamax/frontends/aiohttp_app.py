@@ -46,7 +46,12 @@ from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
 from ..wire.response import HOP_BY_HOP, DispatchResponse
-from .rules import DEFAULT_MAX_BODY_SIZE, ERROR_HEADERS, GatewayRules, gateway_error_body
+from .rules import (
+    DEFAULT_MAX_BODY_SIZE,
+    ERROR_HEADERS,
+    GatewayRules,
+    gateway_error_body,
+)
 
 __all__ = ["GATEWAY_KEY", "Gateway", "build_app"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import _hist_py
 from .._compat import load_native
+from . import _hist_py
 
 __all__ = ["LatencyHistogram"]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import _lfu_py
 from .._compat import load_native
+from . import _lfu_py
 
 __all__ = ["CacheInfo", "LFUCache"]
 

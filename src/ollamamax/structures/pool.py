@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import _pool_py
 from .._compat import load_native
+from . import _pool_py
 
 __all__ = ["ObjectPool", "PoolInfo"]
 

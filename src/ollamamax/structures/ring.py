@@ -11,9 +11,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, TypeVar
 
+from .._compat import load_native
 from . import _ring_py
 from .exceptions import QueueEmpty, QueueFull
-from .._compat import load_native
 
 __all__ = ["AsyncRingQueue", "IMPLEMENTATIONS", "PUBLIC", "QueueEmpty", "QueueFull", "RingQueue"]
 

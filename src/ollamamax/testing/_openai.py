@@ -16,8 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ._emulator import CT_SSE, MIDSTREAM_MSG, HttpError, _events, conversation, decode_body, keep_alive_of, render_events
 from ..wire.ollama import go_type_name
+from ._emulator import (
+    CT_SSE,
+    MIDSTREAM_MSG,
+    HttpError,
+    _events,
+    conversation,
+    decode_body,
+    keep_alive_of,
+    render_events,
+)
 from ._models import TOKENS_JSON, go_dumps
 
 if TYPE_CHECKING:

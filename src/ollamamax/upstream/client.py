@@ -28,8 +28,15 @@ from urllib.parse import quote, urlsplit
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .connection import RawResponse
+from .http1 import (
+    BadResponse,
+    ConnectFailed,
+    Disconnected,
+    StatusError,
+    UpstreamError,
+    head_prefix,
+)
 from .pool import HostPool
-from .http1 import BadResponse, ConnectFailed, Disconnected, StatusError, UpstreamError, head_prefix
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout
