@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ollamamax import QueueFull
-from ollamamax.dispatch import DispatcherConfig, HostConfig
+from ollamamax.dispatch import HostConfig
 from ollamamax.dispatch.admission import Admission
 from ollamamax.dispatch.cache import ResponseCache
 from ollamamax.dispatch.merged import parse_time as _parse_time

@@ -1,7 +1,7 @@
 """Type stub for the native RingQueue (ollamamax.structures._ring_c, built from _ring_c.pyx)."""
 
 from collections.abc import Iterable
-from typing import Any, Generic, TypeVar, final, overload
+from typing import Generic, TypeVar, final, overload
 
 _T = TypeVar("_T")
 _D = TypeVar("_D")
