@@ -33,7 +33,7 @@ class Double:
         self.yielded = 0
         self.release = asyncio.Event()
 
-    async def handle(self, method, path, body, headers, *, query=""):
+    async def handle(self, method, path, body, headers, *, query="", tenant=None):
         self.calls.append((method, path, body, dict(headers), query))
 
         async def close() -> None:

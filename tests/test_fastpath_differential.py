@@ -32,7 +32,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str, bytes, tuple[tuple[str, str], ...]]] = []
 
-    async def handle(self, method, path, body, headers, *, query=""):
+    async def handle(self, method, path, body, headers, *, query="", tenant=None):
         self.calls.append((method, path, query, body, tuple(headers.items())))
         return DispatchResponse(200, {"Content-Type": "application/json"}, body=b'{"ok":true}')
 

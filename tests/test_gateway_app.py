@@ -47,7 +47,7 @@ class FakeDispatcher:
 
         return close
 
-    async def handle(self, method, path, body, headers, *, query=""):
+    async def handle(self, method, path, body, headers, *, query="", tenant=None):
         self.calls.append((method, path, body, dict(headers), query))
         if path == "/boom" or path == "/v1/boom":
             raise RuntimeError("dispatcher bug")

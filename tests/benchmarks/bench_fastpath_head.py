@@ -19,8 +19,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from ollamamax.dispatch import fastpath  # noqa: E402
 from ollamamax.dispatch.app import Gateway  # noqa: E402
+
+from ollamamax.dispatch import fastpath  # noqa: E402
 
 REQUEST = (b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:11434\r\nContent-Type: application/json\r\n"
            b"Accept: application/json\r\nUser-Agent: ollama-python/0.6.3 (x86_64 linux) Python/3.11\r\n"

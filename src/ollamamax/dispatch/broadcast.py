@@ -165,10 +165,20 @@ class MergedStream:
 
 
 class Broadcaster:
-    def __init__(self, config: DispatcherConfig, directory: HostDirectory, streams: set[Any]) -> None:
+    """``on_model_changed(model)`` is called (normalised name) when a pull, create, copy
+    (for the destination) or delete may have changed what a model name means."""
+
+    def __init__(
+        self,
+        config: DispatcherConfig,
+        directory: HostDirectory,
+        streams: set[Any],
+        on_model_changed: Callable[[str], None] = lambda model: None,
+    ) -> None:
         self.config = config
         self.directory = directory
         self.streams = streams
+        self.on_model_changed = on_model_changed
 
     # -- building blocks ---------------------------------------------------------------
     async def simple(
@@ -262,6 +272,12 @@ class Broadcaster:
         """pull / create / copy / delete."""
         d = self.directory
         kind = route.kind
+        if name.strip():
+            self.on_model_changed(normalize_model(name))
+        if kind == "copy":
+            dest = obj.get("destination")
+            if isinstance(dest, str) and dest.strip():
+                self.on_model_changed(normalize_model(dest))
         if kind == "pull" or kind == "create":
             if not name.strip():
                 return replies.error(route, 400, "model is required")

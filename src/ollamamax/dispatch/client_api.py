@@ -32,7 +32,14 @@ def _decode_line(line: bytes) -> Any:
 
 class EmbeddedClient:
     async def handle(
-        self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None = None, *, query: str = ""
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        query: str = "",
+        tenant: str | None = None,
     ) -> DispatchResponse:
         raise NotImplementedError
 

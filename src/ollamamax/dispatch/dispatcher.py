@@ -183,7 +183,7 @@ class Dispatcher(EmbeddedClient):
             cfg, hosts, self.store, self._upstreams, self.router, admission, self.health, self.accounting,
             self.cache, self._streams, self._refresh_soon,
         )
-        self._broadcaster = Broadcaster(cfg, directory, self._streams)
+        self._broadcaster = Broadcaster(cfg, directory, self._streams, on_model_changed=self.cache.invalidate_model)
         self._merger = Merger(cfg, directory, self._broadcaster)
         try:
             await refresher.start()
@@ -239,8 +239,11 @@ class Dispatcher(EmbeddedClient):
         headers: Mapping[str, str] | None = None,
         *,
         query: str = "",
+        tenant: str | None = None,
     ) -> DispatchResponse:
-        """Answer one HTTP request (see ``wire.response`` for the contract)."""
+        """Answer one HTTP request (see ``wire.response`` for the contract).  ``tenant``
+        names who is asking (a front end with API keys passes one per key); with
+        ``cache_scope="tenant"`` cached answers are never shared across tenants."""
         if self._forwarder is None or self._closed:
             raise RuntimeError("Dispatcher is not running: use 'async with Dispatcher(...)' or await start()")
         method = method.upper()
@@ -249,7 +252,7 @@ class Dispatcher(EmbeddedClient):
             return replies.plain(404, NOT_FOUND_PAGE)
         kind = route.kind
         if kind == "model":
-            return await self._inference(route, method, path, body or b"", headers, query)
+            return await self._inference(route, method, path, body or b"", headers, query, tenant)
         if kind == "root":
             return replies.plain(200, b"Ollama is running")
         merger = self._merger
@@ -276,7 +279,14 @@ class Dispatcher(EmbeddedClient):
 
     # -- inference routes --------------------------------------------------------------
     async def _inference(
-        self, route: Route, method: str, path: str, body: bytes, headers: Mapping[str, str] | None, query: str
+        self,
+        route: Route,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str] | None,
+        query: str,
+        tenant: str | None,
     ) -> DispatchResponse:
         cache = self.cache
         cache_header = cache.cacheable_route(route)
@@ -304,7 +314,7 @@ class Dispatcher(EmbeddedClient):
         req.model = model
         req.cache_header = cache_header
         if cache_header:
-            req.cache_key = key = cache.key_for(route, model, obj)
+            req.cache_key = key = cache.key_for(route, model, obj, tenant=tenant)
             if key is not None:
                 hit = cache.get(key)
                 if hit is not None:

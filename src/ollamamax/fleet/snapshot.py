@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..wire.names import normalize_model
+
 __all__ = ["HostView", "Snapshot", "SnapshotStore"]
 
 
@@ -35,17 +37,27 @@ class HostView:
 
 
 class Snapshot:
-    """All hosts' views plus an index model -> host indices (immutable by convention)."""
+    """All hosts' views plus an index model -> host indices, and model -> the digests the
+    hosts report for it (immutable by convention)."""
 
-    __slots__ = ("hosts", "by_model")
+    __slots__ = ("hosts", "by_model", "digests")
 
     def __init__(self, hosts: tuple[HostView, ...]) -> None:
         self.hosts = hosts
         by_model: dict[str, list[int]] = {}
+        digests: dict[str, set[str]] = {}
         for v in hosts:
             for m in v.present:
                 by_model.setdefault(m, []).append(v.index)
+            for entry in v.tags:
+                d = entry.get("digest")
+                name = entry.get("name") or entry.get("model")
+                if isinstance(d, str) and d and isinstance(name, str):
+                    digests.setdefault(normalize_model(name), set()).add(d)
         self.by_model: dict[str, tuple[int, ...]] = {k: tuple(v) for k, v in by_model.items()}
+        # "" for a model no host reports a digest for; several digests joined when hosts
+        # hold different builds under one name
+        self.digests: dict[str, str] = {k: ",".join(sorted(v)) for k, v in digests.items()}
 
     def replace(self, view: HostView) -> Snapshot:
         hosts = list(self.hosts)

@@ -180,7 +180,8 @@ class Gateway:
                 return self._too_large(path, "body")
             try:
                 resp: DispatchResponse = await self.dispatcher.handle(
-                    method, path, body, headers, query=request.rel_url.raw_query_string
+                    method, path, body, headers, query=request.rel_url.raw_query_string,
+                    tenant=self.rules.tenant_of(request.headers.get("Authorization")),
                 )
             except Exception:
                 log.exception("dispatcher failed on %s %s", method, path)

@@ -318,7 +318,8 @@ class _FastProtocol(asyncio.Protocol):
                                   refused.headers, close)
                 return
             try:
-                resp = await rules.dispatcher.handle(method, path, body, headers, query=query)
+                resp = await rules.dispatcher.handle(method, path, body, headers, query=query,
+                                                     tenant=rules.tenant_of(authorization))
             except Exception:
                 log.exception("dispatcher failed on %s %s", method, path)
                 status = 500

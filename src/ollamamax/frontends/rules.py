@@ -68,6 +68,9 @@ class GatewayRules:
         self.dispatcher = dispatcher
         self._admin_keys = tuple(k.encode() for k in admin)
         self._user_keys = tuple(k.encode() for k in user) + self._admin_keys
+        # each key is its own tenant (the response cache never shares hits across tenants);
+        # the name says which key without containing it
+        self._tenants = {k: f"key-{i}" for i, k in enumerate(dict.fromkeys(self._user_keys))}
         self.auth_enabled = bool(self._user_keys)
         self.max_body_size = int(max_body_size)
 
@@ -89,6 +92,13 @@ class GatewayRules:
         if needs_admin(method, path) and not self._key_matches(key, self._admin_keys):
             return Refusal(403, "forbidden: this route needs an admin key", None, None)
         return None
+
+    def tenant_of(self, authorization: str | None) -> str | None:
+        """The tenant of a request that :meth:`refusal` let through (None without keys)."""
+        if not self.auth_enabled:
+            return None
+        scheme, _, presented = (authorization or "").partition(" ")
+        return self._tenants.get(presented.strip().encode()) if scheme.lower() == "bearer" else None
 
     def too_large_message(self, detail: str) -> str:
         return f"request body too large: {detail} exceeds the limit of {self.max_body_size} bytes"

@@ -28,6 +28,14 @@ queue_timeout      30                          seconds a request may wait for a 
 max_in_flight      8                           default per-host in-flight limit
 gc_freeze          false                       ``gc.freeze()`` once started (see gcstats.tune_gc)
 gc_threshold       Python's (700,10,10)        e.g. ``"50000,20,20"``: ``gc.set_threshold``
+connect_timeout    5                           seconds to open a connection to a host
+first_byte_timeout 300                         seconds from sending to a host's first byte
+idle_timeout       120                         longest gap between two chunks of a stream
+send_timeout       60                          a client that reads nothing for this long is cut
+body_timeout       60                          a request body must arrive within this long
+max_connections    0 (from the fd limit)       client connections at once; more get 503
+cache_bytes        ``256MiB``                  response cache budget (keys and values)
+cache_scope        ``tenant``                  tenant: API keys never share cache hits; shared
 =================  ==========================  ==================================================
 
 The TOML file may also hold a ``[dispatcher]`` table with any
@@ -104,6 +112,14 @@ class GatewayConfig:
     admin_keys: tuple[str, ...] = ()
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     grace_period: float = 30.0
+    # a client that accepts no bytes of an answer for this long is disconnected (nginx's
+    # send_timeout); its upstream request is cancelled and its slot freed
+    send_timeout: float = 60.0
+    # a request body must arrive within this many seconds of its head
+    body_timeout: float = 60.0
+    # client connections at once; beyond it new ones get 503 and are closed (0: derived
+    # from the descriptor limit at start-up)
+    max_connections: int = 0
     log_level: str = "info"
     loop: str = "auto"
     gc_freeze: bool = False
@@ -314,15 +330,23 @@ _TOP_KEYS = (
     "backends", "listen", "workers", "api_keys", "admin_keys", "max_body_size",
     "grace_period", "log_level", "loop", "strategy", "auto_pull", "queue_size",
     "queue_timeout", "max_in_flight", "gc_freeze", "gc_threshold",
+    "connect_timeout", "first_byte_timeout", "idle_timeout", "send_timeout", "body_timeout",
+    "max_connections", "cache_bytes", "cache_scope",
 )
-# top-level key -> DispatcherConfig field
+# top-level key -> DispatcherConfig field (converted and checked as that field)
 _DISPATCHER_ALIASES = {
     "strategy": "strategy",
     "auto_pull": "auto_pull",
     "queue_size": "queue_size",
     "queue_timeout": "queue_timeout",
     "max_in_flight": "max_in_flight_per_host",
+    "connect_timeout": "connect_timeout",
+    "first_byte_timeout": "first_byte_timeout",
+    "idle_timeout": "idle_timeout",
+    "cache_bytes": "cache_bytes",
+    "cache_scope": "cache_scope",
 }
+CACHE_SCOPES = ("tenant", "shared")
 _DISPATCHER_FIELDS = {f.name: f for f in dataclasses.fields(DispatcherConfig)}
 _HOST_KEYS = ("url", "name", "weight", "max_concurrency", "headers")
 
@@ -350,14 +374,12 @@ def _convert(key: str, value: object, where: str) -> object:
         return _parse_choice(value, what, LOG_LEVELS)
     if key == "loop":
         return _parse_choice(value, what, LOOPS)
-    if key == "strategy":
-        return _parse_choice(value, what, STRATEGIES)
-    if key == "auto_pull":
-        return _parse_bool(value, what)
-    if key in ("queue_size", "max_in_flight"):
-        return _parse_int(value, what, minimum=1)
-    if key == "queue_timeout":
+    if key in ("send_timeout", "body_timeout"):
         return _parse_float(value, what, positive=True)
+    if key == "max_connections":
+        return _parse_int(value, what, minimum=0)
+    if key in _DISPATCHER_ALIASES:
+        return _convert_dispatcher_field(_DISPATCHER_ALIASES[key], value, where)
     if key == "gc_freeze":
         return _parse_bool(value, what)
     if key == "gc_threshold":
@@ -384,6 +406,15 @@ def _convert_dispatcher_field(name: str, value: object, where: str) -> object:
     default = _DISPATCHER_FIELDS[name].default
     if name == "strategy":
         return _parse_choice(value, what, STRATEGIES)
+    if name == "cache_scope":
+        return _parse_choice(value, what, CACHE_SCOPES)
+    if name in ("cache_bytes",):
+        return parse_size(value, what=what)
+    if name in ("max_ejection_percent", "panic_threshold"):
+        v = _parse_float(value, what, minimum=0.0)
+        if v > 100.0:  # type: ignore[operator]
+            raise ConfigError(f"{what}: a percentage, 0 to 100, got {value!r}")
+        return v
     if isinstance(default, bool):
         return _parse_bool(value, what)
     if isinstance(default, int):
@@ -541,7 +572,8 @@ def load_config(
     if "listen" in values:
         kw["listen_host"], kw["listen_port"] = values["listen"]  # type: ignore[misc]
     for key in ("workers", "api_keys", "admin_keys", "max_body_size", "grace_period",
-                "log_level", "loop", "gc_freeze", "gc_threshold"):
+                "log_level", "loop", "gc_freeze", "gc_threshold", "send_timeout", "body_timeout",
+                "max_connections"):
         if key in values:
             kw[key] = values[key]
     return GatewayConfig(hosts=hosts, dispatcher=DispatcherConfig(**disp_kwargs), **kw)

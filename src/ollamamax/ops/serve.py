@@ -68,6 +68,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="default in-flight requests per host (default 8)")
     a("--grace-period", type=float, metavar="SECONDS",
       help="time in-flight requests get to finish after SIGTERM (default 30)")
+    a("--connect-timeout", type=float, metavar="SECONDS",
+      help="time to open a connection to a host (default 5)")
+    a("--first-byte-timeout", type=float, metavar="SECONDS",
+      help="time from sending a request to a host to its first byte (default 300)")
+    a("--idle-timeout", type=float, metavar="SECONDS",
+      help="longest gap between two chunks of a host's stream (default 120)")
+    a("--send-timeout", type=float, metavar="SECONDS",
+      help="a client that accepts no bytes for this long is disconnected (default 60)")
+    a("--body-timeout", type=float, metavar="SECONDS",
+      help="a request body must arrive within this long of its head (default 60)")
+    a("--max-connections", type=int, metavar="N",
+      help="client connections at once; beyond, 503 (default 0: from the descriptor limit)")
+    a("--cache-bytes", metavar="SIZE", help="response cache budget, e.g. 256MiB (default)")
+    a("--cache-scope", help="tenant (default: API keys never share cache hits) or shared")
     a("--log-level", help="debug, info (default), warning, error, critical")
     a("--loop", help="event loop: auto (uvloop when installed, default), asyncio, uvloop")
     a("--gc-freeze", action=argparse.BooleanOptionalAction, default=None,
