@@ -29,21 +29,9 @@ import numpy as np
 from aiohttp import web
 
 from .._ollama_wire import BUSY_MESSAGE, NOT_FOUND_PAGE, go_json_error, go_type_name
-from ._models import (
-    TOKENS_JSON,
-    ModelInfo,
-    Plan,
-    go_dumps,
-    make_model,
-    parse_keep_alive,
-    parse_name,
-    plan_generation,
-    registry_knows,
-    rfc3339,
-    rfc3339_at,
-    seed_for,
-    show_body,
-)
+from ._generation import TOKENS_JSON, Plan, plan_generation, seed_for
+from ._goformat import go_dumps, parse_keep_alive, rfc3339, rfc3339_at
+from ._models import ModelInfo, make_model, parse_name, registry_knows, show_body
 from ._scheduler import QueueFullError, Runner, Scheduler
 
 __all__ = ["FakeOllama", "HttpError"]

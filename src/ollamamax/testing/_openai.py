@@ -18,11 +18,12 @@ from aiohttp import web
 
 from ._emulator import CT_SSE, MIDSTREAM_MSG, HttpError, _events, conversation, decode_body, keep_alive_of, render_events
 from .._ollama_wire import go_type_name
-from ._models import TOKENS_JSON, go_dumps
+from ._generation import TOKENS_JSON
+from ._goformat import go_dumps
 
 if TYPE_CHECKING:
     from ._emulator import FakeOllama
-    from ._models import Plan
+    from ._generation import Plan
 
 __all__ = ["chat_completions", "completions", "embeddings", "error_response", "get_model", "list_models"]
 

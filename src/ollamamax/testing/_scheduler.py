@@ -30,7 +30,8 @@ import time
 from collections import deque
 from typing import Any
 
-from ._models import FOREVER, ModelInfo
+from ._goformat import FOREVER
+from ._models import ModelInfo
 
 __all__ = ["QueueFullError", "Runner", "Scheduler"]
 
