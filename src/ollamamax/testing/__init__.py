@@ -27,12 +27,13 @@ __all__ = ["FakeOllama", "HttpError", "ThreadedFakeOllama"]
 
 _LAZY = {
     "FakeOllama": "._emulator",
-    "HttpError": "._emulator",
+    "HttpError": "._errors",
     "ThreadedFakeOllama": "._threaded",
 }
 
 if TYPE_CHECKING:
-    from ._emulator import FakeOllama, HttpError
+    from ._emulator import FakeOllama
+    from ._errors import HttpError
     from ._threaded import ThreadedFakeOllama
 
 

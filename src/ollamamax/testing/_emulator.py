@@ -17,24 +17,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import random
 import socket
 import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Awaitable, Callable, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 from aiohttp import web
 
-from .._ollama_wire import BUSY_MESSAGE, NOT_FOUND_PAGE, go_json_error, go_type_name
-from ._generation import TOKENS_JSON, Plan, plan_generation, seed_for
+from .._ollama_wire import BUSY_MESSAGE, NOT_FOUND_PAGE
+from ._decode import decode_object, keep_alive_of, parse_messages, parse_think
+from ._errors import FAIL_MSG, MIDSTREAM_MSG, HttpError
+from ._generation import Plan, plan_generation, seed_for
 from ._goformat import go_dumps, parse_keep_alive, rfc3339, rfc3339_at
 from ._models import ModelInfo, make_model, parse_name, registry_knows, show_body
+from ._render import CHAT, GENERATE, MIDSTREAM_NDJSON, Shape, events_of, render_events
 from ._scheduler import QueueFullError, Runner, Scheduler
 
-__all__ = ["FakeOllama", "HttpError"]
+__all__ = ["FakeOllama"]
 
 VERSION = "0.32.15"
 
@@ -42,12 +44,6 @@ CT_JSON = "application/json; charset=utf-8"
 CT_NDJSON = "application/x-ndjson"
 CT_TEXT = "text/plain; charset=utf-8"
 CT_SSE = "text/event-stream"
-
-FAIL_MSG = "llama-server process has terminated: exit status 2"
-MIDSTREAM_MSG = "an error was encountered while running the model: unexpected EOF"
-_MIDSTREAM_NDJSON = go_dumps({"error": MIDSTREAM_MSG}).encode() + b"\n"
-THINK_LEVELS = ("high", "medium", "low", "max")
-
 
 class _Stream(web.StreamResponse):
     """A streamed reply whose headers leave with its first body bytes (one write, not two).
@@ -57,260 +53,6 @@ class _Stream(web.StreamResponse):
     """
 
     _send_headers_immediately = False
-
-
-class HttpError(Exception):
-    """An error answered before the first byte: status + message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-# --------------------------------------------------------------------------- request decoding
-
-# Go types of the request struct fields we validate: field -> (accepted python types, go type name)
-_STR = ((str,), "string")
-_BOOL = ((bool,), "bool")
-_INT = ((int,), "int")
-_OBJ = ((dict,), "map[string]interface {}")
-_ANY = ((object,), "any")
-
-_GEN_FIELDS = {
-    "model": _STR,
-    "prompt": _STR,
-    "suffix": _STR,
-    "system": _STR,
-    "template": _STR,
-    "context": ((list,), "[]int"),
-    "stream": _BOOL,
-    "raw": _BOOL,
-    "images": ((list,), "[]api.ImageData"),
-    "options": _OBJ,
-    "truncate": _BOOL,
-    "shift": _BOOL,
-    "logprobs": _BOOL,
-    "top_logprobs": _INT,
-}
-_CHAT_FIELDS = {
-    "model": _STR,
-    "messages": ((list,), "[]api.Message"),
-    "tools": ((list,), "api.Tools"),
-    "stream": _BOOL,
-    "options": _OBJ,
-    "truncate": _BOOL,
-    "shift": _BOOL,
-    "logprobs": _BOOL,
-    "top_logprobs": _INT,
-}
-_MSG_FIELDS = {
-    "role": _STR,
-    "content": _STR,
-    "thinking": _STR,
-    "images": ((list,), "[]api.ImageData"),
-    "tool_calls": ((list,), "[]api.ToolCall"),
-    "tool_name": _STR,
-    "tool_call_id": _STR,
-}
-_EMBED_FIELDS = {"model": _STR, "truncate": _BOOL, "dimensions": _INT, "options": _OBJ}
-_EMBEDDINGS_FIELDS = {"model": _STR, "prompt": _STR, "options": _OBJ}
-_SHOW_FIELDS = {"model": _STR, "name": _STR, "system": _STR, "template": _STR, "verbose": _BOOL, "options": _OBJ}
-_PULL_FIELDS = {"model": _STR, "name": _STR, "insecure": _BOOL, "stream": _BOOL, "username": _STR, "password": _STR}
-_COPY_FIELDS = {"source": _STR, "destination": _STR}
-_DELETE_FIELDS = {"model": _STR, "name": _STR}
-_CREATE_FIELDS = {
-    "model": _STR,
-    "name": _STR,
-    "from": _STR,
-    "files": ((dict,), "map[string]string"),
-    "adapters": ((dict,), "map[string]string"),
-    "template": _STR,
-    "system": _STR,
-    "license": _ANY,
-    "parameters": _OBJ,
-    "messages": ((list,), "[]api.Message"),
-    "quantize": _STR,
-    "stream": _BOOL,
-}
-
-
-
-
-def _check_fields(obj: Mapping[str, Any], fields: Mapping[str, tuple[tuple[type, ...], str]], struct: str, path: str = "") -> None:
-    for name, (types, goname) in fields.items():
-        v = obj.get(name)
-        if v is None:
-            continue
-        ok = isinstance(v, types)
-        if ok and bool not in types and isinstance(v, bool):
-            ok = object in types
-        if ok and goname == "int" and isinstance(v, float):
-            ok = False
-        if not ok:
-            if goname == "int" and isinstance(v, float) and not isinstance(v, bool):
-                kind = f"number {v}"
-            else:
-                kind = go_type_name(v)
-            raise HttpError(400, f"json: cannot unmarshal {kind} into Go struct field {struct}.{path}{name} of type {goname}")
-
-
-_B64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-
-
-def _check_images(images: Any) -> None:
-    """Images are []byte in Go: each must be standard base64 (JSON binding fails otherwise)."""
-    if not isinstance(images, list):
-        return
-    for img in images:
-        if not isinstance(img, str):
-            raise HttpError(400, f"json: cannot unmarshal {go_type_name(img)} into Go value of type api.ImageData")
-        body = img.rstrip("=")
-        pad = len(img) - len(body)
-        for i, ch in enumerate(body):
-            if ch not in _B64:
-                raise HttpError(400, f"illegal base64 data at input byte {i}")
-        if pad > 2 or len(img) % 4:
-            raise HttpError(400, f"illegal base64 data at input byte {len(img) - len(img) % 4 if len(img) % 4 else len(body)}")
-
-
-
-_decoder = json.JSONDecoder()
-
-
-def decode_body(raw: bytes, struct: str) -> Any:
-    """Decode like gin's ShouldBindJSON: first JSON value, Go error texts."""
-    if not raw:
-        raise HttpError(400, "missing request body")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", "replace")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        if exc.msg.startswith("Extra data"):
-            return _decoder.raw_decode(text, len(text) - len(text.lstrip()))[0]
-        if not text.strip():
-            raise HttpError(400, "missing request body") from None
-        raise HttpError(400, go_json_error(exc)) from None
-
-
-def decode_object(raw: bytes, struct: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    obj = decode_body(raw, struct)
-    if obj is None:
-        return {}
-    if not isinstance(obj, dict):
-        raise HttpError(400, f"json: cannot unmarshal {go_type_name(obj)} into Go value of type api.{struct}")
-    _check_fields(obj, fields, struct)
-    if "images" in obj:
-        _check_images(obj["images"])
-    return obj
-
-
-def parse_think(value: Any) -> bool | str | None:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        if value in THINK_LEVELS:
-            return value
-        if value in ("true", "false"):
-            return value == "true"
-        raise HttpError(400, f'invalid think value: {json.dumps(value)} (must be "high", "medium", "low", "max", true, or false)')
-    raise HttpError(400, f"invalid think value: {json.dumps(value)} (must be \"high\", \"medium\", \"low\", \"max\", true, or false)")
-
-
-def keep_alive_of(body: Mapping[str, Any]) -> float | None:
-    try:
-        return parse_keep_alive(body.get("keep_alive"))
-    except ValueError as exc:
-        raise HttpError(400, str(exc)) from None
-
-
-# --------------------------------------------------------------------------- inference context
-
-
-def conversation(turns: Iterable[tuple[str, str]]) -> tuple[str, str | None, str | None]:
-    """(all texts joined by newlines, the last text when the last role is "user", the last role)."""
-    texts = []
-    last_role: str | None = None
-    for role, text in turns:
-        texts.append(text)
-        last_role = role
-    return "\n".join(texts), texts[-1] if last_role == "user" else None, last_role
-
-
-def _events(plan: Plan) -> list[tuple[int, Any]]:
-    """The reply as a list of (kind, value): 0 thinking token, 1 content token, 2 tool calls."""
-    ev: list[tuple[int, Any]] = [(0, t) for t in plan.thinking]
-    ev.extend((1, t) for t in plan.content)
-    if plan.tool_calls:
-        ev.append((2, plan.tool_calls))
-    return ev
-
-
-def render_events(
-    events: Sequence[tuple[int, Any]], i: int, j: int, start: str, pre: tuple[str, str, str], suf: str, plan: Plan, tools_json: Callable[[Any], str] = go_dumps
-) -> str:
-    """The stream lines of ``events[i:j]``: ``start + pre[kind] + <value JSON> + suf`` each (tool calls via ``tools_json``)."""
-    idx = plan.content_idx
-    nthink = len(plan.thinking)
-    parts = []
-    for k in range(i, j):
-        kind, val = events[k]
-        if kind == 1:
-            tok = TOKENS_JSON[idx[k - nthink]] if idx is not None else go_dumps(val)
-        elif kind == 0:
-            tok = go_dumps(val)
-        else:
-            tok = tools_json(val)
-        parts.append(f"{start}{pre[kind]}{tok}{suf}")
-    return "".join(parts)
-
-
-class _Shape(NamedTuple):
-    """How /api/generate or /api/chat renders a reply.
-
-    Streamed lines continue '{"model":…,"created_at":"<ts>' with ``pre[kind]`` (thinking,
-    content, tool calls), the value's JSON and ``suf``; the final line with ``done``, then the
-    done_reason. A whole reply puts ``fields(plan)`` between created_at and done.
-    """
-
-    pre: tuple[str, str, str]
-    suf: str
-    done: str
-    fields: Callable[[Plan], dict[str, Any]]
-
-
-def _generate_fields(plan: Plan) -> dict[str, Any]:
-    out: dict[str, Any] = {"response": "".join(plan.content)}
-    if plan.thinking:
-        out["thinking"] = "".join(plan.thinking)
-    return out
-
-
-def _chat_fields(plan: Plan) -> dict[str, Any]:
-    msg: dict[str, Any] = {"role": "assistant", "content": "".join(plan.content)}
-    if plan.thinking:
-        msg["thinking"] = "".join(plan.thinking)
-    if plan.tool_calls:
-        msg["tool_calls"] = plan.tool_calls
-    return {"message": msg}
-
-
-_GENERATE = _Shape(
-    ('","response":"","thinking":', '","response":', '","response":"","tool_calls":'), ',"done":false}\n', '","response":"","done":true,"done_reason":', _generate_fields
-)
-_CHAT = _Shape(
-    (
-        '","message":{"role":"assistant","content":"","thinking":',
-        '","message":{"role":"assistant","content":',
-        '","message":{"role":"assistant","content":"","tool_calls":',
-    ),
-    '},"done":false}\n',
-    '","message":{"role":"assistant","content":""},"done":true,"done_reason":',
-    _chat_fields,
-)
 
 
 # --------------------------------------------------------------------------- the server
@@ -694,9 +436,9 @@ class FakeOllama:
     def error(self, status: int, message: str) -> web.Response:
         return self.json({"error": message}, status)
 
-    async def _body(self, request: web.BaseRequest, struct: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    async def _body(self, request: web.BaseRequest, struct: str) -> dict[str, Any]:
         raw = await request.read()
-        return decode_object(raw, struct, fields)
+        return decode_object(raw, struct)
 
     async def start_stream(self, request: web.BaseRequest, ctype: str = CT_NDJSON) -> web.StreamResponse:
         resp = _Stream(status=200, headers=self._headers(ctype))
@@ -757,7 +499,7 @@ class FakeOllama:
         return self.json({"models": [row for _, row in rows]})
 
     async def _show(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await self._body(request, "ShowRequest", _SHOW_FIELDS)
+        body = await self._body(request, "ShowRequest")
         name = body.get("model") or body.get("name") or ""
         if not name:
             raise HttpError(400, "model is required")
@@ -784,7 +526,7 @@ class FakeOllama:
         return out
 
     async def _pull(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await self._body(request, "PullRequest", _PULL_FIELDS)
+        body = await self._body(request, "PullRequest")
         name = body.get("model") or body.get("name") or ""
         mn = parse_name(name)
         if mn is None:
@@ -823,7 +565,7 @@ class FakeOllama:
             self.models[mn.key].modified_ns = time.time_ns()
 
     async def _push(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await self._body(request, "PushRequest", _PULL_FIELDS)
+        body = await self._body(request, "PushRequest")
         name = body.get("model") or body.get("name") or ""
         mn = parse_name(name)
         if mn is None:
@@ -854,7 +596,7 @@ class FakeOllama:
         return resp
 
     async def _copy(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await self._body(request, "CopyRequest", _COPY_FIELDS)
+        body = await self._body(request, "CopyRequest")
         src = body.get("source") or ""
         dst = body.get("destination") or ""
         smn = parse_name(src)
@@ -870,7 +612,7 @@ class FakeOllama:
         return self._raw(200, b"", None)
 
     async def _delete(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await self._body(request, "DeleteRequest", _DELETE_FIELDS)
+        body = await self._body(request, "DeleteRequest")
         name = body.get("model") or body.get("name") or ""
         mn = parse_name(name)
         if mn is None:
@@ -886,7 +628,7 @@ class FakeOllama:
         return self._raw(200, b"", None)
 
     async def _create(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await self._body(request, "CreateRequest", _CREATE_FIELDS)
+        body = await self._body(request, "CreateRequest")
         name = body.get("model") or body.get("name") or ""
         mn = parse_name(name)
         if mn is None:
@@ -1114,9 +856,9 @@ class FakeOllama:
 
     # ------------------------------------------------------------------ /api/generate
 
-    async def _native_body(self, request: web.BaseRequest, struct: str, fields: Mapping[str, Any]) -> tuple[dict[str, Any], str, bool | str | None, float | None]:
+    async def _native_body(self, request: web.BaseRequest, struct: str) -> tuple[dict[str, Any], str, bool | str | None, float | None]:
         """The checks /api/generate and /api/chat share: (body, model, think value, keep_alive)."""
-        body = await self._body(request, struct, fields)
+        body = await self._body(request, struct)
         model = body.get("model") or ""
         think_v = parse_think(body.get("think"))
         keep_alive = keep_alive_of(body)
@@ -1127,7 +869,7 @@ class FakeOllama:
 
     async def _generate(self, request: web.BaseRequest) -> web.StreamResponse:
         t0 = time.monotonic()
-        body, model, think_v, keep_alive = await self._native_body(request, "GenerateRequest", _GEN_FIELDS)
+        body, model, think_v, keep_alive = await self._native_body(request, "GenerateRequest")
         raw = bool(body.get("raw"))
         if raw and (body.get("template") or body.get("system") or body.get("context")):
             raise HttpError(400, "raw mode does not support template, system, or context")
@@ -1156,10 +898,10 @@ class FakeOllama:
             options=body.get("options"),
         )
         ctx = None if raw else (list(body.get("context") or [])[-64:] + plan.context_tokens)
-        return await self._reply(request, _GENERATE, info, keep_alive, model, plan, t0, stream, ctx)
+        return await self._reply(request, GENERATE, info, keep_alive, model, plan, t0, stream, ctx)
 
     async def _reply(
-        self, request: web.BaseRequest, shape: _Shape, info: ModelInfo, keep_alive: float | None, model: str, plan: Plan, t0: float, stream: bool, ctx: list[int] | None = None
+        self, request: web.BaseRequest, shape: Shape, info: ModelInfo, keep_alive: float | None, model: str, plan: Plan, t0: float, stream: bool, ctx: list[int] | None = None
     ) -> web.StreamResponse:
         """Hold a runner while the reply (streamed or whole) is generated."""
         runner, load_wait = await self.acquire(info, keep_alive)
@@ -1182,7 +924,7 @@ class FakeOllama:
         return time.monotonic()
 
     async def _whole_ndjson(
-        self, shape: _Shape, model: str, plan: Plan, t0: float, load_wait: float, t_acq: float, ctx: list[int] | None
+        self, shape: Shape, model: str, plan: Plan, t0: float, load_wait: float, t_acq: float, ctx: list[int] | None
     ) -> web.StreamResponse:
         """A non-streamed reply after its generation time (or a 500 halfway through)."""
         t_gen = await self._first_token_wait(plan)
@@ -1235,12 +977,12 @@ class FakeOllama:
         return resp
 
     async def _stream_ndjson(
-        self, request: web.BaseRequest, shape: _Shape, model: str, plan: Plan, t0: float, load_wait: float, t_acq: float, ctx: list[int] | None
+        self, request: web.BaseRequest, shape: Shape, model: str, plan: Plan, t0: float, load_wait: float, t_acq: float, ctx: list[int] | None
     ) -> web.StreamResponse:
         """A streamed /api/generate or /api/chat reply."""
         pre, suf, done = shape.pre, shape.suf, shape.done
         t_gen = await self._first_token_wait(plan)
-        events = _events(plan)
+        events = events_of(plan)
         n = len(events)
         fail_at = self.midstream_fail_at(n, plan)
         head = '{"model":' + go_dumps(model) + ',"created_at":"'
@@ -1257,23 +999,13 @@ class FakeOllama:
             m = self.metrics(t0, load_wait, t_acq, plan, t_gen, t_end)
             return out + "," + go_dumps(m)[1:] + "\n"
 
-        return await self.stream_batches(request, t_gen, n, fail_at, render, final, _MIDSTREAM_NDJSON)
+        return await self.stream_batches(request, t_gen, n, fail_at, render, final, MIDSTREAM_NDJSON)
 
     # ------------------------------------------------------------------ /api/chat
 
     def parse_messages(self, msgs: list[Any], struct: str = "ChatRequest") -> tuple[str, str | None, str | None]:
         """Validate messages; returns (all text, last user text, last role)."""
-
-        def turns() -> Iterator[tuple[str, str]]:
-            for m in msgs:
-                if not isinstance(m, dict):
-                    raise HttpError(400, f"json: cannot unmarshal {go_type_name(m)} into Go struct field {struct}.messages of type api.Message")
-                _check_fields(m, _MSG_FIELDS, struct, "messages.")
-                if "images" in m:
-                    _check_images(m["images"])
-                yield (m.get("role") or "").lower(), m.get("content") or ""
-
-        return conversation(turns())
+        return parse_messages(msgs, struct)
 
     def resolve_chat(self, model: str, tools: Any, images: bool) -> ModelInfo:
         """The model checks of a chat request (/api/chat and /v1/chat/completions), in order."""
@@ -1290,7 +1022,7 @@ class FakeOllama:
 
     async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
         t0 = time.monotonic()
-        body, model, think_v, keep_alive = await self._native_body(request, "ChatRequest", _CHAT_FIELDS)
+        body, model, think_v, keep_alive = await self._native_body(request, "ChatRequest")
         msgs = body.get("messages") or []
         text, last_user, last_role = self.parse_messages(msgs)
         tools = body.get("tools") or None
@@ -1306,7 +1038,7 @@ class FakeOllama:
         plan = self.plan(
             info, text=text, last_user=last_user, last_role=last_role, think=think, fmt=body.get("format"), tools=tools, options=body.get("options")
         )
-        return await self._reply(request, _CHAT, info, keep_alive, model, plan, t0, stream)
+        return await self._reply(request, CHAT, info, keep_alive, model, plan, t0, stream)
 
     # ------------------------------------------------------------------ embeddings
 
@@ -1366,7 +1098,7 @@ class FakeOllama:
 
     async def _embed(self, request: web.BaseRequest) -> web.StreamResponse:
         t0 = time.monotonic()
-        body = await self._body(request, "EmbedRequest", _EMBED_FIELDS)
+        body = await self._body(request, "EmbedRequest")
         model = body.get("model") or ""
         keep_alive = keep_alive_of(body)
         inp = body.get("input")
@@ -1408,7 +1140,7 @@ class FakeOllama:
         return web.Response(status=200, body=out.encode(), headers=self._headers(CT_JSON))
 
     async def _embeddings(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await self._body(request, "EmbeddingRequest", _EMBEDDINGS_FIELDS)
+        body = await self._body(request, "EmbeddingRequest")
         model = body.get("model") or ""
         keep_alive = keep_alive_of(body)
         info = self.resolve(model, not_found='model "{name}" not found, try pulling it first')

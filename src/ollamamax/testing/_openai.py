@@ -16,14 +16,27 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ._emulator import CT_SSE, MIDSTREAM_MSG, HttpError, _events, conversation, decode_body, keep_alive_of, render_events
-from .._ollama_wire import go_type_name
-from ._generation import TOKENS_JSON
+from ._decode import conversation, decode_openai_object, keep_alive_of
+from ._emulator import CT_SSE
+from ._errors import MIDSTREAM_MSG, HttpError
+from ._generation import TOKENS_JSON, Plan
 from ._goformat import go_dumps
+from ._render import (
+    CHAT_DELTA,
+    CHAT_DELTA_END,
+    MIDSTREAM_SSE,
+    chunk_head,
+    events_of,
+    finish_reason,
+    openai_tool_calls,
+    openai_tool_calls_json,
+    render_events,
+    sse_end,
+    usage,
+)
 
 if TYPE_CHECKING:
     from ._emulator import FakeOllama
-    from ._generation import Plan
 
 __all__ = ["chat_completions", "completions", "embeddings", "error_response", "get_model", "list_models"]
 
@@ -33,26 +46,6 @@ _TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 def error_response(emu: FakeOllama, status: int, message: str) -> web.Response:
     body = {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": None, "code": None}}
     return emu.json(body, status)
-
-
-def _sse_error(message: str) -> bytes:
-    return ("data: " + go_dumps({"error": {"message": message, "type": "api_error", "param": None, "code": None}}) + "\n\n").encode()
-
-
-_MIDSTREAM_SSE = _sse_error(MIDSTREAM_MSG)
-# delta prefixes of a chat chunk by event kind: thinking, content, tool calls
-_CHAT_DELTA = ('"content":"","reasoning":', '"content":', '"content":"","tool_calls":')
-_CHAT_DELTA_END = '},"finish_reason":null}]}\n\n'
-
-
-async def _obj(request: web.BaseRequest, struct: str) -> dict[str, Any]:
-    raw = await request.read()
-    obj = decode_body(raw, struct)
-    if obj is None:
-        return {}
-    if not isinstance(obj, dict):
-        raise HttpError(400, f"json: cannot unmarshal {go_type_name(obj)} into Go value of type openai.{struct}")
-    return obj
 
 
 def _text_of(content: Any, images: list[int]) -> str:
@@ -126,32 +119,6 @@ def _options(body: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
     return opts, num_predict
 
 
-def _usage(plan: Any) -> dict[str, int]:
-    return {
-        "prompt_tokens": plan.prompt_eval_count,
-        "completion_tokens": plan.eval_count,
-        "total_tokens": plan.prompt_eval_count + plan.eval_count,
-    }
-
-
-def _finish(plan: Any) -> str:
-    if plan.tool_calls:
-        return "tool_calls"
-    return plan.done_reason
-
-
-def _oa_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for i, c in enumerate(calls):
-        fn = c["function"]
-        out.append({"id": c["id"], "index": i, "type": "function", "function": {"name": fn["name"], "arguments": go_dumps(fn["arguments"])}})
-    return out
-
-
-def _oa_tool_calls_json(calls: list[dict[str, Any]]) -> str:
-    return go_dumps(_oa_tool_calls(calls))
-
-
 def _model_of(body: Mapping[str, Any]) -> str:
     model = body.get("model")
     return model if isinstance(model, str) else ""
@@ -161,21 +128,6 @@ def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
     """(stream, stream_options.include_usage): each only when exactly ``true``."""
     so = body.get("stream_options")
     return body.get("stream") is True, isinstance(so, Mapping) and so.get("include_usage") is True
-
-
-def _chunk_head(cid: str, obj: str, created: int, model: str) -> str:
-    """A streamed reply object's JSON up to its ``choices`` value."""
-    return (
-        '{"id":"' + cid + '","object":"' + obj + '","created":' + str(created) + ',"model":' + go_dumps(model)
-        + ',"system_fingerprint":"fp_ollama","choices":'
-    )  # fmt: skip
-
-
-def _sse_end(head: str, plan: Plan, include_usage: bool) -> str:
-    """The optional usage chunk, then ``[DONE]``."""
-    if include_usage:
-        return "data: " + head + '[],"usage":' + go_dumps(_usage(plan)) + "}\n\ndata: [DONE]\n\n"
-    return "data: [DONE]\n\n"
 
 
 async def _run(
@@ -203,7 +155,7 @@ async def _whole_wait(emu: FakeOllama, plan: Plan, t_gen: float) -> None:
 
 
 async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
-    body = await _obj(request, "ChatCompletionRequest")
+    body = decode_openai_object(await request.read(), "ChatCompletionRequest")
     model = _model_of(body)
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
@@ -237,39 +189,39 @@ async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.Str
             if plan.thinking:
                 msg["reasoning"] = "".join(plan.thinking)
             if plan.tool_calls:
-                msg["tool_calls"] = _oa_tool_calls(plan.tool_calls)
+                msg["tool_calls"] = openai_tool_calls(plan.tool_calls)
             out = {
                 "id": cid,
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
                 "system_fingerprint": "fp_ollama",
-                "choices": [{"index": 0, "message": msg, "finish_reason": _finish(plan)}],
-                "usage": _usage(plan),
+                "choices": [{"index": 0, "message": msg, "finish_reason": finish_reason(plan)}],
+                "usage": usage(plan),
             }
             return emu.json(out)
-        events = _events(plan)
-        head = _chunk_head(cid, "chat.completion.chunk", created, model)
+        events = events_of(plan)
+        head = chunk_head(cid, "chat.completion.chunk", created, model)
         start = "data: " + head + '[{"index":0,"delta":{'
 
         def render(i: int, j: int) -> str:
-            text = render_events(events, max(i, 1), j, start, _CHAT_DELTA, _CHAT_DELTA_END, plan, _oa_tool_calls_json)
+            text = render_events(events, max(i, 1), j, start, CHAT_DELTA, CHAT_DELTA_END, plan, openai_tool_calls_json)
             if i:
                 return text
             # the first chunk also carries the role
-            return render_events(events, 0, 1, start + '"role":"assistant",', _CHAT_DELTA, _CHAT_DELTA_END, plan, _oa_tool_calls_json) + text
+            return render_events(events, 0, 1, start + '"role":"assistant",', CHAT_DELTA, CHAT_DELTA_END, plan, openai_tool_calls_json) + text
 
         def final() -> str:
-            return start + '},"finish_reason":"' + _finish(plan) + '"}]}\n\n' + _sse_end(head, plan, include_usage)
+            return start + '},"finish_reason":"' + finish_reason(plan) + '"}]}\n\n' + sse_end(head, plan, include_usage)
 
         n = len(events)
-        return await emu.stream_batches(request, t_gen, n, emu.midstream_fail_at(n, plan), render, final, _MIDSTREAM_SSE, CT_SSE)
+        return await emu.stream_batches(request, t_gen, n, emu.midstream_fail_at(n, plan), render, final, MIDSTREAM_SSE, CT_SSE)
 
     return await _run(emu, info, keep_alive, plan, "chatcmpl", reply)
 
 
 async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
-    body = await _obj(request, "CompletionRequest")
+    body = decode_openai_object(await request.read(), "CompletionRequest")
     model = _model_of(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -299,13 +251,13 @@ async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamRe
                 "model": model,
                 "system_fingerprint": "fp_ollama",
                 "choices": [{"text": "".join(plan.content), "index": 0, "finish_reason": plan.done_reason}],
-                "usage": _usage(plan),
+                "usage": usage(plan),
             }
             return emu.json(out)
         toks = plan.content
         n = len(toks)
         fail_at = emu.midstream_fail_at(n, plan)
-        head = _chunk_head(cid, "text_completion", created, model)
+        head = chunk_head(cid, "text_completion", created, model)
         start = "data: " + head + '[{"text":'
         idx = plan.content_idx
         fin_reason = go_dumps(plan.done_reason)
@@ -320,15 +272,15 @@ async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamRe
 
         def final() -> str:
             fin = f'{start}"","index":0,"finish_reason":{fin_reason}}}]}}\n\n' if n == 0 else ""
-            return fin + _sse_end(head, plan, include_usage)
+            return fin + sse_end(head, plan, include_usage)
 
-        return await emu.stream_batches(request, t_gen, n, fail_at, render, final, _MIDSTREAM_SSE, CT_SSE)
+        return await emu.stream_batches(request, t_gen, n, fail_at, render, final, MIDSTREAM_SSE, CT_SSE)
 
     return await _run(emu, info, keep_alive, plan, "cmpl", reply)
 
 
 async def embeddings(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
-    body = await _obj(request, "EmbedRequest")
+    body = decode_openai_object(await request.read(), "EmbedRequest")
     model = _model_of(body)
     inp = body.get("input")
     if isinstance(inp, str):
