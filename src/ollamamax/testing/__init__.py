@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["FakeOllama", "HttpError", "ThreadedFakeOllama"]
 
 _LAZY = {
-    "FakeOllama": "._emulator",
+    "FakeOllama": "._server",
     "HttpError": "._errors",
     "ThreadedFakeOllama": "._threaded",
 }
 
 if TYPE_CHECKING:
-    from ._emulator import FakeOllama
+    from ._server import FakeOllama
     from ._errors import HttpError
     from ._threaded import ThreadedFakeOllama
 

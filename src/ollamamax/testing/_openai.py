@@ -1,10 +1,13 @@
-"""The OpenAI-compatible ``/v1`` routes of the emulator.
+"""The OpenAI-compatible ``/v1/*`` routes of the emulated host.
 
-Real Ollama rewrites ``/v1`` requests into native ones and the replies back; the emulator
-renders the OpenAI shapes directly from the same plan/scheduler path (no second
-encoding pass). SSE framing: ``data: <json>\\n\\n`` per event, a separate finish chunk,
-an optional usage chunk, then ``data: [DONE]``. Errors use OpenAI's
-``{"error": {"message", "type", "param", "code"}}``.
+Owns: one function per endpoint (``chat_completions``, ``completions``, ``embeddings``,
+``list_models``, ``get_model``) and OpenAI's error body (:func:`error_response`).
+Real Ollama rewrites ``/v1`` requests into native ones and the replies back; here each
+route reads the OpenAI request (messages with content parts, ``reasoning_effort``,
+``response_format``, ``max_tokens``, ``stream_options``), asks the engine for the same
+decisions the native routes get (model checks, faults, a runner, a plan) and writes the
+OpenAI shapes directly with ``_render``'s SSE framing. It must not import the server
+(``_server`` imports it) or the native routes, and keeps no state of its own.
 """
 
 from __future__ import annotations
@@ -12,15 +15,15 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from ._decode import conversation, decode_openai_object, keep_alive_of
-from ._emulator import CT_SSE
 from ._errors import MIDSTREAM_MSG, HttpError
 from ._generation import TOKENS_JSON, Plan
 from ._goformat import go_dumps
+from ._httphost import CT_SSE, HttpHost
 from ._render import (
     CHAT_DELTA,
     CHAT_DELTA_END,
@@ -35,17 +38,14 @@ from ._render import (
     usage,
 )
 
-if TYPE_CHECKING:
-    from ._emulator import FakeOllama
-
 __all__ = ["chat_completions", "completions", "embeddings", "error_response", "get_model", "list_models"]
 
 _TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 
 
-def error_response(emu: FakeOllama, status: int, message: str) -> web.Response:
+def error_response(host: HttpHost, status: int, message: str) -> web.Response:
     body = {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": None, "code": None}}
-    return emu.json(body, status)
+    return host.json(body, status)
 
 
 def _text_of(content: Any, images: list[int]) -> str:
@@ -131,30 +131,30 @@ def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
 
 
 async def _run(
-    emu: FakeOllama, info: Any, keep_alive: float | None, plan: Plan, id_prefix: str, reply: Callable[[str, int, float], Awaitable[web.StreamResponse]]
+    host: HttpHost, info: Any, keep_alive: float | None, plan: Plan, id_prefix: str, reply: Callable[[str, int, float], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Hold a runner for ``plan`` while ``reply(id, created, t_gen)`` answers."""
-    runner, _ = await emu.acquire(info, keep_alive)
+    runner, _ = await host.acquire(info, keep_alive)
     ok = False
     try:
-        cid = f"{id_prefix}-{emu._rng.randint(0, 999)}"
+        cid = host.reply_id(id_prefix)
         created = int(time.time())
-        t_gen = await emu._first_token_wait(plan)
+        t_gen = await host.first_token_wait(plan)
         resp = await reply(cid, created, t_gen)
         ok = True
         return resp
     finally:
-        emu.release(runner, ok and not plan.failed)
+        host.release(runner, ok and not plan.failed)
 
 
-async def _whole_wait(emu: FakeOllama, plan: Plan, t_gen: float) -> None:
+async def _whole_wait(host: HttpHost, plan: Plan, t_gen: float) -> None:
     """A non-streamed reply: its 500 (midstream fault) or its generation time."""
-    if emu.midstream_fail_at(plan.eval_count, plan) >= 0:
+    if host.midstream_fail_at(plan.eval_count, plan) >= 0:
         raise HttpError(500, MIDSTREAM_MSG)
-    await emu.pace(t_gen, plan.eval_count)
+    await host.pace(t_gen, plan.eval_count)
 
 
-async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
+async def chat_completions(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
     body = decode_openai_object(await request.read(), "ChatCompletionRequest")
     model = _model_of(body)
     msgs = body.get("messages")
@@ -165,12 +165,12 @@ async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.Str
     keep_alive = keep_alive_of(body)
     think_v = _think_of(body)
     tools = body.get("tools") or None
-    info = emu.resolve_chat(model, tools, bool(images))
-    think = emu.check_think(info, model, think_v)
+    info = host.resolve_chat(model, tools, bool(images))
+    think = host.check_think(info, model, think_v)
     opts, num_predict = _options(body)
     stream, include_usage = _stream_flags(body)
-    emu.pre_schedule_faults(info)
-    plan = emu.plan(
+    host.pre_schedule_faults(info)
+    plan = host.plan(
         info,
         text=text,
         last_user=last_user,
@@ -184,7 +184,7 @@ async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.Str
 
     async def reply(cid: str, created: int, t_gen: float) -> web.StreamResponse:
         if not stream:
-            await _whole_wait(emu, plan, t_gen)
+            await _whole_wait(host, plan, t_gen)
             msg: dict[str, Any] = {"role": "assistant", "content": "".join(plan.content)}
             if plan.thinking:
                 msg["reasoning"] = "".join(plan.thinking)
@@ -199,7 +199,7 @@ async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.Str
                 "choices": [{"index": 0, "message": msg, "finish_reason": finish_reason(plan)}],
                 "usage": usage(plan),
             }
-            return emu.json(out)
+            return host.json(out)
         events = events_of(plan)
         head = chunk_head(cid, "chat.completion.chunk", created, model)
         start = "data: " + head + '[{"index":0,"delta":{'
@@ -215,12 +215,12 @@ async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.Str
             return start + '},"finish_reason":"' + finish_reason(plan) + '"}]}\n\n' + sse_end(head, plan, include_usage)
 
         n = len(events)
-        return await emu.stream_batches(request, t_gen, n, emu.midstream_fail_at(n, plan), render, final, MIDSTREAM_SSE, CT_SSE)
+        return await host.stream_batches(request, t_gen, n, host.midstream_fail_at(n, plan), render, final, MIDSTREAM_SSE, CT_SSE)
 
-    return await _run(emu, info, keep_alive, plan, "chatcmpl", reply)
+    return await _run(host, info, keep_alive, plan, "chatcmpl", reply)
 
 
-async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
+async def completions(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
     body = decode_openai_object(await request.read(), "CompletionRequest")
     model = _model_of(body)
     prompt = body.get("prompt")
@@ -229,21 +229,21 @@ async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamRe
     if not isinstance(prompt, str):
         raise HttpError(400, "invalid type for 'prompt' field: must be a string")
     keep_alive = keep_alive_of(body)
-    info = emu.resolve(model, not_found="model '{name}' not found")
+    info = host.resolve(model, not_found="model '{name}' not found")
     if not info.has("completion"):
         raise HttpError(400, f'"{model}" does not support generate')
     if body.get("suffix") and not info.has("insert"):
         raise HttpError(400, f'"{model}" does not support insert')
     opts, num_predict = _options(body)
     stream, include_usage = _stream_flags(body)
-    emu.pre_schedule_faults(info)
-    plan = emu.plan(
+    host.pre_schedule_faults(info)
+    plan = host.plan(
         info, text="\n" + prompt, last_user=prompt, last_role="user", think=False, fmt=None, tools=None, options=opts, num_predict=num_predict
     )
 
     async def reply(cid: str, created: int, t_gen: float) -> web.StreamResponse:
         if not stream:
-            await _whole_wait(emu, plan, t_gen)
+            await _whole_wait(host, plan, t_gen)
             out = {
                 "id": cid,
                 "object": "text_completion",
@@ -253,10 +253,10 @@ async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamRe
                 "choices": [{"text": "".join(plan.content), "index": 0, "finish_reason": plan.done_reason}],
                 "usage": usage(plan),
             }
-            return emu.json(out)
+            return host.json(out)
         toks = plan.content
         n = len(toks)
-        fail_at = emu.midstream_fail_at(n, plan)
+        fail_at = host.midstream_fail_at(n, plan)
         head = chunk_head(cid, "text_completion", created, model)
         start = "data: " + head + '[{"text":'
         idx = plan.content_idx
@@ -274,12 +274,12 @@ async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamRe
             fin = f'{start}"","index":0,"finish_reason":{fin_reason}}}]}}\n\n' if n == 0 else ""
             return fin + sse_end(head, plan, include_usage)
 
-        return await emu.stream_batches(request, t_gen, n, fail_at, render, final, MIDSTREAM_SSE, CT_SSE)
+        return await host.stream_batches(request, t_gen, n, fail_at, render, final, MIDSTREAM_SSE, CT_SSE)
 
-    return await _run(emu, info, keep_alive, plan, "cmpl", reply)
+    return await _run(host, info, keep_alive, plan, "cmpl", reply)
 
 
-async def embeddings(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
+async def embeddings(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
     body = decode_openai_object(await request.read(), "EmbedRequest")
     model = _model_of(body)
     inp = body.get("input")
@@ -298,31 +298,31 @@ async def embeddings(emu: FakeOllama, request: web.BaseRequest) -> web.StreamRes
     if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims < 0):
         raise HttpError(400, "invalid dimensions")
     keep_alive = keep_alive_of(body)
-    info = emu.resolve(model, not_found='model "{name}" not found, try pulling it first')
-    vecs, _, _ = await emu.run_embedding(info, keep_alive, inputs, dims)
+    info = host.resolve(model, not_found='model "{name}" not found, try pulling it first')
+    vecs, _, _ = await host.run_embedding(info, keep_alive, inputs, dims)
     data = []
     for i, v in enumerate(vecs):
         if fmt == "base64":
             emb: Any = base64.b64encode(v.astype("<f4").tobytes()).decode()
         else:
-            emb = emu.vector_json(v)
+            emb = host.vector_json(v)
         data.append({"object": "embedding", "embedding": emb, "index": i})
     count = sum(len(t.split()) + 1 for t in inputs)
-    return emu.json({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": count, "total_tokens": count}})
+    return host.json({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": count, "total_tokens": count}})
 
 
 def _model_obj(info: Any) -> dict[str, Any]:
     return {"id": info.display, "object": "model", "created": info.modified_ns // 1_000_000_000, "owned_by": info.name.namespace}
 
 
-async def list_models(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
-    models = sorted(emu.models.values(), key=lambda i: i.modified_ns, reverse=True)
-    return emu.json({"object": "list", "data": [_model_obj(i) for i in models]})
+async def list_models(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
+    models = sorted(host.models.values(), key=lambda i: i.modified_ns, reverse=True)
+    return host.json({"object": "list", "data": [_model_obj(i) for i in models]})
 
 
-async def get_model(emu: FakeOllama, request: web.BaseRequest, name: str) -> web.StreamResponse:
-    info = emu.lookup(name)
+async def get_model(host: HttpHost, request: web.BaseRequest, name: str) -> web.StreamResponse:
+    info = host.lookup(name)
     if info is None:
         raise HttpError(404, f"model '{name}' not found")
-    return emu.json(_model_obj(info))
+    return host.json(_model_obj(info))
 

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._emulator import FakeOllama
+from ._server import FakeOllama
 
 __all__ = ["ThreadedFakeOllama"]
 

@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     import signal
     import sys
 
-    from ._emulator import FakeOllama
+    from ._server import FakeOllama
 
     try:
         lo, hi = (int(x) for x in args.response_tokens.split(","))

@@ -23,7 +23,7 @@ if pytest_asyncio is not None:
     @pytest_asyncio.fixture
     async def fake_ollama() -> Any:
         """Factory fixture: ``await fake_ollama(**FakeOllama kwargs)`` -> started FakeOllama."""
-        from ._emulator import FakeOllama
+        from ._server import FakeOllama
 
         hosts: list[FakeOllama] = []
 
