@@ -17,7 +17,8 @@ import pytest
 
 import ollamamax
 from ollamamax.testing import FakeOllama, ThreadedFakeOllama
-from ollamamax.testing._models import parse_go_duration, parse_keep_alive, parse_name
+from ollamamax.testing._goformat import parse_go_duration, parse_keep_alive
+from ollamamax.testing._models import parse_name
 from ollamamax.testing.pytest_plugin import fake_ollama  # noqa: F401 - the fixture under test
 
 # the directory holding the ollamamax being tested (site-packages in CI, src/ in dev),

@@ -295,8 +295,8 @@ async def test_paced_streaming_timing_fields(session):
 
 async def test_embedding_models_run_one_slot(session):
     async with FakeOllama(["nomic-embed-text", "a1"], load_delay=0, tokens_per_sec=0, num_parallel=4, max_loaded_models=2) as h:
-        assert h._sched.runner(h.lookup("nomic-embed-text")).parallel == 1
-        assert h._sched.runner(h.lookup("a1")).parallel == 4
+        assert h.scheduler.runner(h.lookup("nomic-embed-text")).parallel == 1
+        assert h.scheduler.runner(h.lookup("a1")).parallel == 4
 
 
 async def test_kill_with_requests_in_flight_and_queued(session):

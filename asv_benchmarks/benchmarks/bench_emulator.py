@@ -19,9 +19,13 @@ try:
 except ImportError:  # a commit from before the emulator: asv shows n/a, not failed
     FakeOllama = None  # type: ignore[assignment,misc]
 try:  # private helpers: guarded on their own, they may move while FakeOllama stays
-    from ollamamax.testing._models import go_dumps, plan_generation
+    from ollamamax.testing._generation import plan_generation
+    from ollamamax.testing._goformat import go_dumps
 except ImportError:
-    go_dumps = plan_generation = None  # type: ignore[assignment]
+    try:  # commits from before _models.py was split
+        from ollamamax.testing._models import go_dumps, plan_generation
+    except ImportError:
+        go_dumps = plan_generation = None  # type: ignore[assignment]
 
 N_REQUESTS = 100
 USER = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -115,7 +119,7 @@ class EmulatorPureParts:
 
     def setup(self) -> None:
         if go_dumps is None or plan_generation is None:
-            raise NotImplementedError("ollamamax.testing._models is not in this commit")  # asv skips
+            raise NotImplementedError("the emulator's planning helpers are not in this commit")  # asv skips
         self.final = {
             "model": "llama3.2",
             "created_at": "2026-01-01T00:00:00.123456789Z",

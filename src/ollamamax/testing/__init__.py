@@ -1,5 +1,9 @@
 """Test helpers: an emulated Ollama host.
 
+Owns: the public names of the emulator (``FakeOllama``, ``ThreadedFakeOllama``,
+``HttpError``) and nothing else; the modules behind them are private. It must not
+import them eagerly, so that importing the pytest plugin stays cheap.
+
 * :class:`FakeOllama` is one emulated ``ollama serve`` on loopback: the native ``/api/*``
   routes, the OpenAI-compatible ``/v1/*`` routes, a scheduler (loads, slots, eviction,
   keep-alive, queue limit) and fault switches (``fail_rate``, ``midstream_fail_rate``,
@@ -15,8 +19,6 @@
   fixture: ``host = await fake_ollama(models=[...], load_delay=0)``; hosts stop at teardown.
 * ``GET /_mock/stats`` (and ``host.stats()``) report per model ``in_flight``, ``queued``,
   ``served``, ``rejected_503``, ``loads``, ``failed``, plus totals and loaded models.
-
-Names are resolved lazily so that importing the pytest plugin stays cheap.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["FakeOllama", "HttpError", "ThreadedFakeOllama"]
 
 _LAZY = {
-    "FakeOllama": "._emulator",
-    "HttpError": "._emulator",
+    "FakeOllama": "._server",
+    "HttpError": "._errors",
     "ThreadedFakeOllama": "._threaded",
 }
 
 if TYPE_CHECKING:
-    from ._emulator import FakeOllama, HttpError
+    from ._errors import HttpError
+    from ._server import FakeOllama
     from ._threaded import ThreadedFakeOllama
 
 

@@ -1,165 +1,43 @@
-"""Model catalog, names, durations and the deterministic "inference" of the emulator.
+"""Model names and the model catalog of the emulator.
 
-Everything here is pure and synchronous: the server module (``_emulator``) does the
-I/O and the scheduler (``_scheduler``) does the waiting.
+Owns: parsing Ollama model references (``[host/][namespace/]model[:tag]``) into
+:class:`ModelName`, the family table that gives each model its capabilities and sizes,
+:class:`ModelInfo` (one model present on a host), the fake registry's answer to "does
+this name exist" and the ``/api/show`` body of a model. Also the one tokenizer vocabulary
+all emulated models share (``/api/show`` lists it; ``_generation`` draws answers from it).
+Pure and synchronous: it must not hold per-host state, plan answers or touch HTTP.
 
-* Names follow Ollama's ``[host/][namespace/]model[:tag]``; the lookup key is the fully
-  qualified, lower-cased name, the display form drops the default host and the
-  ``library`` namespace but keeps the tag (``llama3.2:latest``).
+* The lookup key is the fully qualified, lower-cased name; the display form drops the
+  default host and the ``library`` namespace but keeps the tag (``llama3.2:latest``).
 * Capabilities come from the model's family (a substring table below, first match
   wins) and can be overridden per model with ``FakeOllama(capabilities=...)``.
-* Text is a deterministic function of ``(seed, model, prompt text)``: words from a small
-  vocabulary, a token count inside ``response_tokens``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import random
 import re
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._goformat import rfc3339_at
+
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_NAMESPACE",
-    "FOREVER",
+    "VOCAB",
     "ModelInfo",
     "ModelName",
-    "Plan",
-    "go_dumps",
     "make_model",
-    "parse_keep_alive",
     "parse_name",
-    "plan_generation",
     "registry_knows",
-    "rfc3339",
+    "show_body",
 ]
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
-FOREVER = math.inf  # keep_alive < 0 (Go: max int64 ns, about 292 years)
-FOREVER_NS = (1 << 63) - 1
-
-# --------------------------------------------------------------------------- JSON
-
-
-def go_dumps(obj: Any) -> str:
-    """Compact JSON as Go's encoder writes it: raw UTF-8, ``<``/``>``/``&`` escaped."""
-    s = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    if "<" in s or ">" in s or "&" in s or "\u2028" in s or "\u2029" in s:
-        s = (
-            s.replace("<", "\\u003c")
-            .replace(">", "\\u003e")
-            .replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028")
-            .replace("\u2029", "\\u2029")
-        )
-    return s
-
-
-# --------------------------------------------------------------------------- time
-
-_ts_cache_sec = -1
-_ts_cache_prefix = ""
-
-
-def rfc3339(ns: int | None = None) -> str:
-    """RFC 3339 UTC with up to 9 fractional digits, trailing zeros trimmed (Go's RFC3339Nano)."""
-    global _ts_cache_sec, _ts_cache_prefix
-    if ns is None:
-        ns = time.time_ns()
-    sec, frac = divmod(ns, 1_000_000_000)
-    if sec != _ts_cache_sec:
-        if sec > 253402300799:  # past year 9999: clamp (Go would still print it)
-            sec = 253402300799
-        _ts_cache_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        _ts_cache_sec = sec
-    if frac:
-        return f"{_ts_cache_prefix}.{frac:09d}".rstrip("0") + "Z"
-    return _ts_cache_prefix + "Z"
-
-
-def rfc3339_at(ns: int) -> str:
-    """Like :func:`rfc3339` but without touching the one-entry cache (far dates)."""
-    sec, frac = divmod(ns, 1_000_000_000)
-    # time.gmtime handles years up to 9999 on every platform we care about
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(min(sec, 253402300799)))
-    if frac:
-        return f"{base}.{frac:09d}".rstrip("0") + "Z"
-    return base + "Z"
-
-
-# --------------------------------------------------------------------------- durations
-
-_DUR_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,  # noqa: RUF001 - Go accepts both micro signs
-    "μs": 1e-6,  # noqa: RUF001
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_DUR_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)([^0-9.]*)")
-
-
-def parse_go_duration(s: str) -> float:
-    """Seconds from a Go duration string (``time.ParseDuration``); ``ValueError`` with Go's text."""
-    orig = s
-    quoted = json.dumps(orig)
-    neg = False
-    if s and s[0] in "+-":
-        neg = s[0] == "-"
-        s = s[1:]
-    if s == "0":
-        return 0.0
-    if not s:
-        raise ValueError(f"time: invalid duration {quoted}")
-    total = 0.0
-    pos = 0
-    while pos < len(s):
-        m = _DUR_PART.match(s, pos)
-        if m is None or m.end() == pos:
-            raise ValueError(f"time: invalid duration {quoted}")
-        num, unit = m.group(1), m.group(2)
-        if num in ("", "."):
-            raise ValueError(f"time: invalid duration {quoted}")
-        if unit == "":
-            raise ValueError(f"time: missing unit in duration {quoted}")
-        if unit not in _DUR_UNITS:
-            raise ValueError(f"time: unknown unit {json.dumps(unit)} in duration {quoted}")
-        total += float(num) * _DUR_UNITS[unit]
-        pos = m.end()
-    return -total if neg else total
-
-
-def parse_keep_alive(value: Any) -> float | None:
-    """keep_alive from JSON -> seconds (``math.inf`` = forever, ``None`` = not given).
-
-    Numbers are seconds; strings are Go durations; negatives mean forever.
-    Raises ``ValueError`` with the server's error text.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError("Unsupported type: 'bool'")
-    if isinstance(value, (int, float)):
-        secs = float(value)
-    elif isinstance(value, str):
-        secs = parse_go_duration(value)
-    else:
-        raise ValueError(f"Unsupported type: '{type(value).__name__}'")
-    if secs < 0:
-        return FOREVER
-    return secs
-
 
 # --------------------------------------------------------------------------- names
 
@@ -450,7 +328,7 @@ def show_body(info: ModelInfo, verbose: bool = False) -> dict[str, Any]:
     return body
 
 
-# --------------------------------------------------------------------------- generation
+# --------------------------------------------------------------------------- vocabulary
 
 VOCAB: tuple[str, ...] = (
     "the", "model", "answer", "is", "a", "quick", "test", "of", "many", "hosts", "running",
@@ -461,250 +339,3 @@ VOCAB: tuple[str, ...] = (
     "expect", "plain", "ndjson", "lines", "never", "blank", "ones", "even", "under", "load",
     "when", "queues", "fill", "up", "fast",
 )  # fmt: skip
-THINK_VOCAB: tuple[str, ...] = (
-    "Okay,", "let", "me", "think", "about", "this.", "The", "user", "wants", "a", "short",
-    "answer,", "so", "I", "should", "keep", "it", "simple", "and", "clear.", "First,",
-    "consider", "what", "matters", "most.",
-)  # fmt: skip
-
-# pre-encoded JSON strings of " word" tokens (the hot path concatenates these)
-# index i < len(VOCAB): " word"; index len(VOCAB) + i: "word" (the first token of an answer)
-TOKENS = tuple(" " + w for w in VOCAB) + VOCAB
-TOKENS_JSON = tuple(json.dumps(t) for t in TOKENS)
-THINK_TOKENS = tuple(" " + w for w in THINK_VOCAB)
-
-
-def seed_for(seed: int | None, *parts: str) -> int:
-    h = zlib.crc32("\x1f".join(parts).encode("utf-8", "surrogatepass"))
-    return (h ^ ((seed or 0) * 0x9E3779B1)) & 0xFFFFFFFF
-
-
-@dataclass(slots=True)
-class Plan:
-    """What one inference request will produce, decided up front."""
-
-    thinking: list[str]  # thinking tokens (emitted first)
-    content: list[str]  # answer tokens
-    tool_calls: list[dict[str, Any]]  # native shape, arguments as objects
-    done_reason: str  # "stop" | "length"
-    prompt_eval_count: int
-    context_tokens: list[int]  # ids of answer tokens (generate's `context`)
-    content_idx: list[int] | None = None  # vocabulary indices when content is plain words
-    model_key: str = ""
-    failed: bool = False  # set when a fault was injected into this reply
-
-    @property
-    def eval_count(self) -> int:
-        return len(self.thinking) + len(self.content) + (1 if self.tool_calls else 0)
-
-
-def _split_text(text: str, rng: random.Random) -> list[str]:
-    """Cut a string (e.g. JSON) into token-sized pieces."""
-    out = []
-    i = 0
-    n = len(text)
-    while i < n:
-        k = rng.randint(2, 6)
-        out.append(text[i : i + k])
-        i += k
-    return out
-
-
-def _schema_value(schema: Any, rng: random.Random, defs: Mapping[str, Any], depth: int = 0) -> Any:
-    if not isinstance(schema, Mapping) or depth > 8:
-        return "value"
-    if "$ref" in schema and isinstance(schema["$ref"], str):
-        ref = schema["$ref"].rsplit("/", 1)[-1]
-        return _schema_value(defs.get(ref, {}), rng, defs, depth + 1)
-    if "const" in schema:
-        return schema["const"]
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][rng.randrange(len(schema["enum"]))]
-    for key in ("anyOf", "oneOf", "allOf"):
-        alts = schema.get(key)
-        if isinstance(alts, list) and alts:
-            non_null = [a for a in alts if not (isinstance(a, Mapping) and a.get("type") == "null")]
-            return _schema_value((non_null or alts)[0], rng, defs, depth + 1)
-    typ = schema.get("type")
-    if isinstance(typ, list):
-        typ = next((t for t in typ if t != "null"), "null")
-    if typ is None:
-        typ = "object" if "properties" in schema else "string"
-    if typ == "object":
-        props = schema.get("properties")
-        out: dict[str, Any] = {}
-        if isinstance(props, Mapping):
-            for k, sub in props.items():
-                out[k] = _schema_value(sub, rng, defs, depth + 1)
-        return out
-    if typ == "array":
-        lo = schema.get("minItems", 1)
-        hi = schema.get("maxItems", max(lo, 3))
-        lo = lo if isinstance(lo, int) and lo >= 0 else 1
-        hi = hi if isinstance(hi, int) and hi >= lo else lo + 2
-        cnt = rng.randint(lo, min(hi, lo + 3))
-        return [_schema_value(schema.get("items", {}), rng, defs, depth + 1) for _ in range(cnt)]
-    if typ == "integer":
-        lo = schema.get("minimum", 0)
-        hi = schema.get("maximum", lo + 100)
-        try:
-            return rng.randint(int(math.ceil(lo)), int(math.floor(hi)))
-        except (TypeError, ValueError):
-            return rng.randint(0, 100)
-    if typ == "number":
-        lo = schema.get("minimum", 0.0)
-        hi = schema.get("maximum", lo + 100.0)
-        try:
-            return round(rng.uniform(float(lo), float(hi)), 2)
-        except (TypeError, ValueError):
-            return round(rng.uniform(0, 100), 2)
-    if typ == "boolean":
-        return rng.random() < 0.5
-    if typ == "null":
-        return None
-    fmt = schema.get("format")
-    if fmt == "date":
-        return "2026-01-%02d" % rng.randint(1, 28)
-    if fmt == "date-time":
-        return "2026-01-%02dT12:00:00Z" % rng.randint(1, 28)
-    if fmt == "email":
-        return f"{VOCAB[rng.randrange(len(VOCAB))]}@example.com"
-    words = [VOCAB[rng.randrange(len(VOCAB))] for _ in range(rng.randint(1, 3))]
-    return " ".join(words)
-
-
-def schema_value(schema: Any, rng: random.Random) -> Any:
-    defs: dict[str, Any] = {}
-    if isinstance(schema, Mapping):
-        for k in ("$defs", "definitions"):
-            if isinstance(schema.get(k), Mapping):
-                defs.update(schema[k])
-    return _schema_value(schema, rng, defs)
-
-
-_ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
-
-
-def tool_call_id(rng: random.Random) -> str:
-    return "call_" + "".join(rng.choice(_ID_CHARS) for _ in range(8))
-
-
-def _pick_tools(tools: Sequence[Any], text: str) -> list[Mapping[str, Any]]:
-    low = text.lower()
-    picked = []
-    for t in tools:
-        if not isinstance(t, Mapping):
-            continue
-        fn = t.get("function")
-        if not isinstance(fn, Mapping):
-            continue
-        name = fn.get("name")
-        if not isinstance(name, str) or not name:
-            continue
-        n = name.lower()
-        if n in low or n.replace("_", " ") in low:
-            picked.append(fn)
-    return picked
-
-
-def plan_generation(
-    *,
-    seed: int | None,
-    model_key: str,
-    text: str,
-    last_user: str | None,
-    last_role: str | None,
-    think: bool,
-    fmt: Any,
-    tools: Sequence[Any] | None,
-    num_predict: int | None,
-    stop: Sequence[str] | None,
-    response_tokens: tuple[int, int],
-) -> Plan:
-    """Decide the tokens of one answer.
-
-    Tool calls: when ``tools`` are given and the *last* message is a user message that
-    mentions a tool's name (``get_weather`` or ``get weather``, case-insensitive), the
-    model calls every mentioned tool (arguments built from its parameter schema) and
-    writes no text. After a ``tool`` message it answers in text.
-    """
-    h = seed_for(seed, model_key, text)
-    rng = random.Random(h)
-    lo, hi = response_tokens
-    rand = rng.random
-    n = lo + int(rand() * (hi - lo + 1)) if hi > lo else lo
-    prompt_eval_count = max(1, len(text.split()) + 4)
-    thinking: list[str] = []
-    if think:
-        m = max(2, n // 2)
-        thinking = [THINK_TOKENS[rng.randrange(len(THINK_TOKENS))] for _ in range(m)]
-        thinking[0] = thinking[0].lstrip()
-    tool_calls: list[dict[str, Any]] = []
-    content_idx: list[int] | None = None
-    if tools and last_role == "user" and last_user:
-        for i, fn in enumerate(_pick_tools(tools, last_user)):
-            args = schema_value(fn.get("parameters") or {}, rng)
-            if not isinstance(args, dict):
-                args = {}
-            tool_calls.append({"id": tool_call_id(rng), "function": {"index": i, "name": fn["name"], "arguments": args}})
-    if tool_calls:
-        content: list[str] = []
-    elif fmt is not None and fmt != "":
-        if isinstance(fmt, Mapping):
-            value = schema_value(fmt, rng)
-        else:  # "json"
-            value = {VOCAB[rng.randrange(len(VOCAB))]: " ".join(VOCAB[rng.randrange(len(VOCAB))] for _ in range(3))}
-        content = _split_text(json.dumps(value, ensure_ascii=False), rng)
-    else:
-        nv = len(VOCAB)
-        content_idx = [int(rand() * nv) for _ in range(n)]
-        if content_idx:
-            content_idx[0] += len(VOCAB)
-        content = [TOKENS[i] for i in content_idx]
-    done_reason = "stop"
-    if stop:
-        acc = ""
-        for i, tok in enumerate(content):
-            acc += tok
-            hit = next((s for s in stop if s and s in acc), None)
-            if hit is not None:
-                cut = acc.index(hit)
-                before = acc[: cut]
-                # rebuild content up to the stop string
-                content = _resplit(before, content[: i + 1])
-                content_idx = None
-                break
-    if num_predict is not None and num_predict >= 0:
-        total = len(thinking) + len(content)
-        if total > num_predict:
-            done_reason = "length"
-            if len(thinking) >= num_predict:
-                thinking = thinking[:num_predict]
-                content = []
-                content_idx = None
-            else:
-                keep = num_predict - len(thinking)
-                content = content[:keep]
-                if content_idx is not None:
-                    content_idx = content_idx[:keep]
-            tool_calls = tool_calls if len(thinking) + len(content) < num_predict else []
-    if content_idx is not None:
-        ctx = [100 + i for i in content_idx]
-    else:
-        ctx = [(zlib.crc32(t.encode()) & 0x1FFFF) for t in content]
-    return Plan(thinking, content, tool_calls, done_reason, prompt_eval_count, ctx, content_idx)
-
-
-def _resplit(text: str, toks: list[str]) -> list[str]:
-    out = []
-    acc = 0
-    for t in toks:
-        if acc + len(t) <= len(text):
-            out.append(t)
-            acc += len(t)
-        else:
-            rest = text[acc:]
-            if rest:
-                out.append(rest)
-            break
-    return out

@@ -1,10 +1,13 @@
-"""The OpenAI-compatible ``/v1`` routes of the emulator.
+"""The OpenAI-compatible ``/v1/*`` routes of the emulated host.
 
-Real Ollama rewrites ``/v1`` requests into native ones and the replies back; the emulator
-renders the OpenAI shapes directly from the same plan/scheduler path (no second
-encoding pass). SSE framing: ``data: <json>\\n\\n`` per event, a separate finish chunk,
-an optional usage chunk, then ``data: [DONE]``. Errors use OpenAI's
-``{"error": {"message", "type", "param", "code"}}``.
+Owns: one function per endpoint (``chat_completions``, ``completions``, ``embeddings``,
+``list_models``, ``get_model``) and OpenAI's error body (:func:`error_response`).
+Real Ollama rewrites ``/v1`` requests into native ones and the replies back; here each
+route reads the OpenAI request (messages with content parts, ``reasoning_effort``,
+``response_format``, ``max_tokens``, ``stream_options``), asks the engine for the same
+decisions the native routes get (model checks, faults, a runner, a plan) and writes the
+OpenAI shapes directly with ``_render``'s SSE framing. It must not import the server
+(``_server`` imports it) or the native routes, and keeps no state of its own.
 """
 
 from __future__ import annotations
@@ -12,55 +15,37 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from ..wire.ollama import go_type_name
-from ._emulator import (
-    CT_SSE,
-    MIDSTREAM_MSG,
-    HttpError,
-    _events,
-    conversation,
-    decode_body,
-    keep_alive_of,
+from ._decode import conversation, decode_openai_object, keep_alive_of
+from ._errors import MIDSTREAM_MSG, HttpError
+from ._generation import TOKENS_JSON, Plan
+from ._goformat import go_dumps
+from ._httphost import CT_SSE, HttpHost
+from ._render import (
+    CHAT_DELTA,
+    CHAT_DELTA_END,
+    MIDSTREAM_SSE,
+    chunk_head,
+    events_of,
+    finish_reason,
+    openai_tool_calls,
+    openai_tool_calls_json,
     render_events,
+    sse_end,
+    usage,
 )
-from ._models import TOKENS_JSON, go_dumps
-
-if TYPE_CHECKING:
-    from ._emulator import FakeOllama
-    from ._models import Plan
 
 __all__ = ["chat_completions", "completions", "embeddings", "error_response", "get_model", "list_models"]
 
 _TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 
 
-def error_response(emu: FakeOllama, status: int, message: str) -> web.Response:
+def error_response(host: HttpHost, status: int, message: str) -> web.Response:
     body = {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": None, "code": None}}
-    return emu.json(body, status)
-
-
-def _sse_error(message: str) -> bytes:
-    return ("data: " + go_dumps({"error": {"message": message, "type": "api_error", "param": None, "code": None}}) + "\n\n").encode()
-
-
-_MIDSTREAM_SSE = _sse_error(MIDSTREAM_MSG)
-# delta prefixes of a chat chunk by event kind: thinking, content, tool calls
-_CHAT_DELTA = ('"content":"","reasoning":', '"content":', '"content":"","tool_calls":')
-_CHAT_DELTA_END = '},"finish_reason":null}]}\n\n'
-
-
-async def _obj(request: web.BaseRequest, struct: str) -> dict[str, Any]:
-    raw = await request.read()
-    obj = decode_body(raw, struct)
-    if obj is None:
-        return {}
-    if not isinstance(obj, dict):
-        raise HttpError(400, f"json: cannot unmarshal {go_type_name(obj)} into Go value of type openai.{struct}")
-    return obj
+    return host.json(body, status)
 
 
 def _text_of(content: Any, images: list[int]) -> str:
@@ -134,32 +119,6 @@ def _options(body: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
     return opts, num_predict
 
 
-def _usage(plan: Any) -> dict[str, int]:
-    return {
-        "prompt_tokens": plan.prompt_eval_count,
-        "completion_tokens": plan.eval_count,
-        "total_tokens": plan.prompt_eval_count + plan.eval_count,
-    }
-
-
-def _finish(plan: Any) -> str:
-    if plan.tool_calls:
-        return "tool_calls"
-    return plan.done_reason
-
-
-def _oa_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for i, c in enumerate(calls):
-        fn = c["function"]
-        out.append({"id": c["id"], "index": i, "type": "function", "function": {"name": fn["name"], "arguments": go_dumps(fn["arguments"])}})
-    return out
-
-
-def _oa_tool_calls_json(calls: list[dict[str, Any]]) -> str:
-    return go_dumps(_oa_tool_calls(calls))
-
-
 def _model_of(body: Mapping[str, Any]) -> str:
     model = body.get("model")
     return model if isinstance(model, str) else ""
@@ -171,47 +130,32 @@ def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
     return body.get("stream") is True, isinstance(so, Mapping) and so.get("include_usage") is True
 
 
-def _chunk_head(cid: str, obj: str, created: int, model: str) -> str:
-    """A streamed reply object's JSON up to its ``choices`` value."""
-    return (
-        '{"id":"' + cid + '","object":"' + obj + '","created":' + str(created) + ',"model":' + go_dumps(model)
-        + ',"system_fingerprint":"fp_ollama","choices":'
-    )  # fmt: skip
-
-
-def _sse_end(head: str, plan: Plan, include_usage: bool) -> str:
-    """The optional usage chunk, then ``[DONE]``."""
-    if include_usage:
-        return "data: " + head + '[],"usage":' + go_dumps(_usage(plan)) + "}\n\ndata: [DONE]\n\n"
-    return "data: [DONE]\n\n"
-
-
 async def _run(
-    emu: FakeOllama, info: Any, keep_alive: float | None, plan: Plan, id_prefix: str, reply: Callable[[str, int, float], Awaitable[web.StreamResponse]]
+    host: HttpHost, info: Any, keep_alive: float | None, plan: Plan, id_prefix: str, reply: Callable[[str, int, float], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Hold a runner for ``plan`` while ``reply(id, created, t_gen)`` answers."""
-    runner, _ = await emu.acquire(info, keep_alive)
+    runner, _ = await host.acquire(info, keep_alive)
     ok = False
     try:
-        cid = f"{id_prefix}-{emu._rng.randint(0, 999)}"
+        cid = host.reply_id(id_prefix)
         created = int(time.time())
-        t_gen = await emu._first_token_wait(plan)
+        t_gen = await host.first_token_wait(plan)
         resp = await reply(cid, created, t_gen)
         ok = True
         return resp
     finally:
-        emu.release(runner, ok and not plan.failed)
+        host.release(runner, ok and not plan.failed)
 
 
-async def _whole_wait(emu: FakeOllama, plan: Plan, t_gen: float) -> None:
+async def _whole_wait(host: HttpHost, plan: Plan, t_gen: float) -> None:
     """A non-streamed reply: its 500 (midstream fault) or its generation time."""
-    if emu.midstream_fail_at(plan.eval_count, plan) >= 0:
+    if host.midstream_fail_at(plan.eval_count, plan) >= 0:
         raise HttpError(500, MIDSTREAM_MSG)
-    await emu.pace(t_gen, plan.eval_count)
+    await host.pace(t_gen, plan.eval_count)
 
 
-async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
-    body = await _obj(request, "ChatCompletionRequest")
+async def chat_completions(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
+    body = decode_openai_object(await request.read(), "ChatCompletionRequest")
     model = _model_of(body)
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
@@ -221,12 +165,12 @@ async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.Str
     keep_alive = keep_alive_of(body)
     think_v = _think_of(body)
     tools = body.get("tools") or None
-    info = emu.resolve_chat(model, tools, bool(images))
-    think = emu.check_think(info, model, think_v)
+    info = host.resolve_chat(model, tools, bool(images))
+    think = host.check_think(info, model, think_v)
     opts, num_predict = _options(body)
     stream, include_usage = _stream_flags(body)
-    emu.pre_schedule_faults(info)
-    plan = emu.plan(
+    host.pre_schedule_faults(info)
+    plan = host.plan(
         info,
         text=text,
         last_user=last_user,
@@ -240,44 +184,44 @@ async def chat_completions(emu: FakeOllama, request: web.BaseRequest) -> web.Str
 
     async def reply(cid: str, created: int, t_gen: float) -> web.StreamResponse:
         if not stream:
-            await _whole_wait(emu, plan, t_gen)
+            await _whole_wait(host, plan, t_gen)
             msg: dict[str, Any] = {"role": "assistant", "content": "".join(plan.content)}
             if plan.thinking:
                 msg["reasoning"] = "".join(plan.thinking)
             if plan.tool_calls:
-                msg["tool_calls"] = _oa_tool_calls(plan.tool_calls)
+                msg["tool_calls"] = openai_tool_calls(plan.tool_calls)
             out = {
                 "id": cid,
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
                 "system_fingerprint": "fp_ollama",
-                "choices": [{"index": 0, "message": msg, "finish_reason": _finish(plan)}],
-                "usage": _usage(plan),
+                "choices": [{"index": 0, "message": msg, "finish_reason": finish_reason(plan)}],
+                "usage": usage(plan),
             }
-            return emu.json(out)
-        events = _events(plan)
-        head = _chunk_head(cid, "chat.completion.chunk", created, model)
+            return host.json(out)
+        events = events_of(plan)
+        head = chunk_head(cid, "chat.completion.chunk", created, model)
         start = "data: " + head + '[{"index":0,"delta":{'
 
         def render(i: int, j: int) -> str:
-            text = render_events(events, max(i, 1), j, start, _CHAT_DELTA, _CHAT_DELTA_END, plan, _oa_tool_calls_json)
+            text = render_events(events, max(i, 1), j, start, CHAT_DELTA, CHAT_DELTA_END, plan, openai_tool_calls_json)
             if i:
                 return text
             # the first chunk also carries the role
-            return render_events(events, 0, 1, start + '"role":"assistant",', _CHAT_DELTA, _CHAT_DELTA_END, plan, _oa_tool_calls_json) + text
+            return render_events(events, 0, 1, start + '"role":"assistant",', CHAT_DELTA, CHAT_DELTA_END, plan, openai_tool_calls_json) + text
 
         def final() -> str:
-            return start + '},"finish_reason":"' + _finish(plan) + '"}]}\n\n' + _sse_end(head, plan, include_usage)
+            return start + '},"finish_reason":"' + finish_reason(plan) + '"}]}\n\n' + sse_end(head, plan, include_usage)
 
         n = len(events)
-        return await emu.stream_batches(request, t_gen, n, emu.midstream_fail_at(n, plan), render, final, _MIDSTREAM_SSE, CT_SSE)
+        return await host.stream_batches(request, t_gen, n, host.midstream_fail_at(n, plan), render, final, MIDSTREAM_SSE, CT_SSE)
 
-    return await _run(emu, info, keep_alive, plan, "chatcmpl", reply)
+    return await _run(host, info, keep_alive, plan, "chatcmpl", reply)
 
 
-async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
-    body = await _obj(request, "CompletionRequest")
+async def completions(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
+    body = decode_openai_object(await request.read(), "CompletionRequest")
     model = _model_of(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -285,21 +229,21 @@ async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamRe
     if not isinstance(prompt, str):
         raise HttpError(400, "invalid type for 'prompt' field: must be a string")
     keep_alive = keep_alive_of(body)
-    info = emu.resolve(model, not_found="model '{name}' not found")
+    info = host.resolve(model, not_found="model '{name}' not found")
     if not info.has("completion"):
         raise HttpError(400, f'"{model}" does not support generate')
     if body.get("suffix") and not info.has("insert"):
         raise HttpError(400, f'"{model}" does not support insert')
     opts, num_predict = _options(body)
     stream, include_usage = _stream_flags(body)
-    emu.pre_schedule_faults(info)
-    plan = emu.plan(
+    host.pre_schedule_faults(info)
+    plan = host.plan(
         info, text="\n" + prompt, last_user=prompt, last_role="user", think=False, fmt=None, tools=None, options=opts, num_predict=num_predict
     )
 
     async def reply(cid: str, created: int, t_gen: float) -> web.StreamResponse:
         if not stream:
-            await _whole_wait(emu, plan, t_gen)
+            await _whole_wait(host, plan, t_gen)
             out = {
                 "id": cid,
                 "object": "text_completion",
@@ -307,13 +251,13 @@ async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamRe
                 "model": model,
                 "system_fingerprint": "fp_ollama",
                 "choices": [{"text": "".join(plan.content), "index": 0, "finish_reason": plan.done_reason}],
-                "usage": _usage(plan),
+                "usage": usage(plan),
             }
-            return emu.json(out)
+            return host.json(out)
         toks = plan.content
         n = len(toks)
-        fail_at = emu.midstream_fail_at(n, plan)
-        head = _chunk_head(cid, "text_completion", created, model)
+        fail_at = host.midstream_fail_at(n, plan)
+        head = chunk_head(cid, "text_completion", created, model)
         start = "data: " + head + '[{"text":'
         idx = plan.content_idx
         fin_reason = go_dumps(plan.done_reason)
@@ -328,15 +272,15 @@ async def completions(emu: FakeOllama, request: web.BaseRequest) -> web.StreamRe
 
         def final() -> str:
             fin = f'{start}"","index":0,"finish_reason":{fin_reason}}}]}}\n\n' if n == 0 else ""
-            return fin + _sse_end(head, plan, include_usage)
+            return fin + sse_end(head, plan, include_usage)
 
-        return await emu.stream_batches(request, t_gen, n, fail_at, render, final, _MIDSTREAM_SSE, CT_SSE)
+        return await host.stream_batches(request, t_gen, n, fail_at, render, final, MIDSTREAM_SSE, CT_SSE)
 
-    return await _run(emu, info, keep_alive, plan, "cmpl", reply)
+    return await _run(host, info, keep_alive, plan, "cmpl", reply)
 
 
-async def embeddings(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
-    body = await _obj(request, "EmbedRequest")
+async def embeddings(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
+    body = decode_openai_object(await request.read(), "EmbedRequest")
     model = _model_of(body)
     inp = body.get("input")
     if isinstance(inp, str):
@@ -354,31 +298,31 @@ async def embeddings(emu: FakeOllama, request: web.BaseRequest) -> web.StreamRes
     if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims < 0):
         raise HttpError(400, "invalid dimensions")
     keep_alive = keep_alive_of(body)
-    info = emu.resolve(model, not_found='model "{name}" not found, try pulling it first')
-    vecs, _, _ = await emu.run_embedding(info, keep_alive, inputs, dims)
+    info = host.resolve(model, not_found='model "{name}" not found, try pulling it first')
+    vecs, _, _ = await host.run_embedding(info, keep_alive, inputs, dims)
     data = []
     for i, v in enumerate(vecs):
         if fmt == "base64":
             emb: Any = base64.b64encode(v.astype("<f4").tobytes()).decode()
         else:
-            emb = emu.vector_json(v)
+            emb = host.vector_json(v)
         data.append({"object": "embedding", "embedding": emb, "index": i})
     count = sum(len(t.split()) + 1 for t in inputs)
-    return emu.json({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": count, "total_tokens": count}})
+    return host.json({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": count, "total_tokens": count}})
 
 
 def _model_obj(info: Any) -> dict[str, Any]:
     return {"id": info.display, "object": "model", "created": info.modified_ns // 1_000_000_000, "owned_by": info.name.namespace}
 
 
-async def list_models(emu: FakeOllama, request: web.BaseRequest) -> web.StreamResponse:
-    models = sorted(emu.models.values(), key=lambda i: i.modified_ns, reverse=True)
-    return emu.json({"object": "list", "data": [_model_obj(i) for i in models]})
+async def list_models(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
+    models = sorted(host.models.values(), key=lambda i: i.modified_ns, reverse=True)
+    return host.json({"object": "list", "data": [_model_obj(i) for i in models]})
 
 
-async def get_model(emu: FakeOllama, request: web.BaseRequest, name: str) -> web.StreamResponse:
-    info = emu.lookup(name)
+async def get_model(host: HttpHost, request: web.BaseRequest, name: str) -> web.StreamResponse:
+    info = host.lookup(name)
     if info is None:
         raise HttpError(404, f"model '{name}' not found")
-    return emu.json(_model_obj(info))
+    return host.json(_model_obj(info))
 

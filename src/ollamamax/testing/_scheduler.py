@@ -1,5 +1,11 @@
 """The emulator's scheduler: loads, slots, eviction, keep-alive.
 
+Owns: the runners of one host process (one per model: loaded or loading, slots in use,
+waiters, keep-alive timer), the per-model counters of :meth:`FakeOllama.stats`, and the
+rules below for who waits and who is refused. It must not know about requests, HTTP,
+fault injection or the model table: the engine (``_engine``) calls it with a
+:class:`~._models.ModelInfo` and turns :class:`QueueFullError` into the 503.
+
 Semantics (as Ollama's ``server/sched.go`` + per-runner semaphore, simplified):
 
 * A model answers only once loaded. Loading takes ``load_delay`` seconds; every request
@@ -30,7 +36,8 @@ import time
 from collections import deque
 from typing import Any
 
-from ._models import FOREVER, ModelInfo
+from ._goformat import FOREVER
+from ._models import ModelInfo
 
 __all__ = ["QueueFullError", "Runner", "Scheduler"]
 

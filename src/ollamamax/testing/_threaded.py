@@ -1,4 +1,10 @@
-"""Run a FakeOllama on a background thread's event loop (for synchronous clients)."""
+"""Run a FakeOllama on a background thread's event loop (for synchronous clients).
+
+Owns: :class:`ThreadedFakeOllama`, the thread and its event loop, and handing calls over
+to that loop (:meth:`ThreadedFakeOllama.run`, :meth:`ThreadedFakeOllama.call`). It must
+not emulate anything itself: every behaviour is the :class:`~._server.FakeOllama` it
+starts, and it must not touch that object from the calling thread.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._emulator import FakeOllama
+from ._server import FakeOllama
 
 __all__ = ["ThreadedFakeOllama"]
 

@@ -1,7 +1,10 @@
 """``ollamamax mock``: run one emulated Ollama host until interrupted.
 
-Only argparse is imported at module level (the ``ollamamax`` command imports every
-subcommand's ``add_arguments``); aiohttp and the emulator load inside :func:`main`.
+Owns: the command-line options of ``ollamamax mock`` (mapped one to one onto
+:class:`~._server.FakeOllama` arguments), signal handling and the start/stop messages.
+It must not import more than argparse at module level (the ``ollamamax`` command
+imports every subcommand's ``add_arguments``): aiohttp and the emulator load inside
+:func:`main`.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     import signal
     import sys
 
-    from ._emulator import FakeOllama
+    from ._server import FakeOllama
 
     try:
         lo, hi = (int(x) for x in args.response_tokens.split(","))

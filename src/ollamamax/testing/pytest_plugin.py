@@ -1,5 +1,9 @@
 """pytest plugin (entry point ``pytest11: ollamamax``): the ``fake_ollama`` fixture.
 
+Owns: the factory fixture and the teardown of the hosts it made. It must stay cheap to
+import and must never fail (it is loaded for every project that has ollamamax
+installed): the emulator is imported inside the fixture only.
+
 ``host = await fake_ollama(models=["llama3.2"], load_delay=0, tokens_per_sec=0)``
 returns a started :class:`ollamamax.testing.FakeOllama`; every host made by the
 factory is stopped at teardown. The fixture needs pytest-asyncio; without it this
@@ -23,7 +27,7 @@ if pytest_asyncio is not None:
     @pytest_asyncio.fixture
     async def fake_ollama() -> Any:
         """Factory fixture: ``await fake_ollama(**FakeOllama kwargs)`` -> started FakeOllama."""
-        from ._emulator import FakeOllama
+        from ._server import FakeOllama
 
         hosts: list[FakeOllama] = []
 
