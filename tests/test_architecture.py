@@ -56,3 +56,32 @@ def test_every_module_opens_with_a_paragraph() -> None:
         if not doc or len(doc.split()) < 8:
             missing.append(str(p.relative_to(pkg)))
     assert not missing, f"modules without an opening paragraph (what it owns, what it must not do): {missing}"
+
+
+def test_no_private_name_is_imported_from_another_module() -> None:
+    """``from .x import _name`` across modules is a private access: a module that needs
+    something of another one uses a public name on it.  (Private *modules* are covered by
+    the import-linter contract above; ``_compat`` and ``_version`` are package-level
+    modules meant to be imported, and are not names.)"""
+    pkg = Path(ollamamax.__file__).resolve().parent
+    found = []
+    for p in sorted(pkg.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            internal = node.level > 0 or (node.module or "").split(".")[0] == "ollamamax"
+            if not internal:
+                continue
+            if node.level:
+                base = p.parent
+                for _ in range(node.level - 1):
+                    base = base.parent
+            else:
+                base = pkg.parent
+            base = base.joinpath(*(node.module or "").split(".")) if node.module else base
+            for alias in node.names:
+                name = alias.name
+                is_module = (base / f"{name}.py").exists() or (base / name / "__init__.py").exists()
+                if name.startswith("_") and not name.startswith("__") and not is_module:
+                    found.append(f"{p.relative_to(pkg)}: from {'.' * node.level}{node.module or ''} import {name}")
+    assert not found, found
