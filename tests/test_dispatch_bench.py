@@ -155,7 +155,7 @@ async def test_dispatcher_logic_cost_without_http() -> None:
                 loaded=frozenset({"llama3.2:latest"}),
             )
         )
-        h.down = False
+        h.down = h.unreachable = False
         h.upstream.send = stub_send  # type: ignore[union-attr,method-assign,assignment]
         hdrs = {"Content-Type": "application/json"}
         n = 20000

@@ -564,7 +564,7 @@ async def test_resp_headers_cached_copy_is_independent(d: Dispatcher) -> None:
             0, h.name, h.url, healthy=True, present=frozenset({"m:latest", "e:latest"}), loaded=frozenset({"m:latest"})
         )
     )
-    h.down = False
+    h.down = h.unreachable = False
     pairs = (
         ("Content-Type", "application/json"),
         ("Date", "x"),
@@ -626,7 +626,7 @@ async def test_resp_headers_cached_copy_is_independent(d: Dispatcher) -> None:
 async def test_release_without_waiters_then_a_waiter_still_gets_the_slot() -> None:
     hs = [HostState(index=i, config=HostConfig(url=f"http://h:{i + 1}"), name=f"h{i}", url="", capacity=1) for i in range(2)]
     for h in hs:
-        h.down = False
+        h.down = h.unreachable = False
     a, b = hs
     adm = Admission(hs, queue_size=4)
     assert adm.try_acquire(a) and adm.try_acquire(b)
@@ -650,7 +650,7 @@ async def test_dispatcher_end_to_end_uses_the_fast_paths(d: Dispatcher) -> None:
     d.store.publish(
         HostView(0, h.name, h.url, healthy=True, present=frozenset({"m:latest"}), loaded=frozenset({"m:latest"}))
     )
-    h.down = False
+    h.down = h.unreachable = False
     reply = b'{"done":true,"load_duration":1,"eval_count":5,"eval_duration":1000000000}'
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nDate: x\r\nContent-Length: %d\r\n\r\n" % len(reply)
     loop = asyncio.get_running_loop()

@@ -14,7 +14,16 @@ from ollamamax.dispatch.cache import ResponseCache
 from ollamamax.dispatch.merged import parse_time as _parse_time
 from ollamamax.dispatch.merged import version_key as _version_key
 from ollamamax.fleet.config import host_name_from_url
-from ollamamax.fleet.health import Health, HealthPolicy
+from ollamamax.fleet.health import (
+    CONNECT,
+    FAILURE_RATE,
+    HOST_5XX,
+    RESET,
+    TIMEOUT,
+    UNREACHABLE,
+    Health,
+    HealthPolicy,
+)
 from ollamamax.fleet.hosts import HostState
 from ollamamax.placement.strategies import (
     AffinityStrategy,
@@ -36,7 +45,7 @@ def mk_hosts(n: int, cap: int = 2) -> list[HostState]:
     for i in range(n):
         url = f"http://10.0.0.{i + 1}:11434"
         h = HostState(index=i, config=HostConfig(url), name=host_name_from_url(url), url=url, capacity=cap)
-        h.down = False
+        h.down = h.unreachable = False
         hosts.append(h)
     return hosts
 
@@ -155,7 +164,7 @@ async def test_admission_down_host_not_granted_until_it_comes_back() -> None:
     await asyncio.sleep(0)
     assert not t.done() and a.in_flight == 0
     assert not adm.try_acquire(a)
-    a.down = False
+    a.down = a.unreachable = False
     adm.grant_free_slots(a)
     assert await t is a
 
@@ -179,22 +188,79 @@ async def test_admission_compacts_stale_entries() -> None:
 
 
 def test_health_ejects_and_doubles_cooldown() -> None:
-    health = Health(HealthPolicy(eject_after_failures=2, eject_cooldown=1.0, eject_max_cooldown=3.0))
-    (h,) = mk_hosts(1)
-    assert not health.record_failure(h)
+    clock = [100.0]
+    (h,) = hosts = mk_hosts(1)
+    health = Health(hosts, HealthPolicy(eject_after_failures=2, eject_cooldown=1.0, eject_max_cooldown=3.0),
+                    clock=lambda: clock[0])
+    assert not health.record_failure(h, CONNECT)
     health.record_success(h)
-    assert not health.record_failure(h)
-    assert health.record_failure(h)
-    assert h.down
-    c1 = h.ejected_until - h.last_ejected
+    assert not health.record_failure(h, CONNECT)
+    assert health.record_failure(h, TIMEOUT)
+    assert h.down and h.ejected and not h.unreachable
+    assert h.ejected_until - clock[0] == 1.0
+    health.probe_failed(h)  # the probe after the cooldown fails: next one later
+    assert h.unreachable and h.ejected_until - clock[0] == 2.0
     health.probe_failed(h)
-    c2 = h.ejected_until - h.last_ejected
-    health.probe_failed(h)
-    c3 = h.ejected_until - h.last_ejected
-    # (now + c) - now is c only up to float rounding at the monotonic clock's magnitude
-    assert (c1, c2, c3) == pytest.approx((1.0, 2.0, 3.0))  # doubled, capped
-    assert health.reinstate(h) and not h.down
+    assert h.ejected_until - clock[0] == 3.0  # doubled, capped
+    assert health.reinstate(h) and not h.down and not h.ejected and not h.unreachable
     assert not health.reinstate(h)
+    assert health.ejections == {(h.name, TIMEOUT): 1, (h.name, UNREACHABLE): 1}
+
+
+def test_5xx_never_eject_by_count() -> None:
+    """Random runner failures hit every host alike: counting 5xx in a row would eject a
+    whole fleet that fails 30% at random.  Only gateway-side failures eject by count."""
+    (h,) = hosts = mk_hosts(1)
+    health = Health(hosts, HealthPolicy(eject_after_failures=2))
+    for _ in range(20):
+        assert not health.record_failure(h, HOST_5XX, "llama runner process has terminated")
+    assert not h.down and h.window_failed == 20
+    assert not health.record_failure(h, RESET) and health.record_failure(h, RESET)
+
+
+def test_unattributed_5xx_never_eject_in_a_row() -> None:
+    """A 5xx that may be the request's fault does not count toward "failures in a row":
+    a client sending bad requests cannot eject the host that answers them."""
+    (h,) = hosts = mk_hosts(1)
+    health = Health(hosts, HealthPolicy(eject_after_failures=2))
+    for _ in range(50):
+        health.record_unattributed(h)
+    assert not h.down and h.consecutive_failures == 0 and h.window_failed == 50
+
+
+def test_failure_rate_detection_ejects_the_outlier_not_a_uniform_fleet() -> None:
+    hosts = mk_hosts(4)
+    health = Health(hosts, HealthPolicy(min_requests=10))
+    # every host fails 30% (a bad client, or flaky runners everywhere): nobody stands out
+    for h in hosts:
+        h.window_ok, h.window_failed = 14, 6
+    assert health.evaluate() == [] and not any(h.down for h in hosts)
+    assert all(h.window_ok == h.window_failed == 0 for h in hosts)  # a new interval
+    # one host fails 80% while its peers fail 10%: it is ejected
+    for h in hosts:
+        h.window_ok, h.window_failed = 18, 2
+    hosts[2].window_ok, hosts[2].window_failed = 4, 16
+    assert health.evaluate() == [hosts[2]] and hosts[2].ejected
+    assert health.ejections == {(hosts[2].name, FAILURE_RATE): 1}
+    # too few answers to judge: no ejection however bad
+    hosts[3].window_ok, hosts[3].window_failed = 0, 5
+    assert health.evaluate() == [] and not hosts[3].down
+
+
+def test_ejection_is_bounded_but_unreachable_hosts_are_not() -> None:
+    hosts = mk_hosts(4)
+    health = Health(hosts, HealthPolicy(eject_after_failures=1, max_ejection_percent=50))
+    assert health.record_failure(hosts[0], CONNECT)
+    assert health.record_failure(hosts[1], CONNECT)
+    assert not health.record_failure(hosts[2], CONNECT)  # 2 of 4 ejected already
+    assert not hosts[2].down and health.skipped == {hosts[2].name: 1}
+    health.probe_failed(hosts[3])  # unreachable: not an ejection, never bounded
+    assert hosts[3].down and hosts[3].unreachable
+    health.reinstate(hosts[0])
+    assert health.record_failure(hosts[2], CONNECT)  # room again
+    # at least one host may always be ejected
+    (solo,) = one = mk_hosts(1)
+    assert Health(one, HealthPolicy(eject_after_failures=1, max_ejection_percent=0)).record_failure(solo, RESET)
 
 
 def test_hash_ring_is_stable_and_balanced() -> None:

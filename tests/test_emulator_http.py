@@ -256,13 +256,20 @@ async def test_capability_errors(session, host):
     assert s == 200
 
 
+NO_VISION = "this model is missing data required for image input"
+
+
 async def test_vision(session, host):
+    """Images for a text-only model: Ollama loads the model, then its runner refuses with a
+    500 (model/model.go ErrNoVisionModel), on every route; a vision model answers."""
     img = base64.b64encode(b"\x89PNG fake").decode()
+    loads = host.stats()["models"].get("llama3.2:latest", {}).get("loads", 0)
     s, b = await jcall(session, host, "POST", "/api/generate", {"model": "llama3.2", "prompt": "x", "images": [img]})
-    assert (s, b) == (400, {"error": '"llama3.2" does not support vision'})
+    assert (s, b) == (500, {"error": NO_VISION})
+    assert host.stats()["models"]["llama3.2:latest"]["loads"] == loads + 1  # it loaded first
     msgs = [{"role": "user", "content": "what is this", "images": [img]}]
     s, b = await jcall(session, host, "POST", "/api/chat", {"model": "llama3.2", "messages": msgs})
-    assert (s, b) == (400, {"error": '"llama3.2" does not support vision'})
+    assert (s, b) == (500, {"error": NO_VISION})
     s, b = await jcall(session, host, "POST", "/api/chat", {"model": "gemma3:4b", "messages": msgs, "stream": False})
     assert s == 200 and b["message"]["content"]
     bad = [{"role": "user", "content": "x", "images": ["not base64!"]}]
@@ -270,7 +277,7 @@ async def test_vision(session, host):
     assert (s, b) == (400, {"error": "illegal base64 data at input byte 3"})
     parts = [{"type": "text", "text": "what"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64," + img}}]
     s, b = await jcall(session, host, "POST", "/v1/chat/completions", {"model": "llama3.2", "messages": [{"role": "user", "content": parts}]})
-    assert s == 400 and b["error"]["message"] == '"llama3.2" does not support vision'
+    assert s == 500 and b["error"]["message"] == NO_VISION and b["error"]["type"] == "api_error"
     s, b = await jcall(session, host, "POST", "/v1/chat/completions", {"model": "gemma3:4b", "messages": [{"role": "user", "content": parts}]})
     assert s == 200
 

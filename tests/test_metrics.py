@@ -239,18 +239,20 @@ async def test_metrics_cache_hits_and_misses():
 
 
 async def test_metrics_retries_ejections_and_health():
-    async with obs_stack((["llama3.2"], ["llama3.2"]), host_kw=[{}, {"fail_rate": 1.0, "preload": ["llama3.2"]}],
+    async with obs_stack((["llama3.2"], ["llama3.2"]), host_kw=[{}, {"preload": ["llama3.2"]}],
                          eject_after_failures=1, eject_cooldown=60.0, eject_max_cooldown=60.0,
-                         retry_backoff=0.0) as s, aiohttp.ClientSession() as session:
+                         retry_backoff=0.0, refresh_interval=60.0) as s, aiohttp.ClientSession() as session:
         bad = s.d.hosts[1].name
+        await s.hosts[1].kill()  # refuses connections: a gateway-side failure, ejects at once
         for i in range(4):
             async with session.post(s.url + "/api/generate",
                                     json={"model": "llama3.2", "prompt": str(i), "stream": False}) as r:
                 assert r.status == 200
                 await r.read()
         fams = await scrape(session, s.url)
-        ej = {smp.labels["host"]: smp.value for smp in fams["ollamamax_host_ejections"].samples}
-        assert ej[bad] == 1
+        ej = {(smp.labels["host"], smp.labels["cause"]): smp.value
+              for smp in fams["ollamamax_host_ejections"].samples if smp.name.endswith("_total")}
+        assert ej[(bad, "connect")] == 1
         healthy = {smp.labels["host"]: smp.value for smp in fams["ollamamax_host_healthy"].samples}
         assert healthy[bad] == 0 and healthy[s.d.hosts[0].name] == 1
         assert fams["ollamamax_retries"].samples[0].value >= 1

@@ -1,6 +1,7 @@
 """What the dispatcher counts and learns from each answer.
 
-Counters (requests by route/model/host/status, retries, ejections), one set of native ``LatencyHistogram`` s per (host, model) (queue wait, new
+Counters (requests by route/model/host/status, retries, retries the budget denied, 5xx
+that were the request's fault), one set of native ``LatencyHistogram`` s per (host, model) (queue wait, new
 connection, time to first byte, total, tokens/s), and the learning that rides on a
 successful answer: each host's EWMA time to first byte and service time, and its load
 cost per model from the ``load_duration`` Ollama reports in the final object.
@@ -76,7 +77,9 @@ class Accounting:
         self.on_residency_change = on_residency_change
         self.requests: Counter[tuple[str, str, str, int]] = Counter()
         self.retries = 0
-        self.ejections: Counter[str] = Counter()
+        self.retries_denied = 0  # retries the retry budget refused
+        self.request_faults = 0  # 5xx two hosts gave alike: the request's fault, nobody charged
+        self.host_faults = 0  # 5xx another host did better on: the first host's fault
         self.timings: dict[tuple[str, str], Timings] = {}
 
     def count(self, path: str, model: str, host: str, status: int) -> None:
@@ -131,7 +134,16 @@ class Accounting:
             self.on_residency_change(h)  # learn what is resident now (it may have evicted another)
 
     def snapshot(
-        self, hosts: Sequence[HostState], queue_depth: int, cache_hits: int, cache_misses: int
+        self,
+        hosts: Sequence[HostState],
+        queue_depth: int,
+        cache_hits: int,
+        cache_misses: int,
+        *,
+        ejections: dict[tuple[str, str], int] | None = None,
+        ejections_prevented: dict[str, int] | None = None,
+        retry_budget: int = 0,
+        retries_in_progress: int = 0,
     ) -> dict[str, Any]:
         """Histograms (LatencyHistogram objects, microseconds; tokens_per_s in tokens/s)
         keyed by (host, model), and counters.  For the metrics exporter."""
@@ -146,7 +158,13 @@ class Accounting:
             "counters": {
                 "requests": dict(self.requests),
                 "retries": self.retries,
-                "ejections": dict(self.ejections),
+                "retries_denied": self.retries_denied,
+                "request_faults": self.request_faults,
+                "host_faults": self.host_faults,
+                # host -> ejections (all causes); by_cause: (host, cause) -> ejections
+                "ejections": _by_host(ejections or {}),
+                "ejections_by_cause": dict(ejections or {}),
+                "ejections_prevented": dict(ejections_prevented or {}),
                 "cache_hits": cache_hits,
                 "cache_misses": cache_misses,
             },
@@ -154,4 +172,13 @@ class Accounting:
                 h.name: {"in_flight": h.in_flight, "capacity": h.capacity, "healthy": not h.down} for h in hosts
             },
             "queue_depth": queue_depth,
+            "retry_budget": retry_budget,
+            "retries_in_progress": retries_in_progress,
         }
+
+
+def _by_host(by_cause: dict[tuple[str, str], int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (host, _cause), n in by_cause.items():
+        out[host] = out.get(host, 0) + n
+    return out

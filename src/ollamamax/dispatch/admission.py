@@ -50,10 +50,14 @@ __all__ = ["Admission", "QueueFull"]
 
 
 class Waiter:
-    __slots__ = ("fut",)
+    """One waiting request: its future, and whether it accepts an ejected host (a request
+    in panic mode, see ``directory``)."""
 
-    def __init__(self, fut: asyncio.Future[HostState]) -> None:
+    __slots__ = ("fut", "panic")
+
+    def __init__(self, fut: asyncio.Future[HostState], panic: bool = False) -> None:
         self.fut = fut
+        self.panic = panic
 
 
 class Admission:
@@ -68,9 +72,10 @@ class Admission:
 
     # -- slots -------------------------------------------------------------------------
     @staticmethod
-    def try_acquire(h: HostState) -> bool:
-        """Take a free slot on ``h`` (False when it has none or is down)."""
-        if h.in_flight < h.capacity and not h.down:
+    def try_acquire(h: HostState, panic: bool = False) -> bool:
+        """Take a free slot on ``h`` (False when it has none or is down; in ``panic`` an
+        ejected but reachable host serves too)."""
+        if h.in_flight < h.capacity and (not h.down or (panic and not h.unreachable)):
             h.in_flight += 1
             return True
         return False
@@ -82,8 +87,12 @@ class Admission:
             self.grant_free_slots(h)
 
     def grant_free_slots(self, h: HostState) -> None:
-        """Hand free slots of ``h`` to waiters (also called when a host comes back)."""
+        """Hand free slots of ``h`` to waiters (also called when a host comes back).  An
+        ejected host's slots go only to waiters in panic mode (the others keep their place
+        in its ring for when it comes back)."""
         if h.down:
+            if not h.unreachable:
+                self._grant_panic_waiters(h)
             return
         q = self._rings[h.index]
         while h.in_flight < h.capacity and q.qsize():
@@ -95,6 +104,25 @@ class Admission:
                 continue  # stale: granted elsewhere, timed out or cancelled
             h.in_flight += 1
             w.fut.set_result(h)
+
+    def _grant_panic_waiters(self, h: HostState) -> None:
+        """O(ring): only while a model's hosts are mostly ejected (panic)."""
+        q = self._rings[h.index]
+        keep = []
+        while q.qsize():
+            try:
+                w = q.get_nowait()
+            except QueueEmpty:  # pragma: no cover
+                break
+            if w.fut.done():
+                continue
+            if w.panic and h.in_flight < h.capacity:
+                h.in_flight += 1
+                w.fut.set_result(h)
+            else:
+                keep.append(w)
+        for w in keep:
+            q.put_nowait(w)
 
     def ring_length(self, h: HostState) -> int:
         """Entries in ``h``'s ring, live and stale (compaction keeps it <= ``queue_size``)."""
@@ -117,8 +145,9 @@ class Admission:
                 if not w.fut.done():
                     w.fut.set_exception(QueueFull())
 
-    async def wait(self, hosts: Sequence[HostState], timeout: float) -> HostState:
-        """Wait up to ``timeout`` s for a slot on any of ``hosts`` (FIFO).
+    async def wait(self, hosts: Sequence[HostState], timeout: float, panic: bool = False) -> HostState:
+        """Wait up to ``timeout`` s for a slot on any of ``hosts`` (FIFO); ``panic``: an
+        ejected (but reachable) host of ``hosts`` is acceptable too.
 
         Raises ``QueueFull`` when the wait queue is full and ``asyncio.TimeoutError``
         when no slot came in time.  Cancellation-safe.
@@ -127,7 +156,7 @@ class Admission:
             raise QueueFull
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[HostState] = loop.create_future()
-        w = Waiter(fut)
+        w = Waiter(fut, panic)
         for h in hosts:
             self._push(h, w)
             h.queued += 1
@@ -136,7 +165,7 @@ class Admission:
             # A host may have a free slot already (e.g. freed between the caller's
             # check and now, or came back up); take it without waiting.
             for h in hosts:
-                if not fut.done() and self.try_acquire(h):
+                if not fut.done() and self.try_acquire(h, panic):
                     fut.set_result(h)
             async with _timeout(max(timeout, 0.0)):
                 return await fut

@@ -36,6 +36,7 @@ class HostDirectory:
         refresher: Refresher,
         *,
         auto_pull: bool = False,
+        panic_threshold: float = 50.0,
     ) -> None:
         self.hosts = list(hosts)
         self.by_name = {h.name: h for h in self.hosts}
@@ -43,6 +44,7 @@ class HostDirectory:
         self.upstreams = upstreams
         self.refresher = refresher
         self.auto_pull = auto_pull
+        self.panic_threshold = panic_threshold
         self._miss_refresh: asyncio.Task[None] | None = None
         self._miss_refresh_at = 0.0
         self._auto_pulls: dict[str, asyncio.Task[bool]] = {}
@@ -65,15 +67,25 @@ class HostDirectory:
 
     def candidates(self, model: str) -> list[HostState] | None:
         """Healthy hosts that have ``model``; [] when only down hosts have it; None when no
-        host is known to have it."""
+        host is known to have it.
+
+        Panic (Envoy's panic threshold): when fewer than ``panic_threshold`` percent of the
+        model's hosts are healthy, the reachable ones that outlier detection ejected are
+        candidates too (a request that finds an ejected host among its candidates is in
+        panic mode): better a host that failed recently than "no healthy host"."""
         idx = self.store.current.by_model.get(model)
         if not idx:
             return None
         hosts = self.hosts
         if len(idx) == 1:
             h = hosts[idx[0]]
-            return _NO_HOSTS if h.down else [h]
-        return [hosts[i] for i in idx if not hosts[i].down]
+            if not h.down:
+                return [h]
+            return [h] if self.panic_threshold > 0 and not h.unreachable else _NO_HOSTS
+        up = [hosts[i] for i in idx if not hosts[i].down]
+        if len(up) * 100.0 >= self.panic_threshold * len(idx):
+            return up
+        return [hosts[i] for i in idx if not hosts[i].unreachable]
 
     async def candidates_or_fetch(self, model: str) -> list[HostState] | None:
         cands = self.candidates(model)

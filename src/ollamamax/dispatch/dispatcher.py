@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -66,6 +67,8 @@ from .refresh import Refresher
 from .status import status_document
 
 __all__ = ["Dispatcher"]
+
+log = logging.getLogger("ollamamax.dispatch")
 
 _URL = re.compile(r"^https?://[^/\s]+$")
 
@@ -125,8 +128,14 @@ class Dispatcher(EmbeddedClient):
             self.hosts.append(HostState(index=i, config=hc, name=name, url=url, capacity=int(cap)))
         self.store = SnapshotStore(HostView(h.index, h.name, h.url) for h in self.hosts)
         self.health = Health(
-            HealthPolicy(cfg.eject_after_failures, cfg.eject_cooldown, cfg.eject_max_cooldown),
-            on_eject=self._on_eject,
+            self.hosts,
+            HealthPolicy(
+                eject_after_failures=cfg.eject_after_failures,
+                eject_cooldown=cfg.eject_cooldown,
+                eject_max_cooldown=cfg.eject_max_cooldown,
+                max_ejection_percent=cfg.max_ejection_percent,
+            ),
+            on_down=self._on_down,
         )
         self.cache = ResponseCache(cfg.cache_size, cfg.cache_ttl, cache_generate=cfg.cache_generate)
         self.demand = Demand()
@@ -145,6 +154,7 @@ class Dispatcher(EmbeddedClient):
         self._forwarder: Forwarder | None = None
         self._broadcaster: Broadcaster | None = None
         self._merger: Merger | None = None
+        self._outliers: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
 
@@ -177,7 +187,8 @@ class Dispatcher(EmbeddedClient):
             on_up=admission.grant_free_slots,
         )
         self.directory = directory = HostDirectory(
-            hosts, self.store, self._upstreams, refresher, auto_pull=cfg.auto_pull
+            hosts, self.store, self._upstreams, refresher, auto_pull=cfg.auto_pull,
+            panic_threshold=cfg.panic_threshold,
         )
         self._forwarder = Forwarder(
             cfg, hosts, self.store, self._upstreams, self.router, admission, self.health, self.accounting,
@@ -190,6 +201,14 @@ class Dispatcher(EmbeddedClient):
         except BaseException:
             await self.close()
             raise
+        self._outliers = asyncio.create_task(self._detect_outliers(), name="ollamamax-outliers")
+
+    async def _detect_outliers(self) -> None:
+        """Every detection interval, eject hosts whose failure share stands out."""
+        health = self.health
+        while True:
+            await asyncio.sleep(health.policy.interval)
+            health.evaluate()
 
     async def close(self) -> None:
         if self._closed:
@@ -197,6 +216,8 @@ class Dispatcher(EmbeddedClient):
         self._closed = True
         if self.admission is not None:  # queued requests get 503 now, not at their deadline
             self.admission.close()
+        if self._outliers is not None:
+            self._outliers.cancel()
         if self.refresher is not None:
             await self.refresher.stop()
         if self.directory is not None:
@@ -208,9 +229,15 @@ class Dispatcher(EmbeddedClient):
         # let the aborted upstream transports finish closing (avoids ResourceWarnings)
         await asyncio.sleep(0)
 
-    def _on_eject(self, h: HostState) -> None:
+    def _on_down(self, h: HostState) -> None:
+        """``h`` was ejected or failed its probe: reschedule its probe, and move the
+        requests still waiting for its first byte to other hosts."""
         if self.refresher is not None:
-            self.refresher.refresh_soon(h)  # reschedules its probe
+            self.refresher.refresh_soon(h)
+        if self._forwarder is not None:
+            moved = self._forwarder.abandon_waiting(h)
+            if moved:
+                log.warning("host %s is down: %d request(s) waiting for its first byte move elsewhere", h.name, moved)
 
     def _refresh_soon(self, h: HostState) -> None:
         if self.refresher is not None:
@@ -328,6 +355,7 @@ class Dispatcher(EmbeddedClient):
         if not cands:
             return fwd.no_healthy(route, name, model, cache=cache_tag)
         req.cands = cands
+        req.panic = any(h.down for h in cands)
         self.demand.hit(model, time.monotonic())  # only models some host has: bounded
         req.key = self._routing_key(req)
         return await fwd.forward(req)
@@ -367,6 +395,15 @@ class Dispatcher(EmbeddedClient):
         """Histograms (LatencyHistogram objects, microseconds; tokens_per_s in tokens/s)
         keyed by (host, model), and counters.  For the metrics exporter."""
         adm = self.admission
+        fwd = self._forwarder
+        health = self.health
         return self.accounting.snapshot(
-            self.hosts, adm.waiting if adm is not None else 0, self.cache.hits, self.cache.misses
+            self.hosts,
+            adm.waiting if adm is not None else 0,
+            self.cache.hits,
+            self.cache.misses,
+            ejections=dict(health.ejections),
+            ejections_prevented=dict(health.skipped),
+            retry_budget=fwd.retry_budget() if fwd is not None else 0,
+            retries_in_progress=fwd.active_retries if fwd is not None else 0,
         )

@@ -1,28 +1,50 @@
-"""Forwarding one inference request: attempts, retries and the first-byte rule.
+"""Forwarding one inference request: attempts, retries, the first-byte rule, and whose
+fault a failure was.
 
 For a request with its candidates, :meth:`Forwarder.forward` asks placement for a host
 (or a wait), takes the slot through admission, and sends the original bytes upstream.
-Connection errors, timeouts, 5xx and an error line before the first token are retried
-on another host with jittered backoff, within ``max_attempts``; once the first byte is
-on its way to the client nothing is retried, and a failure becomes one in-band error line
-(``upstream.streams``), so output is never duplicated.  A stream's end releases its slot
-and is accounted (``_finish_stream``).  The response headers are the host's end-to-end
-headers plus the ``X-Ollamamax-*`` ones.
+A failure before the first byte is retried on another host with jittered backoff, within
+``max_attempts`` and, after a timeout, a 5xx or a 503, the **retry budget** (such retries
+in progress at most ``retry_budget_ratio`` of the requests in progress, at least
+``retry_budget_min``: Envoy's retry budget, so an outage cannot multiply the load).  A
+retry after a refused or broken connection is failover and is not budgeted: the host it
+leaves did no work for it.  Once the first byte is on its way
+to the client nothing is retried, and a failure becomes one in-band error line
+(``upstream.streams``), so output is never duplicated.
 
-This module acts on decisions; it does not make them (placement does) and it does not
-build error texts (``replies``).
+**Whose fault** (what ``fleet.health`` is told):
+
+* connection refused or reset, a timeout, an answer that is not HTTP: the host's;
+* a 5xx whose text says the host's runner failed (Ollama's own wording for a crashed,
+  out-of-memory or unloadable runner, ``llm/server.go``): the host's;
+* any other 5xx is *unattributed* at first.  The request moves to another host: if that
+  host answers the same status and text, the failure is the **request's** (e.g. images
+  sent to a text-only model: every host says 500 "this model is missing data required
+  for image input"), the answer goes to the client at once and no host is charged; if it
+  succeeds, the first host is charged.  With no other host to ask, nobody is charged;
+  the failure-rate detector still sees it;
+* 503 busy is nobody's fault (another host is tried); the gateway's own exhaustion
+  (descriptors, memory) is never a host's: the client gets 503 at once;
+* an attempt that a host's ejection or failed probe abandons before its first byte
+  (:meth:`Forwarder.abandon_waiting`) moves to another host at once, uncharged.
+
+A stream's end releases its slot and is accounted (``_finish_stream``).  The response
+headers are the host's end-to-end headers plus the ``X-Ollamamax-*`` ones.  This module
+acts on decisions; it does not make them (placement does) and it does not build error
+texts (``replies``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..fleet.health import Health
+from ..fleet.health import CONNECT, HOST_5XX, RESET, TIMEOUT, Health
 from ..fleet.hosts import HostState
 from ..fleet.snapshot import SnapshotStore
 from ..placement.router import Router
@@ -34,6 +56,13 @@ from ..upstream.client import (
     TraceCtx,
     Upstream,
     describe_error,
+)
+from ..upstream.http1 import (
+    BadResponse,
+    ConnectFailed,
+    Disconnected,
+    HostGone,
+    LocalResourceError,
 )
 from ..upstream.streams import PassThrough
 from ..wire.errors import JSON_CONTENT_TYPE, NDJSON_CONTENT_TYPE, SSE_CONTENT_TYPE
@@ -74,6 +103,7 @@ class Request:
         "cache_key",
         "cache_header",
         "cands",
+        "panic",
         "t0",
     )
 
@@ -93,17 +123,87 @@ class Request:
         self.cache_key: tuple[str, str, bytes] | None = None
         self.cache_header = False
         self.cands: list[HostState] = []
+        self.panic = False  # cands include ejected hosts on purpose (see directory)
         self.t0 = time.perf_counter()
 
 
-class _Failure:
-    """One failed upstream attempt (the slot is already released)."""
+# failure kinds beyond fleet.health's host-side ones
+BUSY = "busy"  # 503: the host is saturated; nobody's fault
+MISSING = "missing"  # 404: the host no longer has the model
+LOCAL = "local"  # the gateway ran out of descriptors or memory
+MOVED = "moved"  # abandoned before the first byte because the host went down
+UNATTRIBUTED = "unattributed"  # a 5xx that may be the request's fault
+# Retries after these are failover, outside the retry budget: the failed host did no work
+# for the request (refused, dropped, or taken out of rotation, or no longer has the model),
+# so moving it adds no load to that host.  Retries after a timeout, a 5xx or a 503 cost
+# the hosts work or feed an overload: those are budgeted.
+_FAILOVER = frozenset({CONNECT, RESET, MOVED, MISSING})
 
-    __slots__ = ("host", "status", "body", "message", "busy", "content_type")
+# Ollama's wording for a failed runner (llm/server.go, llama runner / llama-server errors,
+# the scheduler's load errors): a 5xx carrying one of these is the host's fault.
+_RUNNER_FAILURES = (
+    "runner process has terminated",
+    "runner process no longer running",
+    "process has terminated",
+    "llama runner",
+    "llama-server",
+    "model requires more system memory",
+    "out of memory",
+    "unable to allocate",
+    "cudamalloc failed",
+    "cuda error",
+    "no suitable llama servers found",
+    "error starting the external llama server",
+    "timed out waiting for llama runner",
+    "error loading model",
+    "an error was encountered while running the model",
+)
+
+
+def error_text(body: bytes) -> str:
+    """The message of an error body or line (Ollama's or OpenAI's shape; else the text)."""
+    line = body.strip()
+    if line.startswith(b"data: "):
+        line = line[6:]
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return line[:500].decode(errors="replace")
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict):
+        err = err.get("message")
+    return err if isinstance(err, str) else line[:500].decode(errors="replace")
+
+
+def is_runner_failure(text: str) -> bool:
+    low = text.lower()
+    return any(p in low for p in _RUNNER_FAILURES)
+
+
+def _transport_kind(exc: BaseException) -> str:
+    if isinstance(exc, HostGone):
+        return MOVED
+    if isinstance(exc, LocalResourceError):
+        return LOCAL
+    if isinstance(exc, ConnectFailed):
+        return CONNECT
+    if isinstance(exc, (Disconnected, BadResponse)):
+        return RESET
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return TIMEOUT
+    return RESET
+
+
+class _Failure:
+    """One failed upstream attempt (the slot is already released).  ``kind`` says whose
+    fault it was as far as known (see the module docstring)."""
+
+    __slots__ = ("host", "status", "body", "message", "kind", "content_type")
 
     def __init__(
         self,
         host: HostState,
+        kind: str,
         *,
         status: int = 0,
         body: bytes = b"",
@@ -111,11 +211,19 @@ class _Failure:
         content_type: str = JSON_CONTENT_TYPE,
     ) -> None:
         self.host = host
+        self.kind = kind
         self.status = status
         self.body = body
         self.message = message
-        self.busy = status == 503
         self.content_type = content_type
+
+    @property
+    def busy(self) -> bool:
+        return self.kind == BUSY
+
+    def same_answer(self, other: _Failure) -> bool:
+        """Two hosts said the same thing: the same status and the same error text."""
+        return self.status == other.status and error_text(self.body) == error_text(other.body)
 
 
 class _StreamCtx:
@@ -167,6 +275,11 @@ class Forwarder:
         self.refresh_soon = refresh_soon
         # id(upstream header tuple) -> (that tuple, its end-to-end headers), see _resp_headers
         self._kept_headers: dict[int, tuple[Any, dict[str, str]]] = {}
+        # retry budget: requests inside forward(), and their attempts after the first
+        self.active = 0
+        self.active_retries = 0
+        # host index -> attempts sent there that have no first byte yet
+        self._awaiting: list[set[TraceCtx]] = [set() for _ in hosts]
 
     # -- replies that need the fleet's numbers ------------------------------------------
     def busy(self, route: Route | None, **kw: Any) -> DispatchResponse:
@@ -176,13 +289,37 @@ class Forwarder:
         holders = self.store.current.by_model.get(model, ())
         return replies.no_healthy(route, name, replies.no_healthy_retry(self.hosts, holders, time.monotonic()), **kw)
 
-    def _fail(self, h: HostState) -> None:
-        if self.health.record_failure(h):
-            self.accounting.ejections[h.name] += 1
+    # -- health bookkeeping --------------------------------------------------------------
+    def _charge(self, h: HostState, kind: str, detail: str) -> None:
+        """The host's own failure."""
+        self.health.record_failure(h, kind, detail)
+
+    def _charge_unattributed(self, f: _Failure) -> None:
+        """An earlier 5xx turned out to be the host's (another host did better): it is
+        already in the host's failure share; nothing more to count."""
+        self.accounting.host_faults += 1
+
+    def abandon_waiting(self, h: HostState) -> int:
+        """``h`` went down: every attempt on it still waiting for its first byte fails at once
+        with :class:`HostGone` and moves to another host.  Returns how many moved."""
+        waiting = self._awaiting[h.index]
+        n = 0
+        for trace in list(waiting):
+            resp = trace.response
+            if resp is not None:
+                resp.abort(HostGone(f"host {h.name} was taken out of rotation"))
+                n += 1
+        return n
+
+    def retry_budget(self) -> int:
+        """Retries that may be in progress at once now."""
+        c = self.config
+        return max(c.retry_budget_min, int(c.retry_budget_ratio * self.active))
 
     # -- the request -------------------------------------------------------------------
     async def _wait_slot(
-        self, pool: list[HostState], wait_on: list[HostState], widen_after: float | None, deadline: float
+        self, pool: list[HostState], wait_on: list[HostState], widen_after: float | None, deadline: float,
+        panic: bool,
     ) -> tuple[HostState, float]:
         adm = self.admission
         t0 = time.monotonic()
@@ -191,62 +328,101 @@ class Forwarder:
             raise QueueFull
         if widen_after is not None and widen_after < remaining:
             try:
-                h = await adm.wait(wait_on, widen_after)
+                h = await adm.wait(wait_on, widen_after, panic)
                 return h, time.monotonic() - t0
             except (TimeoutError, asyncio.TimeoutError):
                 wait_on = pool  # waited as long as a load would take: accept any host now
-        h = await adm.wait(wait_on, deadline - time.monotonic())
+        h = await adm.wait(wait_on, deadline - time.monotonic(), panic)
         return h, time.monotonic() - t0
 
     async def forward(self, req: Request) -> DispatchResponse:
+        self.active += 1
+        try:
+            return await self._forward(req)
+        finally:
+            self.active -= 1
+
+    def _usable(self, h: HostState, panic: bool) -> bool:
+        return not h.down or (panic and not h.unreachable)
+
+    async def _forward(self, req: Request) -> DispatchResponse:
         cfg = self.config
         router = self.router
         adm = self.admission
+        acc = self.accounting
         tried: set[int] = set()
         attempts = 0
         queue_s = 0.0
         last: _Failure | None = None
+        suspect: _Failure | None = None  # an unattributed 5xx waiting for a second opinion
         now = time.monotonic()
         deadline = now + cfg.queue_timeout
         key = req.key
+        panic = req.panic
         assert key is not None
         while attempts < cfg.max_attempts:
-            if attempts:
-                pool = [h for h in req.cands if h.index not in tried and not h.down]
+            retry = attempts > 0
+            budgeted = False
+            if retry:
+                pool = [h for h in req.cands if h.index not in tried and self._usable(h, panic)]
                 if not pool and last is not None and last.busy:
-                    pool = [h for h in req.cands if not h.down]
+                    pool = [h for h in req.cands if self._usable(h, panic)]
+                if not pool:
+                    break
+                budgeted = last is None or last.kind not in _FAILOVER
+                if budgeted:
+                    if self.active_retries >= self.retry_budget():
+                        acc.retries_denied += 1
+                        log.debug("retry of %s %s denied by the retry budget", req.path, req.model)
+                        break
+                    self.active_retries += 1  # held from here until this attempt ends
                 now = time.monotonic()
             else:
-                pool = req.cands  # just taken from the snapshot: all up, none tried
-            if not pool:
-                break
-            h, wait_on, widen_after = router.choose(pool, key, self.store.current, now)
-            if h is None or not adm.try_acquire(h):
-                t_wait = time.monotonic()
-                try:
-                    h, waited = await self._wait_slot(pool, wait_on or pool, widen_after, deadline)
-                except (QueueFull, TimeoutError, asyncio.TimeoutError):
-                    queue_s += time.monotonic() - t_wait
-                    return self.busy(
-                        req.route, queue_s=queue_s, attempts=attempts, cache="miss" if req.cache_header else None
-                    )
-                queue_s += waited
-            attempts += 1
-            if attempts > 1:
-                self.accounting.retries += 1
-            result = await self._attempt(h, req, attempts, queue_s)
+                pool = req.cands  # just taken from the snapshot: usable, none tried
+                if not pool:
+                    break
+            try:
+                h, wait_on, widen_after = router.choose(pool, key, self.store.current, now, panic)
+                if h is None or not adm.try_acquire(h, panic):
+                    t_wait = time.monotonic()
+                    try:
+                        h, waited = await self._wait_slot(pool, wait_on or pool, widen_after, deadline, panic)
+                    except (QueueFull, TimeoutError, asyncio.TimeoutError):
+                        queue_s += time.monotonic() - t_wait
+                        return self.busy(
+                            req.route, queue_s=queue_s, attempts=attempts, cache="miss" if req.cache_header else None
+                        )
+                    queue_s += waited
+                attempts += 1
+                if retry:
+                    acc.retries += 1
+                result = await self._attempt(h, req, attempts, queue_s)
+            finally:
+                if budgeted:
+                    self.active_retries -= 1
             if isinstance(result, DispatchResponse):
+                if suspect is not None and result.status < 500:
+                    self._charge_unattributed(suspect)  # another host did better
                 return result
-            last = result
             tried.add(h.index)
-            log.debug(
-                "attempt %d of %s %s on %s failed: %s",
-                attempts,
-                req.path,
-                req.model,
-                h.name,
-                result.message or result.status,
-            )
+            kind = result.kind
+            log.debug("attempt %d of %s %s on %s failed (%s): %s", attempts, req.path, req.model, h.name, kind,
+                      result.message or result.status)
+            if kind == LOCAL:
+                return self.busy(req.route, queue_s=queue_s, attempts=attempts,
+                                 cache="miss" if req.cache_header else None)
+            if kind == UNATTRIBUTED:
+                if suspect is not None and suspect.host is not h and suspect.same_answer(result):
+                    # two hosts gave the same answer: it is the request's, not theirs
+                    acc.request_faults += 1
+                    self.health.forgive(suspect.host)
+                    self.health.forgive(h)
+                    last = result
+                    break
+                if suspect is not None:
+                    self._charge_unattributed(suspect)
+                suspect = result
+            last = result
             if attempts < cfg.max_attempts:
                 base = cfg.retry_backoff * (2 ** (attempts - 1))
                 await asyncio.sleep(base * random.uniform(0.5, 1.5))
@@ -269,6 +445,16 @@ class Forwarder:
             route, 502, f"all {attempts} upstream attempts failed; last: {last.host.name}: {last.message}", **kw
         )
 
+    def _failed_5xx(self, h: HostState, status: int, body: bytes, content_type: str, message: str) -> _Failure:
+        """A 5xx (or an error line before the first token): the host's when its text says its
+        runner failed, else unattributed until another host is asked."""
+        text = error_text(body)
+        if is_runner_failure(text):
+            self._charge(h, HOST_5XX, text)
+            return _Failure(h, HOST_5XX, status=status, body=body, message=message, content_type=content_type)
+        self.health.record_unattributed(h, text)
+        return _Failure(h, UNATTRIBUTED, status=status, body=body, message=message, content_type=content_type)
+
     async def _attempt(self, h: HostState, req: Request, attempts: int, queue_s: float) -> DispatchResponse | _Failure:
         """One try on host ``h`` (holding one of its slots).  Releases the slot unless a
         stream is returned (then the stream releases it)."""
@@ -280,6 +466,8 @@ class Forwarder:
         if loads:
             h.sent_models[model] = time.monotonic()
         trace = TraceCtx()
+        awaiting = self._awaiting[h.index]
+        awaiting.add(trace)
         t0 = time.perf_counter()
         resp: RawResponse | None = None
         first = b""
@@ -317,30 +505,34 @@ class Forwarder:
             self.admission.release(h)
             if cold:
                 h.sent_models.pop(model, None)
-            self._fail(h)
-            return _Failure(h, message=describe_error(exc, f"no answer within {cfg.first_byte_timeout:g} s"))
+            kind = _transport_kind(exc)
+            message = describe_error(exc, f"no answer within {cfg.first_byte_timeout:g} s")
+            if kind not in (MOVED, LOCAL):
+                self._charge(h, kind, message)
+            return _Failure(h, kind, message=message)
+        finally:
+            awaiting.discard(trace)
 
         status = resp.status
         if streaming and first.startswith(b'{"error"'):
             # The host failed before producing anything: nothing went to the client yet.
             resp.close()
             self.admission.release(h)
-            self._fail(h)
-            return _Failure(h, status=500, body=first.split(b"\n", 1)[0], message="error before first token")
+            line = first.split(b"\n", 1)[0]
+            return self._failed_5xx(h, 500, line, JSON_CONTENT_TYPE, "error before first token")
         if not streaming:
             resp.release()
             self.admission.release(h)
             if status >= 500:
-                if status != 503:
-                    self._fail(h)
-                return _Failure(
-                    h, status=status, body=body, content_type=resp.headers.get("Content-Type", JSON_CONTENT_TYPE)
-                )
+                ctype = resp.headers.get("Content-Type", JSON_CONTENT_TYPE)
+                if status == 503:
+                    return _Failure(h, BUSY, status=status, body=body, content_type=ctype)
+                return self._failed_5xx(h, status, body, ctype, f"HTTP {status}")
             if status == 404 and req.route.kind == "model":
                 # The snapshot said this host has the model; it no longer does.
                 self.refresh_soon(h)
                 return _Failure(
-                    h, status=404, body=body, content_type=resp.headers.get("Content-Type", JSON_CONTENT_TYPE)
+                    h, MISSING, status=404, body=body, content_type=resp.headers.get("Content-Type", JSON_CONTENT_TYPE)
                 )
         headers = self._resp_headers(resp, h, cold, queue_s, attempts, "miss" if req.cache_header else None)
         if not streaming:
@@ -411,9 +603,17 @@ class Forwarder:
         tail = st.tail
         last_line = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
         host_error = last_line.startswith(b'{"error"') or last_line.startswith(b'data: {"error"')
-        if not ok or host_error:
-            self._fail(h)
-            self.accounting.count(req.path, req.model, h.name, 502 if not ok else 500)
+        if not ok:  # the host's connection failed or fell silent mid-stream
+            self._charge(h, RESET, error)
+            self.accounting.count(req.path, req.model, h.name, 502)
+            return
+        if host_error:  # the host ended the stream with an error line
+            text = error_text(last_line)
+            if is_runner_failure(text):
+                self._charge(h, HOST_5XX, text)
+            else:
+                self.health.record_unattributed(h, text)
+            self.accounting.count(req.path, req.model, h.name, 500)
             return
         self.health.record_success(h)
         self.accounting.answered(

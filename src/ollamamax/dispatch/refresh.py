@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,9 +24,12 @@ from ..fleet.health import Health
 from ..fleet.hosts import HostState
 from ..fleet.snapshot import HostView, SnapshotStore
 from ..upstream.client import UPSTREAM_ERRORS, Upstream, timeout
+from ..upstream.http1 import LocalResourceError
 from ..wire.names import normalize_model
 
 __all__ = ["Refresher"]
+
+log = logging.getLogger("ollamamax.dispatch")
 
 
 def _names(entries: Any) -> tuple[tuple[dict[str, Any], ...], frozenset[str]]:
@@ -79,6 +83,11 @@ class Refresher:
             version = old.version
             if want_version and isinstance(results[2], dict):
                 version = str(results[2].get("version") or "") or None
+        except LocalResourceError as exc:
+            # the gateway is out of descriptors or memory: not the host's fault; keep what
+            # we knew and try again at the next period
+            log.warning("refresh of %s skipped: %s", h.name, exc)
+            return False
         except (*UPSTREAM_ERRORS, ValueError) as exc:  # type: ignore[misc]
             self.store.publish(
                 HostView(
@@ -95,7 +104,7 @@ class Refresher:
                     error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                 )
             )
-            self.health.probe_failed(h)
+            self.health.probe_failed(h, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             return False
         self.store.publish(
             HostView(

@@ -29,12 +29,18 @@ class HostState:
     capacity: int
     in_flight: int = 0
     queued: int = 0  # live admission waiters that would accept this host
-    # health: ``down`` hosts get no requests until a probe succeeds
+    # health (see health.py): ``down`` hosts get no requests (but in panic, see
+    # ``dispatch.directory``) until a probe succeeds; down = ejected or unreachable
     down: bool = True
+    ejected: bool = False  # taken out by outlier detection (its own failures)
+    unreachable: bool = True  # its last refresh/probe failed (or there was none yet)
+    down_cause: str = "not probed yet"
     ejected_until: float = 0.0  # monotonic; next probe not before this
     ejections: int = 0  # consecutive ejections (cooldown doubles with each)
     last_ejected: float = 0.0
-    consecutive_failures: int = 0
+    consecutive_failures: int = 0  # host-side failures in a row (any success resets it)
+    window_ok: int = 0  # answers in the current outlier-detection interval
+    window_failed: int = 0  # 5xx and host-side failures in that interval
     # learned timings (seconds)
     ttfb: Ewma = field(default_factory=Ewma)
     service: Ewma = field(default_factory=Ewma)

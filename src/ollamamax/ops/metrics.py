@@ -13,8 +13,10 @@ time (``Dispatcher.metrics_snapshot()``); nothing is counted twice.  Exported fa
 (prefix ``ollamamax_``)::
 
     requests_total{route,model,host,status}     counter  answers from an upstream host
-    retries_total, cache_hits_total, cache_misses_total                 counters
-    host_ejections_total{host}                                          counter
+    retries_total, retries_denied_total, request_faults_total,
+    cache_hits_total, cache_misses_total                                counters
+    host_ejections_total{host,cause}, host_ejections_prevented_total{host}  counters
+    retry_budget, retries_in_progress                                   gauges
     host_in_flight{host}, host_capacity{host}, host_healthy{host}       gauges
     queue_depth, queue_capacity, cache_entries, info{version,strategy}  gauges
     queue_wait_seconds{host,model}            histogram  wait for a host slot
@@ -218,12 +220,33 @@ class _CollectorMixin:
 
         yield core.CounterMetricFamily(f"{p}_retries", "Upstream attempts after the first one.",
                                        value=c["retries"])
-        ej = core.CounterMetricFamily(f"{p}_host_ejections", "Times a host was ejected after failures.",
-                                      labels=["host"])
-        ejections = c["ejections"]
-        for name in sorted(set(hosts) | set(ejections)):
-            ej.add_metric([name], ejections.get(name, 0))
+        yield core.CounterMetricFamily(f"{p}_retries_denied", "Retries the retry budget refused.",
+                                       value=c["retries_denied"])
+        yield core.CounterMetricFamily(
+            f"{p}_request_faults", "5xx answers two hosts gave alike for one request: the request's "
+            "fault, passed to the client with no host charged.", value=c["request_faults"])
+        yield core.GaugeMetricFamily(f"{p}_retry_budget", "Retries that may be in progress at once now "
+                                     "(retry_budget_ratio x requests in progress, at least retry_budget_min).",
+                                     value=snap["retry_budget"])
+        yield core.GaugeMetricFamily(f"{p}_retries_in_progress", "Retries in progress.",
+                                     value=snap["retries_in_progress"])
+        ej = core.CounterMetricFamily(
+            f"{p}_host_ejections", "Times a host was taken out of rotation, by cause (connect, timeout, "
+            "reset, 5xx, failure_rate: outlier detection; unreachable: its probe failed).",
+            labels=["host", "cause"])
+        by_cause = c["ejections_by_cause"]
+        for name in sorted(hosts):
+            if not any(hn == name for hn, _ in by_cause):
+                ej.add_metric([name, "connect"], 0)
+        for (name, cause), n in sorted(by_cause.items()):
+            ej.add_metric([name, cause], n)
         yield ej
+        prevented = core.CounterMetricFamily(
+            f"{p}_host_ejections_prevented", "Ejections skipped because max_ejection_percent of the hosts "
+            "were ejected already.", labels=["host"])
+        for name, n in sorted(c["ejections_prevented"].items()):
+            prevented.add_metric([name], n)
+        yield prevented
         yield core.CounterMetricFamily(f"{p}_cache_hits", "Response cache hits.", value=c["cache_hits"])
         yield core.CounterMetricFamily(f"{p}_cache_misses", "Response cache misses.", value=c["cache_misses"])
 

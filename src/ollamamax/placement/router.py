@@ -20,6 +20,7 @@ dispatcher's admission takes the slot afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from ..fleet.hosts import HostState
@@ -30,6 +31,10 @@ from .strategies import RoutingKey, Strategy
 __all__ = ["Decision", "Router", "expected_ttft"]
 
 _NONE: list[HostState] = []  # never mutated
+
+
+def _free(h: HostState) -> bool:
+    return h.in_flight < h.capacity and not h.down
 
 
 class Decision(NamedTuple):
@@ -69,11 +74,22 @@ class Router:
         # least in-demand resident models first, so hot models do not thrash
         return sorted(ordered, key=lambda h: round(self.resident_demand(h, snap.hosts[h.index], now), 3))
 
-    def choose(self, pool: list[HostState], key: RoutingKey, snap: Snapshot, now: float) -> Decision:
+    def choose(
+        self, pool: list[HostState], key: RoutingKey, snap: Snapshot, now: float, panic: bool = False
+    ) -> Decision:
+        """``panic``: the pool holds ejected hosts on purpose (too few healthy ones); they
+        may then take the request like the others."""
+        if panic:
+            return self._choose(pool, key, snap, now, lambda h: h.in_flight < h.capacity and not h.unreachable)
         if len(pool) == 1:
             # one candidate: loaded or not, it is the one to take or wait for
             h = pool[0]
             return Decision(h if h.in_flight < h.capacity and not h.down else None, pool, None)
+        return self._choose(pool, key, snap, now, _free)
+
+    def _choose(
+        self, pool: list[HostState], key: RoutingKey, snap: Snapshot, now: float, free: Callable[[HostState], bool]
+    ) -> Decision:
         model = key.model
         loaded: list[HostState] = []
         cold: list[HostState] = []
@@ -83,11 +99,11 @@ class Router:
         order = self.strategy.order
         if not loaded:
             for h in self.order_cold(pool, key, snap, now):
-                if h.in_flight < h.capacity and not h.down:
+                if free(h):
                     return Decision(h, _NONE, None)
             return Decision(None, pool, None)
         for h in order(loaded, key):
-            if h.in_flight < h.capacity and not h.down:
+            if free(h):
                 return Decision(h, _NONE, None)
         if not cold:
             return Decision(None, loaded, None)
@@ -96,7 +112,7 @@ class Router:
         cost = min(expected_ttft(h, model, False) for h in cold)
         if wait_est > cost:
             for h in self.order_cold(cold, key, snap, now):
-                if h.in_flight < h.capacity and not h.down:
+                if free(h):
                     return Decision(h, _NONE, None)
             return Decision(None, pool, None)
         return Decision(None, loaded, max(cost - wait_est, 0.05))

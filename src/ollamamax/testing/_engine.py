@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..wire.ollama import BUSY_MESSAGE
-from ._errors import FAIL_MSG, HttpError
+from ._errors import FAIL_MSG, NO_VISION_MSG, HttpError
 from ._generation import Plan, plan_generation, seed_for
 from ._goformat import go_dumps, parse_keep_alive
 from ._models import ModelInfo, ModelName, make_model, parse_name
@@ -66,6 +66,7 @@ class Engine:
         ka = parse_keep_alive(keep_alive)
         self.default_keep_alive: float = 300.0 if ka is None else ka
         self.fail_rate = float(fail_rate)
+        self.fail_message = FAIL_MSG  # the 500's text (default: a runner crash, as Ollama words it)
         self.midstream_fail_rate = float(midstream_fail_rate)
         self.seed = seed
         self.response_tokens = (int(response_tokens[0]), int(response_tokens[1]))
@@ -195,7 +196,7 @@ class Engine:
             raise HttpError(503, BUSY_MESSAGE)
         if self.fail_rate > 0 and self._rng.random() < self.fail_rate:
             self.scheduler.stat(info.key).failed += 1
-            raise HttpError(500, FAIL_MSG)
+            raise HttpError(500, self.fail_message)
 
     async def acquire(self, info: ModelInfo, keep_alive: float | None) -> tuple[Runner, float]:
         try:
@@ -322,7 +323,7 @@ class Engine:
             await asyncio.sleep(self.prompt_eval_seconds(plan.prompt_eval_count))
         return time.monotonic()
 
-    def resolve_chat(self, model: str, tools: Any, images: bool) -> ModelInfo:
+    def resolve_chat(self, model: str, tools: Any) -> ModelInfo:
         """The model checks of a chat request (/api/chat and /v1/chat/completions), in order."""
         if not model.strip():
             raise HttpError(400, "model is required")
@@ -331,9 +332,15 @@ class Engine:
             raise HttpError(400, f'"{model}" does not support chat')
         if tools and not info.has("tools"):
             raise HttpError(400, f"{info.name.full} does not support tools")
-        if images and not info.has("vision"):
-            raise HttpError(400, f'"{model}" does not support vision')
         return info
+
+    async def refuse_images(self, info: ModelInfo, keep_alive: float | None) -> None:
+        """Images for a model without a vision projector: as Ollama, the model loads, then
+        its runner refuses with a 500 (``model/model.go``, ``ErrNoVisionModel``; every host
+        gives the same answer: the request's fault, not the host's)."""
+        runner, _ = await self.acquire(info, keep_alive)
+        self.release(runner, ok=False)
+        raise HttpError(500, NO_VISION_MSG)
 
     def reply_id(self, prefix: str) -> str:
         """A reply id such as ``chatcmpl-123`` (from the seeded random source the faults use)."""

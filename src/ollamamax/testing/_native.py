@@ -327,8 +327,6 @@ async def generate(host: HttpHost, request: web.BaseRequest) -> web.StreamRespon
         raise HttpError(400, f'"{model}" does not support generate')
     if body.get("suffix") and not info.has("insert"):
         raise HttpError(400, f'"{model}" does not support insert')
-    if body.get("images") and not info.has("vision"):
-        raise HttpError(400, f'"{model}" does not support vision')
     think = host.check_think(info, model, think_v)
     prompt = body.get("prompt") or ""
     stream = body.get("stream") is not False
@@ -336,6 +334,8 @@ async def generate(host: HttpHost, request: web.BaseRequest) -> web.StreamRespon
         reason = await host.load_or_unload(info, keep_alive)
         return host.json({"model": model, "created_at": rfc3339(), "response": "", "done": True, "done_reason": reason})
     host.pre_schedule_faults(info)
+    if body.get("images") and not info.has("vision"):
+        await host.refuse_images(info, keep_alive)
     plan = host.plan(
         info,
         text=(body.get("system") or "") + "\n" + prompt,
@@ -421,7 +421,8 @@ async def chat(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
     msgs = body.get("messages") or []
     text, last_user, last_role = parse_messages(msgs)
     tools = body.get("tools") or None
-    info = host.resolve_chat(model, tools, any(isinstance(m, dict) and m.get("images") for m in msgs))
+    info = host.resolve_chat(model, tools)
+    images = any(isinstance(m, dict) and m.get("images") for m in msgs)
     think = host.check_think(info, model, think_v)
     stream = body.get("stream") is not False
     if not msgs:
@@ -430,6 +431,8 @@ async def chat(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
             {"model": model, "created_at": rfc3339(), "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": reason}
         )
     host.pre_schedule_faults(info)
+    if images and not info.has("vision"):
+        await host.refuse_images(info, keep_alive)
     plan = host.plan(
         info, text=text, last_user=last_user, last_role=last_role, think=think, fmt=body.get("format"), tools=tools, options=body.get("options")
     )

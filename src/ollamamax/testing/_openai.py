@@ -165,11 +165,13 @@ async def chat_completions(host: HttpHost, request: web.BaseRequest) -> web.Stre
     keep_alive = keep_alive_of(body)
     think_v = _think_of(body)
     tools = body.get("tools") or None
-    info = host.resolve_chat(model, tools, bool(images))
+    info = host.resolve_chat(model, tools)
     think = host.check_think(info, model, think_v)
     opts, num_predict = _options(body)
     stream, include_usage = _stream_flags(body)
     host.pre_schedule_faults(info)
+    if images and not info.has("vision"):
+        await host.refuse_images(info, keep_alive)
     plan = host.plan(
         info,
         text=text,

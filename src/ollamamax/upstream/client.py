@@ -32,6 +32,8 @@ from .http1 import (
     BadResponse,
     ConnectFailed,
     Disconnected,
+    HostGone,
+    LocalResourceError,
     StatusError,
     UpstreamError,
     head_prefix,
@@ -92,12 +94,14 @@ def header_get(headers: Mapping[str, str] | None, name: str) -> str | None:
 
 
 class TraceCtx:
-    """Per-attempt timings filled in by the transport (connect time of a new connection)."""
+    """One attempt as the transport saw it: the connect time of a new connection, and the
+    response object once the request is written (so the owner can abort it)."""
 
-    __slots__ = ("connect_s",)
+    __slots__ = ("connect_s", "response")
 
     def __init__(self) -> None:
         self.connect_s: float | None = None
+        self.response: RawResponse | None = None
 
 
 def _check_header(k: str, v: str) -> None:
@@ -260,6 +264,10 @@ def describe_error(exc: BaseException, timeout_text: str = "timeout") -> str:
     """A short, client-safe description of a transport failure."""
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return timeout_text
+    if isinstance(exc, HostGone):
+        return "host taken out of rotation"
+    if isinstance(exc, LocalResourceError):
+        return "the gateway is out of resources (descriptors or memory)"
     if isinstance(exc, Disconnected):
         return "connection lost"
     if isinstance(exc, ConnectFailed):

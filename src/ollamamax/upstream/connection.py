@@ -666,6 +666,14 @@ class RawResponse:
             conn.close()
             conn.resp = None
 
+    def abort(self, exc: BaseException) -> None:
+        """Fail the response with ``exc`` (what a pending read raises) and close the
+        connection (the host sees the request cancelled)."""
+        if not self._eof and self._exc is None:
+            self._exc = exc
+            self._wake()
+        self.close()
+
     def close(self) -> None:
         """Abort: close the connection now (the host sees the request cancelled)."""
         self._cancel_all()

@@ -14,6 +14,7 @@ Pure functions over bytes; the protocol that uses them is ``connection.py``.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import operator
 import re
@@ -28,6 +29,9 @@ __all__ = [
     "HEAD_CACHE",
     "HEAD_CACHE_SIZE",
     "HeadInfo",
+    "HostGone",
+    "LOCAL_ERRNOS",
+    "LocalResourceError",
     "MAX_HEAD",
     "MAX_LINE",
     "NO_BODY_STATUS",
@@ -65,6 +69,23 @@ class StatusError(UpstreamError):
     def __init__(self, status: int, reason: str = "") -> None:
         super().__init__(f"{status} {reason}".strip())
         self.status = status
+
+
+class HostGone(UpstreamError):
+    """The request was abandoned before its first byte because the host was taken out of
+    rotation (ejected, or its probe failed): try another host; not the host's fault again."""
+
+
+class LocalResourceError(UpstreamError):
+    """The gateway itself ran out of a resource (descriptors, buffers, memory) while
+    connecting: never the host's fault."""
+
+
+# errno values that mean "this process (or machine) is out of something", not "the host
+# refused": EMFILE, ENFILE, ENOBUFS, ENOMEM
+LOCAL_ERRNOS = frozenset(
+    getattr(errno, n) for n in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM") if hasattr(errno, n)
+)
 
 
 # a chunk-size line without extension or padding (anything else takes the general path)

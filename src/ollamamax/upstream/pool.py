@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .connection import Connection, RawResponse
-from .http1 import ConnectFailed, Disconnected
+from .http1 import LOCAL_ERRNOS, ConnectFailed, Disconnected, LocalResourceError
 
 __all__ = ["HostPool"]
 
@@ -83,6 +83,8 @@ class HostPool:
         except (TimeoutError, asyncio.TimeoutError):
             raise TimeoutError(f"connect to {self.host}:{self.port} timed out") from None
         except OSError as exc:
+            if exc.errno in LOCAL_ERRNOS:
+                raise LocalResourceError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
         if self._closed:
             conn.close()
@@ -150,6 +152,8 @@ class HostPool:
                 if trace is not None:
                     trace.connect_s = time.perf_counter() - t0
             resp = RawResponse(conn, loop)
+            if trace is not None:
+                trace.response = resp  # so the owner can abort it (see RawResponse.abort)
             conn.reusable = True
             conn.start(resp, head, body, head_only)
             if timeout is not None:
