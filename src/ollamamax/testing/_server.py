@@ -32,6 +32,8 @@ from . import _native, _openai
 from ._errors import HttpError
 from ._httphost import CT_TEXT, HttpHost
 
+MAX_BODY = 1 << 40  # no practical limit, as Ollama
+
 __all__ = ["FakeOllama"]
 
 Handler = Callable[["FakeOllama", web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -245,11 +247,18 @@ class FakeOllama(HttpHost):
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _make_request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        # Ollama reads a body of any size (a vision chat resends its image history); aiohttp's
+        # low-level server would refuse more than 1 MiB
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=MAX_BODY)
+
     async def start(self) -> None:
         if self._started:
             return
         self.fresh_scheduler()
-        self._server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        self._server = web.Server(self._handle, handler_cancellation=True, access_log=None,
+                                  request_factory=self._make_request)
         self._runner = web.ServerRunner(self._server, shutdown_timeout=1.0)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self._bind_host, self._port, reuse_address=True)
