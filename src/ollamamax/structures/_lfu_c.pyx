@@ -74,6 +74,7 @@ cdef class LFUCache:
     cdef bint _ready
     cdef bint _has_ttl
     cdef bint _weighted
+    cdef object _maxweight   # the budget as a Python int (None without one)
     cdef double _ttl
     cdef object _timer
     cdef dict _map          # key -> _Node
@@ -96,6 +97,7 @@ cdef class LFUCache:
         self._ttl = ttl if ttl is not None else 0.0
         self._timer = timer
         self._weighted = maxweight is not None
+        self._maxweight = maxweight
         rc = omx_lfu_init(&self._c, <uint32_t>maxsize, self._has_ttl,
                           <uint64_t>maxweight if self._weighted else 0)
         if rc == -1:
@@ -216,8 +218,23 @@ cdef class LFUCache:
         values die when this returns, after the dict is consistent."""
         cdef uint32_t i, ev
         cdef _Node evnode
-        cdef list gone = []
+        cdef list gone
+        if n == 0:
+            return 0
         self._last_miss = _NO_KEY
+        if n == 1:  # the common case, without the list
+            ev = self._c.evicted[0]
+            evnode = self._node(ev)
+            evkey = evnode.key
+            evvalue = evnode.value
+            evnode.key = None
+            evnode.value = None
+            if ev != keep:
+                self._evictions += 1
+                PyDict_DelItem(self._map, evkey)
+            self._last_miss = _NO_KEY
+            return 0
+        gone = []
         for i in range(n):
             ev = self._c.evicted[i]
             evnode = self._node(ev)
@@ -283,8 +300,10 @@ cdef class LFUCache:
     cdef int _set_weighted(self, object key, object value, object weight) except -1:
         cdef PyObject *sp
         cdef _Node node
-        cdef object w = validate_weight(weight, self._c.maxweight)
-        if w > self._c.maxweight:   # heavier than the whole budget: not admitted
+        cdef object w = weight
+        if type(w) is not int or w < 1:
+            w = validate_weight(w, self._maxweight)
+        if w > self._maxweight:   # heavier than the whole budget: not admitted
             sp = PyDict_GetItemWithError(self._map, key)
             if sp != NULL:
                 self._drop(<_Node>sp)
