@@ -234,6 +234,10 @@ async def test_metrics_cache_hits_and_misses():
         assert fams["ollamamax_cache_misses"].samples[0].value == 1
         assert fams["ollamamax_cache_hits"].samples[0].value == 2
         assert fams["ollamamax_cache_entries"].samples[0].value == 1
+        # one embedding answer: its bytes (plus the entry's overhead), within the budget
+        held = fams["ollamamax_cache_bytes"].samples[0].value
+        assert held == s.d.cache.stats()["bytes"]
+        assert 768 * 8 < held <= s.d.config.cache_bytes
         # a cache hit never reached a host: one request in requests_total
         assert sum(smp.value for smp in fams["ollamamax_requests"].samples if smp.name.endswith("_total")) == 1
 

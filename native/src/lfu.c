@@ -1,6 +1,6 @@
 /* lfu.c -- the eviction structure of ollamamax.LFUCache: W-TinyLFU.
  *
- * Policy (identical, decision for decision, to src/ollamamax/_lfu_py.py)
+ * Policy (identical, decision for decision, to src/ollamamax/structures/_lfu_py.py)
  *   Frequency sketch: a count-min sketch with 4 rows of saturating 5-bit counters
  *   (stored one per byte, capped at 31).  The 4 counters of a key live in one
  *   64-byte block (one cache line) chosen by the low bits of its spread hash; row r
@@ -39,6 +39,27 @@
  *   values.  A scan (one-off keys: no recurring misses) never trips it, nor does a
  *   stationary load (a 30% drop is many standard deviations of a period's hits).
  *
+ * Weights (only with a budget, maxweight > 0; without one the code paths above are
+ * unchanged and every entry weighs 1).  Each entry has a weight in 1..maxweight (the
+ * wrapper refuses heavier ones); besides the entry bounds, the window holds at most
+ * wmax = max(1, maxweight/100) weight, protected at most pmax = 90% of (maxweight -
+ * wmax), and the whole cache at most maxweight (Caffeine's maximumWeight).  Protected
+ * overflow (entries or weight) demotes LRU entries to probation as before, in a loop.
+ * An insert or a weight change ends with restore_bounds, Caffeine's evictFromMain:
+ *   1. while the window exceeds wcap entries or wmax weight, its LRU entry moves to
+ *      probation's MRU end: these are this round's candidates, oldest first;
+ *   2. while main exceeds mcap entries or the total exceeds maxweight: if no candidate
+ *      is pending, the window's LRU entry (if any) moves over as one; the victim is
+ *      main's LRU entry that is not a pending candidate (probation's LRU, else
+ *      protected's); the candidate leaves unless its estimate is strictly higher than
+ *      the victim's (then the victim leaves); with no victim the candidate leaves, with
+ *      no candidate the victim does.  Each step frees one slot and decides the oldest
+ *      pending candidate (admitted or gone); its successor in probation is next.
+ *   So a heavy newcomer is admitted only by beating main's LRU entries, one by one,
+ *   and the new entry itself may be the one that leaves.  With every weight 1 and
+ *   maxweight = maxsize the weight bounds equal the entry bounds (wmax = wcap, pmax =
+ *   pcap, maxweight = wcap + mcap) and the decisions are exactly the unweighted ones.
+ *
  * Layout
  *   slots[0 .. nslots)             entry slots, nslots = maxsize + 1: the spare slot
  *                                   lets insert place the new entry before choosing
@@ -54,6 +75,11 @@
  *                                   of the age list, ordered by expiry, which is
  *                                   insertion/update order because the TTL is fixed.
  *   table                          the sketch; seen[0..1] the detector's bit sets.
+ *   weights[0 .. nslots)           only with a weight budget (else NULL, like
+ *   evicted[0 .. nslots)           evicted): each slot's weight (0 when free), and
+ *                                   the slots freed by the last weighted call (an
+ *                                   insert frees at most nslots - 1 others); wt[q]
+ *                                   is the weight of queue q.
  *   Free slots form a singly linked list through next, ending in OMX_LFU_NIL.
  *   The caller (Cython) keeps key/value objects in a node per slot and a dict
  *   key -> node, so key equality is Python equality.  Nothing here touches a
@@ -63,14 +89,22 @@
  *   len[WINDOW] <= wcap, len[PROBATION] + len[PROTECTED] <= mcap, len[PROTECTED] <=
  *   pcap (after touch), wcap + mcap = maxsize; so at most maxsize slots are resident
  *   and at least one is free.  A slot is in exactly one queue or in the free list;
- *   queue == OMX_LFU_FREE iff free.  Counters <= 31.
+ *   queue == OMX_LFU_FREE iff free.  Counters <= 31.  With a weight budget: wt[q] = the
+ *   sum of weights[] over queue q, and wt[WINDOW] <= wmax, wt[PROTECTED] <= pmax,
+ *   wt[1] + wt[2] + wt[3] <= maxweight <= OMX_LFU_MAXWEIGHT_LIMIT (so no sum overflows
+ *   while a bound is being restored).
  *
  * Cost per operation: record/frequency O(1) (one cache line); touch, insert, remove,
  * set_expire, hit, miss O(1); the halving (and the demotion walk, which visits only
  * the entries it moves) is O(maxsize) once per 60 * maxsize increments, and a
  * detected shift O(maxsize) and the clearing of a bit set O(period) at most once
  * per period of >= maxsize requests: all
- * amortised O(1).  Not thread-safe: the wrapper calls it under the GIL.
+ * amortised O(1).  Weighted insert/update: O(1 + slots moved or freed); an entry leaves
+ * the window (and protected) at most once per use that put it there, and is freed at
+ * most once per insert, so this too is amortised O(1) per operation.
+ *
+ * Memory ordering: none needed.  Not thread-safe, no atomics: every call runs under the
+ * GIL (the Cython wrapper), and the stress test is single-threaded.
  */
 #include "ollamamax/lfu.h"
 
@@ -91,6 +125,7 @@ static void q_unlink(omx_lfu *c, uint32_t i) {
     s[s[i].prev].next = s[i].next;
     s[s[i].next].prev = s[i].prev;
     c->len[s[i].queue]--;
+    if (c->weights != NULL) c->wt[s[i].queue] -= c->weights[i];
 }
 
 static void q_push_tail(omx_lfu *c, int q, uint32_t i) {
@@ -103,6 +138,7 @@ static void q_push_tail(omx_lfu *c, int q, uint32_t i) {
     s[sen].prev = i;
     s[i].queue = (uint8_t)q;
     c->len[q]++;
+    if (c->weights != NULL) c->wt[q] += c->weights[i];
 }
 
 static void q_push_head(omx_lfu *c, int q, uint32_t i) {
@@ -115,6 +151,7 @@ static void q_push_head(omx_lfu *c, int q, uint32_t i) {
     s[sen].next = i;
     s[i].queue = (uint8_t)q;
     c->len[q]++;
+    if (c->weights != NULL) c->wt[q] += c->weights[i];
 }
 
 static inline uint32_t q_head(const omx_lfu *c, int q) {
@@ -161,13 +198,16 @@ static void reset_lists(omx_lfu *c) {
         s[sen].prev = s[sen].next = sen;
         s[sen].queue = OMX_LFU_FREE;
         c->len[k] = 0;
+        c->wt[k] = 0;
     }
+    if (c->weights != NULL) memset(c->weights, 0, (size_t)c->nslots * sizeof *c->weights);
     c->free_head = 0;
 }
 
-int omx_lfu_init(omx_lfu *c, uint32_t maxsize, int track_age) {
+int omx_lfu_init(omx_lfu *c, uint32_t maxsize, int track_age, uint64_t maxweight) {
     memset(c, 0, sizeof *c);
     if (maxsize < 1 || maxsize > OMX_LFU_MAXSIZE_LIMIT) return -2;
+    if (maxweight > OMX_LFU_MAXWEIGHT_LIMIT) return -3;
     uint64_t width = 1;
     while (width < maxsize) width <<= 1;
     uint64_t nblocks = width >> 1;
@@ -194,6 +234,17 @@ int omx_lfu_init(omx_lfu *c, uint32_t maxsize, int track_age) {
             return -1;
         }
     }
+    if (maxweight > 0) {
+        c->maxweight = maxweight;
+        c->wmax = maxweight / 100 > 1 ? maxweight / 100 : 1;
+        c->pmax = (maxweight - c->wmax) / 100 * PROTECTED_PCT + (maxweight - c->wmax) % 100 * PROTECTED_PCT / 100;
+        c->weights = (uint64_t *)calloc((size_t)c->nslots, sizeof(uint64_t));
+        c->evicted = (uint32_t *)calloc((size_t)c->nslots, sizeof(uint32_t));
+        if (c->weights == NULL || c->evicted == NULL) {
+            omx_lfu_destroy(c);
+            return -1;
+        }
+    }
     c->table = (unsigned char *)calloc((size_t)nblocks, 64);
     c->seen[0] = (unsigned char *)calloc((size_t)seen_bytes, 1);
     c->seen[1] = (unsigned char *)calloc((size_t)seen_bytes, 1);
@@ -211,6 +262,10 @@ void omx_lfu_destroy(omx_lfu *c) {
     free(c->table);
     free(c->seen[0]);
     free(c->seen[1]);
+    free(c->weights);
+    free(c->evicted);
+    c->weights = NULL;
+    c->evicted = NULL;
     c->slots = NULL;
     c->ages = NULL;
     c->table = NULL;
@@ -347,6 +402,17 @@ unsigned omx_lfu_frequency(const omx_lfu *c, uint64_t h) {
     return min4(t[i0], t[i1], t[i2], t[i3]);
 }
 
+/* Weighted caches: protected overflow (entries or weight) demotes its LRU entries to
+ * probation's MRU end, possibly the entry just promoted (if it alone is too heavy). */
+static void balance_protected(omx_lfu *c) {
+    while (c->len[OMX_LFU_PROTECTED] > 0 &&
+           (c->len[OMX_LFU_PROTECTED] > c->pcap || c->wt[OMX_LFU_PROTECTED] > c->pmax)) {
+        uint32_t d = q_head(c, OMX_LFU_PROTECTED);
+        q_unlink(c, d);
+        q_push_tail(c, OMX_LFU_PROBATION, d);
+    }
+}
+
 void omx_lfu_touch(omx_lfu *c, uint32_t slot) {
     omx_lfu_slot *s = c->slots;
     if (slot >= c->nslots || s[slot].queue == OMX_LFU_FREE) return;
@@ -356,7 +422,9 @@ void omx_lfu_touch(omx_lfu *c, uint32_t slot) {
     if (q == OMX_LFU_PROBATION) {
         q_unlink(c, slot);
         q_push_tail(c, OMX_LFU_PROTECTED, slot);
-        if (c->len[OMX_LFU_PROTECTED] > c->pcap) {
+        if (c->weights != NULL) {
+            balance_protected(c);
+        } else if (c->len[OMX_LFU_PROTECTED] > c->pcap) {
             uint32_t d = q_head(c, OMX_LFU_PROTECTED);
             q_unlink(c, d);
             q_push_tail(c, OMX_LFU_PROBATION, d);
@@ -369,6 +437,7 @@ void omx_lfu_touch(omx_lfu *c, uint32_t slot) {
 
 static void free_slot(omx_lfu *c, uint32_t i) {
     q_unlink(c, i);
+    if (c->weights != NULL) c->weights[i] = 0;
     if (c->track_age) age_unlink(c, i);
     c->slots[i].queue = OMX_LFU_FREE;
     c->slots[i].prev = OMX_LFU_NIL;
@@ -376,6 +445,7 @@ static void free_slot(omx_lfu *c, uint32_t i) {
     c->free_head = i;
 }
 
+/* Caches without a weight budget (the weighted ones use omx_lfu_insert_weighted). */
 uint32_t omx_lfu_insert(omx_lfu *c, uint64_t h, double expire, uint32_t *evicted) {
     omx_lfu_slot *s = c->slots;
     *evicted = OMX_LFU_NIL;
@@ -404,6 +474,89 @@ uint32_t omx_lfu_insert(omx_lfu *c, uint64_t h, double expire, uint32_t *evicted
     free_slot(c, leaving);
     *evicted = leaving;
     return i;
+}
+
+static inline uint64_t total_weight(const omx_lfu *c) {
+    return c->wt[OMX_LFU_WINDOW] + c->wt[OMX_LFU_PROBATION] + c->wt[OMX_LFU_PROTECTED];
+}
+
+/* Moves the window's LRU entry to probation's MRU end; returns it. */
+static uint32_t window_to_probation(omx_lfu *c) {
+    uint32_t x = q_head(c, OMX_LFU_WINDOW);
+    q_unlink(c, x);
+    q_push_tail(c, OMX_LFU_PROBATION, x);
+    return x;
+}
+
+/* Weighted caches: restores every bound after an insert or a weight change, recording
+ * the slots it frees in c->evicted; returns their number.  See "Weights" above. */
+static uint32_t restore_bounds(omx_lfu *c) {
+    omx_lfu_slot *s = c->slots;
+    uint32_t n = 0, cand = OMX_LFU_NIL, ncand = 0;
+    while (c->len[OMX_LFU_WINDOW] > 0 &&
+           (c->len[OMX_LFU_WINDOW] > c->wcap || c->wt[OMX_LFU_WINDOW] > c->wmax)) {
+        uint32_t x = window_to_probation(c);
+        if (ncand++ == 0) cand = x;
+    }
+    while (c->len[OMX_LFU_PROBATION] + c->len[OMX_LFU_PROTECTED] > c->mcap || total_weight(c) > c->maxweight) {
+        if (ncand == 0 && c->len[OMX_LFU_WINDOW] > 0) { /* draw the next candidate */
+            cand = window_to_probation(c);
+            ncand = 1;
+        }
+        /* the victim: main's LRU entry that is not a pending candidate (those are the
+         * last ncand entries of probation) */
+        uint32_t victim = c->len[OMX_LFU_PROBATION] > ncand ? q_head(c, OMX_LFU_PROBATION)
+                                                            : q_head(c, OMX_LFU_PROTECTED);
+        uint32_t leaving;
+        if (ncand == 0)
+            leaving = victim; /* nothing left to admit: main's LRU entry goes */
+        else if (victim == OMX_LFU_NIL ||
+                 omx_lfu_frequency(c, s[cand].hash) <= omx_lfu_frequency(c, s[victim].hash))
+            leaving = cand;
+        else
+            leaving = victim;
+        if (ncand > 0) { /* this candidate is decided: the next one is its successor */
+            uint32_t next = --ncand > 0 ? s[cand].next : OMX_LFU_NIL;
+            cand = next;
+        }
+        free_slot(c, leaving);
+        c->evicted[n++] = leaving;
+    }
+    return n;
+}
+
+uint32_t omx_lfu_insert_weighted(omx_lfu *c, uint64_t h, double expire, uint64_t weight, uint32_t *slot) {
+    omx_lfu_slot *s = c->slots;
+    uint32_t i = c->free_head;
+    *slot = i;
+    if (i == OMX_LFU_NIL || c->weights == NULL) {
+        *slot = OMX_LFU_NIL;
+        return 0;
+    }
+    omx_lfu_record(c, h);
+    c->free_head = s[i].next;
+    s[i].hash = h;
+    if (c->track_age) c->ages[i].expire = expire;
+    s[i].epoch = c->epoch;
+    c->weights[i] = weight;
+    q_push_tail(c, OMX_LFU_WINDOW, i);
+    if (c->track_age) age_push_tail(c, i);
+    return restore_bounds(c);
+}
+
+uint32_t omx_lfu_update_weighted(omx_lfu *c, uint32_t slot, uint64_t weight) {
+    omx_lfu_slot *s = c->slots;
+    if (slot >= c->nslots || s[slot].queue == OMX_LFU_FREE || c->weights == NULL) return 0;
+    c->wt[s[slot].queue] -= c->weights[slot];
+    c->weights[slot] = weight;
+    c->wt[s[slot].queue] += weight;
+    omx_lfu_touch(c, slot);
+    balance_protected(c); /* a protected entry may have grown */
+    return restore_bounds(c);
+}
+
+uint64_t omx_lfu_weight(const omx_lfu *c) {
+    return c->weights != NULL ? total_weight(c) : (uint64_t)omx_lfu_size(c);
 }
 
 int omx_lfu_remove(omx_lfu *c, uint32_t slot) {

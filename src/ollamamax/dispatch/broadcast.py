@@ -166,7 +166,9 @@ class MergedStream:
 
 class Broadcaster:
     """``on_model_changed(model)`` is called (normalised name) when a pull, create, copy
-    (for the destination) or delete may have changed what a model name means."""
+    (for the destination) or delete may have changed what a model name means: when the
+    operation starts, and again when it has ended and the hosts were refreshed (answers
+    produced while it ran may come from either version)."""
 
     def __init__(
         self,
@@ -272,12 +274,17 @@ class Broadcaster:
         """pull / create / copy / delete."""
         d = self.directory
         kind = route.kind
-        if name.strip():
-            self.on_model_changed(normalize_model(name))
+        changed = [normalize_model(name)] if name.strip() else []
         if kind == "copy":
             dest = obj.get("destination")
             if isinstance(dest, str) and dest.strip():
-                self.on_model_changed(normalize_model(dest))
+                changed.append(normalize_model(dest))
+
+        def model_changed() -> None:
+            for m in changed:
+                self.on_model_changed(m)
+
+        model_changed()
         if kind == "pull" or kind == "create":
             if not name.strip():
                 return replies.error(route, 400, "model is required")
@@ -291,7 +298,7 @@ class Broadcaster:
             else:
                 src = obj.get("from")
                 targets = (d.holders(normalize_model(src)) if isinstance(src, str) and src else []) or d.up()
-            return await self.fanout_progress(route, path, body, headers, obj, targets)
+            return await self.fanout_progress(route, path, body, headers, obj, targets, on_done=model_changed)
         # delete / copy: every host that has the (source) model
         if not name.strip():
             if kind == "copy":
@@ -306,6 +313,7 @@ class Broadcaster:
             return replies.error(route, 404, msg)
         results = await asyncio.gather(*(self.simple(h, method, path, body, headers) for h in targets))
         await d.refresher.refresh_all(targets)
+        model_changed()
         return self.combine(route, targets, results)
 
     async def fanout_progress(
@@ -316,7 +324,10 @@ class Broadcaster:
         headers: Mapping[str, str] | None,
         obj: dict[str, Any],
         targets: list[HostState],
+        on_done: Callable[[], None] = lambda: None,
     ) -> DispatchResponse:
+        """A pull or create on every target; ``on_done()`` runs when all have ended and
+        the hosts that succeeded were refreshed."""
         if not targets:
             return replies.error(route, 503, "no healthy host available")
         names = ",".join(h.name for h in targets)
@@ -327,6 +338,7 @@ class Broadcaster:
         async def after(ok_hosts: Sequence[HostState]) -> None:
             with contextlib.suppress(Exception):
                 await refresher.refresh_all(ok_hosts)
+            on_done()
 
         if not stream:
             results = await asyncio.gather(*(self.simple(h, "POST", path, body, headers, PULL_TIMEOUT) for h in targets))

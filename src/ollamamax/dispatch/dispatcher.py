@@ -15,8 +15,9 @@ work; each lives in its own module:
 
 Request path for an inference route (``/api/chat`` ...)::
 
-    parse (Go-like 400s)  ->  cache lookup  ->  candidates (healthy hosts that have the
-    model, from the immutable snapshot)  ->  placement (take a free slot, or wait)  ->
+    parse (Go-like 400s)  ->  cache lookup (only for a model the snapshot lists; the key
+    carries its digest, its generation and the tenant)  ->  candidates (healthy hosts that
+    have the model, from the immutable snapshot)  ->  placement (take a free slot, or wait)  ->
     admission  ->  upstream attempt (TTFB timeout)  ->  retry on another host while
     nothing went to the client  ->  response (body or pass-through stream with idle
     timeout; aclose() cancels upstream at once)  ->  accounting.
@@ -137,7 +138,10 @@ class Dispatcher(EmbeddedClient):
             ),
             on_down=self._on_down,
         )
-        self.cache = ResponseCache(cfg.cache_size, cfg.cache_ttl, cache_generate=cfg.cache_generate)
+        self.cache = ResponseCache(
+            cfg.cache_size, cfg.cache_ttl, cache_generate=cfg.cache_generate, max_bytes=cfg.cache_bytes,
+            scope=cfg.cache_scope,
+        )
         self.demand = Demand()
         self.router = Router(
             make_strategy(cfg.strategy, self.hosts, overflow=cfg.affinity_overflow),
@@ -340,8 +344,13 @@ class Dispatcher(EmbeddedClient):
         req.name = name
         req.model = model
         req.cache_header = cache_header
-        if cache_header:
-            req.cache_key = key = cache.key_for(route, model, obj, tenant=tenant)
+        snap = self.store.current
+        # Only a model the snapshot lists can be answered from the cache: after a delete
+        # (and the refresh it triggers) the request gets the host's 404, not a replay.
+        # The key carries the digest the hosts report, so a new build of the model misses.
+        known = model in snap.by_model
+        if cache_header and known:
+            req.cache_key = key = cache.key_for(route, model, obj, tenant=tenant, digest=snap.digests.get(model, ""))
             if key is not None:
                 hit = cache.get(key)
                 if hit is not None:
@@ -354,6 +363,10 @@ class Dispatcher(EmbeddedClient):
             return replies.error(route, 404, replies.notfound_message(route, name), cache=cache_tag)
         if not cands:
             return fwd.no_healthy(route, name, model, cache=cache_tag)
+        if cache_header and not known:  # found by the refresh: the answer is keyed by its digest
+            req.cache_key = cache.key_for(
+                route, model, obj, tenant=tenant, digest=self.store.current.digests.get(model, "")
+            )
         req.cands = cands
         req.panic = any(h.down for h in cands)
         self.demand.hit(model, time.monotonic())  # only models some host has: bounded

@@ -19,6 +19,7 @@ time (``Dispatcher.metrics_snapshot()``); nothing is counted twice.  Exported fa
     retry_budget, retries_in_progress                                   gauges
     host_in_flight{host}, host_capacity{host}, host_healthy{host}       gauges
     queue_depth, queue_capacity, cache_entries, info{version,strategy}  gauges
+    cache_bytes                               gauge    bytes held by the response cache
     queue_wait_seconds{host,model}            histogram  wait for a host slot
     upstream_connect_seconds{host,model}      histogram  new TCP connections only
     time_to_first_byte_seconds{host,model}    histogram
@@ -272,6 +273,11 @@ class _CollectorMixin:
         if stats is not None and "currsize" in stats:
             yield core.GaugeMetricFamily(f"{p}_cache_entries", "Entries in the response cache.",
                                          value=stats["currsize"])
+        if stats is not None and "bytes" in stats:
+            yield core.GaugeMetricFamily(
+                f"{p}_cache_bytes",
+                "Bytes held by the response cache (keys, values, overhead), at most its budget.",
+                value=stats["bytes"])
         from .._version import __version__
 
         info = core.GaugeMetricFamily(f"{p}_info", "ollamamax version and balancing strategy.",

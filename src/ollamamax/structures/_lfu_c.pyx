@@ -5,7 +5,9 @@ objects: a dict key -> node, where a node (one per slot, created on the slot's
 first use and reused) holds the slot's key, value and slot number, so a hit is one
 dict lookup and two field reads (key equality is Python equality).  Semantics and
 eviction decisions are those of ``ollamamax.structures._lfu_py`` (the specification); see its
-docstring."""
+docstring.  With a weight budget, inserts and weight changes go through the C calls that
+report every slot they freed (``omx_lfu_insert_weighted``/``omx_lfu_update_weighted``);
+without one the code paths are those of the unweighted cache."""
 
 cimport cython
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem
@@ -16,16 +18,18 @@ from libc.stdint cimport uint32_t, uint64_t
 
 import time
 
-from ollamamax.structures._lfu_py import CacheInfo, validate_args
+from ollamamax.structures._lfu_py import CacheInfo, validate_args, validate_weight
 
 cdef extern from "ollamamax/lfu.h":
     ctypedef struct omx_lfu:
         uint32_t maxsize
         uint32_t nslots
         uint64_t shifts
+        uint32_t *evicted
+        uint64_t maxweight
     uint32_t OMX_LFU_NIL
     uint64_t omx_lfu_spread(uint64_t h)
-    int omx_lfu_init(omx_lfu *c, uint32_t maxsize, int track_age)
+    int omx_lfu_init(omx_lfu *c, uint32_t maxsize, int track_age, uint64_t maxweight)
     void omx_lfu_destroy(omx_lfu *c)
     void omx_lfu_clear(omx_lfu *c)
     void omx_lfu_record(omx_lfu *c, uint64_t h)
@@ -34,6 +38,10 @@ cdef extern from "ollamamax/lfu.h":
     void omx_lfu_hit(omx_lfu *c, uint32_t slot)
     void omx_lfu_miss(omx_lfu *c, uint64_t h)
     uint32_t omx_lfu_insert(omx_lfu *c, uint64_t h, double expire, uint32_t *evicted)
+    uint32_t omx_lfu_insert_weighted(omx_lfu *c, uint64_t h, double expire, uint64_t weight, uint32_t *slot)
+    uint32_t omx_lfu_update_weighted(omx_lfu *c, uint32_t slot, uint64_t weight)
+    uint64_t omx_lfu_weight(const omx_lfu *c)
+    int omx_lfu_queue_of(const omx_lfu *c, uint32_t slot)
     int omx_lfu_remove(omx_lfu *c, uint32_t slot)
     void omx_lfu_set_expire(omx_lfu *c, uint32_t slot, double expire)
     uint32_t omx_lfu_oldest(const omx_lfu *c)
@@ -56,15 +64,17 @@ cdef class _Node:
 
 @cython.final
 cdef class LFUCache:
-    """LFUCache(maxsize, *, ttl=None, timer=time.monotonic)
+    """LFUCache(maxsize, *, ttl=None, maxweight=None, timer=time.monotonic)
 
     A bounded mapping with W-TinyLFU eviction (frequency sketch with aging, small
-    LRU window, admission by frequency, shift detection) and an optional TTL in
-    seconds."""
+    LRU window, admission by frequency, shift detection), an optional TTL in
+    seconds and an optional weight budget (``set(key, value, weight)``)."""
 
     cdef omx_lfu _c
     cdef bint _ready
     cdef bint _has_ttl
+    cdef bint _weighted
+    cdef object _maxweight   # the budget as a Python int (None without one)
     cdef double _ttl
     cdef object _timer
     cdef dict _map          # key -> _Node
@@ -77,20 +87,23 @@ cdef class LFUCache:
         self._ready = False
         self._last_miss = _NO_KEY
 
-    def __init__(self, maxsize, *, ttl=None, timer=time.monotonic):
+    def __init__(self, maxsize, *, ttl=None, maxweight=None, timer=time.monotonic):
         if self._ready:
             raise RuntimeError("LFUCache is already initialised")
-        ttl = validate_args(maxsize, ttl)
+        ttl = validate_args(maxsize, ttl, maxweight)
         if not callable(timer):
             raise TypeError("timer must be callable")
         self._has_ttl = ttl is not None
         self._ttl = ttl if ttl is not None else 0.0
         self._timer = timer
-        rc = omx_lfu_init(&self._c, <uint32_t>maxsize, self._has_ttl)
+        self._weighted = maxweight is not None
+        self._maxweight = maxweight
+        rc = omx_lfu_init(&self._c, <uint32_t>maxsize, self._has_ttl,
+                          <uint64_t>maxweight if self._weighted else 0)
         if rc == -1:
             raise MemoryError()
         if rc != 0:
-            raise ValueError(f"maxsize out of range: {maxsize}")
+            raise ValueError(f"maxsize or maxweight out of range: {maxsize}, {maxweight}")
         self._ready = True
         self._map = {}
         self._nodes = [None] * self._c.nslots
@@ -113,6 +126,10 @@ cdef class LFUCache:
     @property
     def ttl(self):
         return self._ttl if self._has_ttl else None
+
+    @property
+    def maxweight(self):
+        return self._c.maxweight if self._weighted else None
 
     @property
     def _shifts(self):
@@ -195,6 +212,112 @@ cdef class LFUCache:
         self._last_miss = _NO_KEY   # again: the dict calls may have run Python code
         return 0
 
+    cdef int _release_evicted(self, uint32_t n, uint32_t keep) except -1:
+        """Weighted: drop the keys of the n slots the last C call freed (``c.evicted``),
+        except ``keep`` (a new slot whose key is not in the dict yet).  The keys and
+        values die when this returns, after the dict is consistent."""
+        cdef uint32_t i, ev
+        cdef _Node evnode
+        cdef list gone
+        if n == 0:
+            return 0
+        self._last_miss = _NO_KEY
+        if n == 1:  # the common case, without the list
+            ev = self._c.evicted[0]
+            evnode = self._node(ev)
+            evkey = evnode.key
+            evvalue = evnode.value
+            evnode.key = None
+            evnode.value = None
+            if ev != keep:
+                self._evictions += 1
+                PyDict_DelItem(self._map, evkey)
+            self._last_miss = _NO_KEY
+            return 0
+        gone = []
+        for i in range(n):
+            ev = self._c.evicted[i]
+            evnode = self._node(ev)
+            gone.append((evnode.key, evnode.value))
+            evnode.key = None
+            evnode.value = None
+            if ev != keep:
+                self._evictions += 1
+        for i in range(n):
+            if self._c.evicted[i] != keep:
+                PyDict_DelItem(self._map, gone[i][0])
+        self._last_miss = _NO_KEY   # the dict calls may have run Python code
+        return 0
+
+    cdef int _insert_weighted(self, object key, object value, uint64_t h, uint64_t weight) except -1:
+        cdef uint32_t slot = OMX_LFU_NIL
+        cdef uint32_t n, i
+        cdef double expire = 0.0
+        cdef bint kept = True
+        cdef _Node node
+        self._last_miss = _NO_KEY
+        if self._has_ttl:
+            self._purge()
+            expire = <double>self._timer() + self._ttl
+        n = omx_lfu_insert_weighted(&self._c, h, expire, weight, &slot)
+        if slot == OMX_LFU_NIL:
+            raise RuntimeError("LFUCache: no free slot (the cache was modified re-entrantly)")
+        node = self._node(slot)
+        if node is None:
+            node = _Node.__new__(_Node)
+            node.slot = slot
+            self._nodes[slot] = node
+        for i in range(n):
+            if self._c.evicted[i] == slot:
+                kept = False    # the new entry lost its admission contest
+                self._evictions += 1
+        if kept:
+            node.key = key
+            node.value = value
+            try:
+                PyDict_SetItem(self._map, key, node)
+            except BaseException:
+                # a key whose __eq__ raised: undo the insertion, keep the evictions
+                omx_lfu_remove(&self._c, slot)
+                node.key = None
+                node.value = None
+                self._release_evicted(n, slot)
+                raise
+        self._release_evicted(n, slot)
+        return 0
+
+    cdef int _update_weighted(self, _Node node, object value, uint64_t weight) except -1:
+        cdef uint32_t slot = node.slot
+        cdef uint32_t n = omx_lfu_update_weighted(&self._c, slot, weight)
+        if omx_lfu_queue_of(&self._c, slot) != 0:   # still resident
+            if self._has_ttl:
+                omx_lfu_set_expire(&self._c, slot, <double>self._timer() + self._ttl)
+            old = node.value        # the old value is released last
+            node.value = value
+        self._release_evicted(n, OMX_LFU_NIL)
+        return 0
+
+    cdef int _set_weighted(self, object key, object value, object weight) except -1:
+        cdef PyObject *sp
+        cdef _Node node
+        cdef object w = weight
+        if type(w) is not int or w < 1:
+            w = validate_weight(w, self._maxweight)
+        if w > self._maxweight:   # heavier than the whole budget: not admitted
+            sp = PyDict_GetItemWithError(self._map, key)
+            if sp != NULL:
+                self._drop(<_Node>sp)
+            return 0
+        if key is self._last_miss:
+            return self._insert_weighted(key, value, self._last_h, <uint64_t>w)
+        sp = PyDict_GetItemWithError(self._map, key)
+        if sp != NULL:
+            node = <_Node>sp
+            if not self._has_ttl or not self._expired(node.slot):
+                return self._update_weighted(node, value, <uint64_t>w)
+            self._drop(node)
+        return self._insert_weighted(key, value, omx_lfu_spread(<uint64_t>PyObject_Hash(key)), <uint64_t>w)
+
     cdef inline int _miss(self, object key) except -1:
         self._misses += 1
         cdef uint64_t h = omx_lfu_spread(<uint64_t>PyObject_Hash(key))
@@ -246,12 +369,23 @@ cdef class LFUCache:
         return True
 
     # -- updates --------------------------------------------------------------------
-    def set(self, key, value):
-        """Insert or replace ``key`` (counts as a use of ``key``); may evict one entry."""
-        self._set(key, value)
+    def set(self, key, value, weight=1):
+        """Insert or replace ``key`` (counts as a use of ``key``); may evict entries.
+
+        ``weight`` (1..``maxweight``; only 1 without a weight budget) is the entry's share
+        of ``maxweight``.  A weight above ``maxweight`` stores nothing and removes ``key``."""
+        if self._weighted:
+            self._set_weighted(key, value, weight)
+        else:
+            if type(weight) is not int or weight != 1:
+                validate_weight(weight, None)
+            self._set(key, value)
 
     def __setitem__(self, key, value):
-        self._set(key, value)
+        if self._weighted:
+            self._set_weighted(key, value, 1)
+        else:
+            self._set(key, value)
 
     cdef int _set(self, object key, object value) except -1:
         cdef PyObject *sp
@@ -307,11 +441,15 @@ cdef class LFUCache:
         return omx_lfu_size(&self._c)
 
     def stats(self):
-        """``CacheInfo(hits, misses, evictions, maxsize, currsize)``."""
+        """``CacheInfo(hits, misses, evictions, maxsize, currsize)``, with ``maxweight`` and
+        ``currweight`` as attributes."""
         self._check()
         self._purge()
+        if not self._weighted:
+            return CacheInfo(self._hits, self._misses, self._evictions, self._c.maxsize,
+                             omx_lfu_size(&self._c))
         return CacheInfo(self._hits, self._misses, self._evictions, self._c.maxsize,
-                         omx_lfu_size(&self._c))
+                         omx_lfu_size(&self._c), self._c.maxweight, omx_lfu_weight(&self._c))
 
     def frequency(self, key):
         """The sketch's estimate (0..31) of how often ``key`` was used recently."""
@@ -319,5 +457,7 @@ cdef class LFUCache:
         return omx_lfu_frequency(&self._c, omx_lfu_spread(<uint64_t>PyObject_Hash(key)))
 
     def __repr__(self):
+        weights = (f" maxweight={self._c.maxweight} currweight={omx_lfu_weight(&self._c)}"
+                   if self._weighted else "")
         return (f"<ollamamax.structures._lfu_c.LFUCache maxsize={self._c.maxsize} "
-                f"currsize={omx_lfu_size(&self._c)} ttl={self.ttl}>")
+                f"currsize={omx_lfu_size(&self._c)}{weights} ttl={self.ttl}>")

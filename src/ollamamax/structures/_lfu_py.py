@@ -34,12 +34,29 @@ Policy (W-TinyLFU, the same decisions as native/src/lfu.c, op for op):
   zeroed and every protected entry moves, in order, to the LRU end of probation, so
   the new hot keys are admitted at once; the averages restart there.  A scan (keys
   that never come back) does not trip it.
+- *Weights* (``maxweight``; Caffeine's ``maximumWeight``): ``set(key, value, weight=w)``
+  gives an entry a weight in ``1..maxweight``.  Besides the entry bounds, the window
+  holds at most ``wmax = max(1, maxweight // 100)`` weight, protected at most ``pmax =
+  (maxweight - wmax) * 90 // 100``, and the cache at most ``maxweight``.  After an insert
+  or a weight change: while the window is over its bounds its LRU entries move to
+  probation (this round's *candidates*, oldest first); then, while main has more than
+  its entries or the total weight exceeds ``maxweight``, the oldest pending candidate
+  (or, when none is pending, the window's LRU entry, moved over) meets the *victim*
+  (main's LRU entry that is not a pending candidate: probation's, else protected's) and
+  the one the sketch rates lower leaves (the candidate on a tie; the candidate with no
+  victim; the victim with no candidate).  So a heavy newcomer must beat main's LRU
+  entries one by one, and may itself be the one evicted.  A ``set`` heavier than the
+  whole budget stores nothing (and removes the key's old value); it is not a use and
+  not an eviction.  Without ``maxweight`` every entry weighs 1, ``weight`` must be 1,
+  and nothing above applies; with ``maxweight == maxsize`` and weights of 1 the
+  decisions are exactly those of the unweighted cache.
 - With ``ttl``, every entry expires ``ttl`` seconds (``timer()``, monotonic) after its
   last ``set``.  Expired entries count as misses and are dropped when met, and
   ``set``/``len``/``stats`` purge them (oldest first, amortised O(1)).  Expiries are not
   counted as evictions.
 
-Every operation is O(1) (amortised over the periodic halving of the sketch).
+Every operation is O(1) (amortised over the periodic halving of the sketch, and for
+weighted caches over the entries a set moves or evicts: each was put there by one use).
 Not thread-safe: guard a cache shared between threads with a lock.
 """
 
@@ -50,11 +67,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
-__all__ = ["CacheInfo", "LFUCache", "spread_hash"]
+__all__ = ["CacheInfo", "LFUCache", "spread_hash", "validate_args", "validate_weight"]
 
 _M64 = (1 << 64) - 1
 _HALF = bytes(i >> 1 for i in range(256))
 _MAXSIZE_LIMIT = 1 << 30
+MAXWEIGHT_LIMIT = 1 << 62  # twice it still fits the C code's uint64 sums
 
 WINDOW, PROBATION, PROTECTED = 1, 2, 3
 STALE_EPOCHS = 6  # protected entries unused for this many halvings are demoted
@@ -66,14 +84,40 @@ SHIFT_DROP_PCT = 70  # a period below this % of the average hits is a shift ...
 SHIFT_MIN_AVG_PCT = 10  # ... if the average hit rate is at least this
 
 
-class CacheInfo(NamedTuple):
-    """Counters of an :class:`LFUCache` (the ``functools`` CacheInfo idiom)."""
-
+class _Counts(NamedTuple):
     hits: int
     misses: int
     evictions: int
     maxsize: int
     currsize: int
+
+
+class CacheInfo(_Counts):
+    """Counters of an :class:`LFUCache` (the ``functools`` CacheInfo idiom).
+
+    The tuple is ``(hits, misses, evictions, maxsize, currsize)``, as before weights
+    existed, so unpacking and comparing it keep working; ``maxweight`` (None without a
+    weight budget) and ``currweight`` (the total weight; ``currsize`` when every entry
+    weighs 1) are attributes beside it."""
+
+    maxweight: int | None
+    currweight: int
+
+    def __new__(cls, hits: int, misses: int, evictions: int, maxsize: int, currsize: int,
+                maxweight: int | None = None, currweight: int | None = None) -> CacheInfo:
+        self = super().__new__(cls, hits, misses, evictions, maxsize, currsize)
+        self.maxweight = maxweight
+        self.currweight = currsize if currweight is None else currweight
+        return self
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # copy and pickle keep the weights
+        return (*self, self.maxweight, self.currweight)
+
+    def __repr__(self) -> str:
+        base = super().__repr__()
+        if self.maxweight is None:
+            return base
+        return f"{base[:-1]}, maxweight={self.maxweight}, currweight={self.currweight})"
 
 
 def spread_hash(h: int) -> int:
@@ -93,11 +137,17 @@ def _ema8(avg: int, cur: int) -> int:
     return avg + (d // 8 if d >= 0 else -((-d) // 8))
 
 
-def validate_args(maxsize: Any, ttl: Any) -> float | None:
+def validate_args(maxsize: Any, ttl: Any, maxweight: Any = None) -> float | None:
+    """Checks the constructor's arguments; returns ``ttl`` as a float (or None)."""
     if isinstance(maxsize, bool) or not isinstance(maxsize, int):
         raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
     if not 1 <= maxsize <= _MAXSIZE_LIMIT:
         raise ValueError(f"maxsize must be between 1 and {_MAXSIZE_LIMIT}, got {maxsize}")
+    if maxweight is not None:
+        if isinstance(maxweight, bool) or not isinstance(maxweight, int):
+            raise TypeError(f"maxweight must be an int or None, not {type(maxweight).__name__}")
+        if not 1 <= maxweight <= MAXWEIGHT_LIMIT:
+            raise ValueError(f"maxweight must be between 1 and {MAXWEIGHT_LIMIT}, got {maxweight}")
     if ttl is None:
         return None
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
@@ -106,6 +156,17 @@ def validate_args(maxsize: Any, ttl: Any) -> float | None:
     if not ttl > 0.0 or ttl == float("inf"):
         raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl}")
     return ttl
+
+
+def validate_weight(weight: Any, maxweight: int | None) -> int:
+    """Checks a ``set``'s weight: a positive int, and 1 without a weight budget."""
+    if isinstance(weight, bool) or not isinstance(weight, int):
+        raise TypeError(f"weight must be an int, not {type(weight).__name__}")
+    if weight < 1:
+        raise ValueError(f"weight must be >= 1, got {weight}")
+    if maxweight is None and weight != 1:
+        raise ValueError("weight needs a cache with a weight budget: LFUCache(maxsize, maxweight=...)")
+    return int(weight)
 
 
 class _Sketch:
@@ -166,10 +227,10 @@ class _Sketch:
 
 
 class LFUCache:
-    """A bounded mapping with W-TinyLFU eviction and optional TTL.
+    """A bounded mapping with W-TinyLFU eviction, an optional TTL and an optional weight budget.
 
-    ``LFUCache(maxsize, *, ttl=None, timer=time.monotonic)``.  See the module
-    docstring for the policy.  Keys must be hashable; equality is Python equality.
+    ``LFUCache(maxsize, *, ttl=None, maxweight=None, timer=time.monotonic)``.  See the
+    module docstring for the policy.  Keys must be hashable; equality is Python equality.
     """
 
     __slots__ = (
@@ -181,6 +242,7 @@ class LFUCache:
         "_expiry",
         "_hits",
         "_maxsize",
+        "_maxweight",
         "_mcap",
         "_misses",
         "_p_hits",
@@ -188,6 +250,7 @@ class LFUCache:
         "_p_req",
         "_pcap",
         "_period",
+        "_pmax",
         "_probation",
         "_protected",
         "_seen",
@@ -198,11 +261,13 @@ class LFUCache:
         "_ttl",
         "_wcap",
         "_window",
+        "_wmax",
+        "_wt",
     )
 
-    def __init__(self, maxsize: int, *, ttl: float | None = None,
+    def __init__(self, maxsize: int, *, ttl: float | None = None, maxweight: int | None = None,
                  timer: Callable[[], float] = time.monotonic) -> None:
-        self._ttl = validate_args(maxsize, ttl)
+        self._ttl = validate_args(maxsize, ttl, maxweight)
         if not callable(timer):
             raise TypeError("timer must be callable")
         self._timer = timer
@@ -210,6 +275,10 @@ class LFUCache:
         self._wcap = max(1, maxsize // 100)
         self._mcap = maxsize - self._wcap
         self._pcap = self._mcap * PROTECTED_PCT // 100
+        self._maxweight = maxweight
+        self._wmax = max(1, maxweight // 100) if maxweight is not None else 0
+        self._pmax = (maxweight - self._wmax) * PROTECTED_PCT // 100 if maxweight is not None else 0
+        self._wt = [0, 0, 0, 0]  # weight per queue (index 0 unused); kept with maxweight only
         self._period = max(maxsize, MIN_PERIOD)
         seen_bytes = 1
         while seen_bytes < self._period:
@@ -224,7 +293,7 @@ class LFUCache:
         self._shifts: int
         self._seen: tuple[bytearray, bytearray]
         self._reset_detector()
-        # key -> [value, queue, spread hash, expiry time, epoch of the last use]
+        # key -> [value, queue, spread hash, expiry time, epoch of the last use, weight]
         self._data: dict[Hashable, list[Any]] = {}
         self._window: OrderedDict[Hashable, None] = OrderedDict()
         self._probation: OrderedDict[Hashable, None] = OrderedDict()
@@ -243,12 +312,18 @@ class LFUCache:
     def ttl(self) -> float | None:
         return self._ttl
 
+    @property
+    def maxweight(self) -> int | None:
+        return self._maxweight
+
     # -- internals ----------------------------------------------------------------
     def _queue(self, q: int) -> OrderedDict[Hashable, None]:
         return self._window if q == WINDOW else self._probation if q == PROBATION else self._protected
 
     def _unlink(self, key: Hashable, entry: list[Any]) -> None:
         del self._queue(entry[1])[key]
+        if self._maxweight is not None:
+            self._wt[entry[1]] -= entry[5]
         if self._ttl is not None:
             del self._expiry[key]
         del self._data[key]
@@ -274,10 +349,15 @@ class LFUCache:
             stale.append(k)
         if not stale:
             return
-        prot, prob = self._protected, self._probation
+        prot, prob, wt = self._protected, self._probation, self._wt
+        weighted = self._maxweight is not None
         for k in reversed(stale):
             del prot[k]
-            data[k][1] = PROBATION
+            entry = data[k]
+            entry[1] = PROBATION
+            if weighted:
+                wt[PROTECTED] -= entry[5]
+                wt[PROBATION] += entry[5]
             prob[k] = None
             prob.move_to_end(k, last=False)
 
@@ -333,6 +413,8 @@ class LFUCache:
             prob.move_to_end(k, last=False)
             data[k][1] = PROBATION
         prot.clear()
+        self._wt[PROBATION] += self._wt[PROTECTED]
+        self._wt[PROTECTED] = 0
 
     def _touch(self, key: Hashable, entry: list[Any]) -> None:
         """Record a use of a resident entry and reposition it in its queue."""
@@ -347,10 +429,64 @@ class LFUCache:
             del self._probation[key]
             self._protected[key] = None
             entry[1] = PROTECTED
-            if len(self._protected) > self._pcap:
+            if self._maxweight is not None:
+                self._wt[PROBATION] -= entry[5]
+                self._wt[PROTECTED] += entry[5]
+                self._balance_protected()
+            elif len(self._protected) > self._pcap:
                 k2, _ = self._protected.popitem(last=False)
                 self._probation[k2] = None
                 self._data[k2][1] = PROBATION
+
+    def _balance_protected(self) -> None:
+        """Weighted: protected overflow (entries or weight) demotes its LRU entries."""
+        prot, wt = self._protected, self._wt
+        while prot and (len(prot) > self._pcap or wt[PROTECTED] > self._pmax):
+            k, _ = prot.popitem(last=False)
+            self._probation[k] = None
+            entry = self._data[k]
+            entry[1] = PROBATION
+            wt[PROTECTED] -= entry[5]
+            wt[PROBATION] += entry[5]
+
+    def _window_to_probation(self) -> Hashable:
+        k, _ = self._window.popitem(last=False)
+        self._probation[k] = None
+        entry = self._data[k]
+        entry[1] = PROBATION
+        self._wt[WINDOW] -= entry[5]
+        self._wt[PROBATION] += entry[5]
+        return k
+
+    def _restore_bounds(self) -> None:
+        """Weighted: evict until every bound holds again (see the module docstring)."""
+        window, prob, prot, data, wt = self._window, self._probation, self._protected, self._data, self._wt
+        freq = self._sketch.frequency
+        budget = self._maxweight
+        assert budget is not None
+        cands: list[Hashable] = []  # this round's candidates, oldest first
+        while window and (len(window) > self._wcap or wt[WINDOW] > self._wmax):
+            cands.append(self._window_to_probation())
+        i = 0  # cands[i:] are pending
+        while len(prob) + len(prot) > self._mcap or wt[WINDOW] + wt[PROBATION] + wt[PROTECTED] > budget:
+            if i == len(cands) and window:
+                cands.append(self._window_to_probation())
+            pending = len(cands) - i
+            if len(prob) > pending:
+                victim = next(iter(prob))
+            else:
+                victim = next(iter(prot)) if prot else None
+            if not pending:
+                leaving = victim
+            else:
+                cand = cands[i]
+                i += 1
+                if victim is None or freq(data[cand][2]) <= freq(data[victim][2]):
+                    leaving = cand
+                else:
+                    leaving = victim
+            self._evictions += 1
+            self._unlink(leaving, data[leaving])
 
     def _expired(self, entry: list[Any]) -> bool:
         return self._ttl is not None and entry[3] <= self._timer()
@@ -367,15 +503,19 @@ class LFUCache:
                 break
             self._unlink(key, entry)
 
-    def _insert(self, key: Hashable, value: Any, h: int) -> None:
+    def _insert(self, key: Hashable, value: Any, h: int, weight: int = 1) -> None:
         self._purge()
         expire = self._timer() + self._ttl if self._ttl is not None else 0.0
         self._record(h)
         data = self._data
-        data[key] = [value, WINDOW, h, expire, self._epoch]
+        data[key] = [value, WINDOW, h, expire, self._epoch, weight]
         self._window[key] = None
         if self._ttl is not None:
             self._expiry[key] = None
+        if self._maxweight is not None:
+            self._wt[WINDOW] += weight
+            self._restore_bounds()
+            return
         if len(self._window) <= self._wcap:
             return
         cand, _ = self._window.popitem(last=False)
@@ -429,22 +569,47 @@ class LFUCache:
         return True
 
     # -- updates --------------------------------------------------------------------
-    def set(self, key: Hashable, value: Any) -> None:
-        """Insert or replace ``key`` (counts as a use of ``key``); may evict one entry."""
+    def set(self, key: Hashable, value: Any, weight: int = 1) -> None:
+        """Insert or replace ``key`` (counts as a use of ``key``); may evict entries.
+
+        ``weight`` (1..``maxweight``; only 1 without a weight budget) is the entry's share
+        of ``maxweight``.  A weight above ``maxweight`` stores nothing and removes ``key``."""
+        if weight != 1 or type(weight) is not int:
+            weight = validate_weight(weight, self._maxweight)
+            if weight > self._maxweight:  # type: ignore[operator]
+                hash(key)
+                entry = self._data.get(key)
+                if entry is not None:
+                    self._unlink(key, entry)
+                return
         h = spread_hash(hash(key))
         entry = self._data.get(key)
         if entry is not None:
             if not self._expired(entry):
                 entry[0] = value
+                if self._maxweight is not None:
+                    self._update_weighted(key, entry, weight)
+                    return
                 self._touch(key, entry)
                 if self._ttl is not None:
                     entry[3] = self._timer() + self._ttl
                     self._expiry.move_to_end(key)
                 return
             self._unlink(key, entry)
-        self._insert(key, value, h)
+        self._insert(key, value, h, weight)
 
     __setitem__ = set
+
+    def _update_weighted(self, key: Hashable, entry: list[Any], weight: int) -> None:
+        wt = self._wt
+        wt[entry[1]] += weight - entry[5]
+        entry[5] = weight
+        self._touch(key, entry)
+        self._balance_protected()  # a protected entry may have grown
+        self._restore_bounds()
+        if self._ttl is not None and key in self._data:
+            entry[3] = self._timer() + self._ttl
+            self._expiry.move_to_end(key)
 
     _MISSING: Any = object()
 
@@ -473,6 +638,7 @@ class LFUCache:
         self._sketch.clear()
         self._epoch = 0
         self._hits = self._misses = self._evictions = 0
+        self._wt = [0, 0, 0, 0]
         self._reset_detector()
 
     def _reset_detector(self) -> None:
@@ -490,14 +656,20 @@ class LFUCache:
         return len(self._data)
 
     def stats(self) -> CacheInfo:
-        """``CacheInfo(hits, misses, evictions, maxsize, currsize)``."""
+        """``CacheInfo(hits, misses, evictions, maxsize, currsize)``, with ``maxweight`` and
+        ``currweight`` as attributes."""
         self._purge()
-        return CacheInfo(self._hits, self._misses, self._evictions, self._maxsize, len(self._data))
+        n = len(self._data)
+        if self._maxweight is None:
+            return CacheInfo(self._hits, self._misses, self._evictions, self._maxsize, n)
+        return CacheInfo(self._hits, self._misses, self._evictions, self._maxsize, n,
+                         self._maxweight, sum(self._wt))
 
     def frequency(self, key: Hashable) -> int:
         """The sketch's estimate (0..31) of how often ``key`` was used recently."""
         return self._sketch.frequency(spread_hash(hash(key)))
 
     def __repr__(self) -> str:
+        weights = "" if self._maxweight is None else f" maxweight={self._maxweight} currweight={sum(self._wt)}"
         return (f"<{type(self).__module__}.LFUCache maxsize={self._maxsize} "
-                f"currsize={len(self._data)} ttl={self._ttl}>")
+                f"currsize={len(self._data)}{weights} ttl={self._ttl}>")
