@@ -394,7 +394,7 @@ async def test_grace_expiry_ends_a_stream_with_an_in_band_error(front, dialect):
         started = time.monotonic()
         await asyncio.wait_for(g.close(), 10)
         assert time.monotonic() - started < 4
-        status, headers, body = await asyncio.wait_for(reading, 10)  # the end marker came
+        status, _, body = await asyncio.wait_for(reading, 10)  # the end marker came
         writer.close()
         assert in_flight(g.d) == 0
     assert status == 200

@@ -366,6 +366,9 @@ class _DisconnectWatch:
                 self._handle.cancel()
                 self._handle = None
             self._entries.clear()
+            self._sending.clear()
+            self._unsent.clear()
+            self._cut.clear()
             self._loop = loop
         self._entries[task] = request
         if self._handle is None:

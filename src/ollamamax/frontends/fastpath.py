@@ -140,7 +140,7 @@ class _ServerState:
         self.max_connections = max_connections or None
         # transports handed to aiohttp (they count against max_connections until closed;
         # closed ones are pruned by the sweep, or at once when the cap is reached)
-        self.handed: set[asyncio.BaseTransport] = set()
+        self.handed: set[asyncio.Transport] = set()
         self._pruned = 0.0
         self.rejecting = 0  # connections over the cap being answered 503 right now
         self.end_message: str | None = None  # set when the grace period is over

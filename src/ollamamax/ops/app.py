@@ -13,7 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from ..frontends.aiohttp_app import build_app
-from ..frontends.rules import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_SIZE, DEFAULT_SEND_TIMEOUT
+from ..frontends.rules import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_SEND_TIMEOUT,
+)
 from .metrics import install_observability
 
 __all__ = ["create_app"]
