@@ -304,7 +304,14 @@ async def test_shutdown_cancels_what_outlives_the_grace_period():
         writer.write(_post("/slow"))
         await wait_until(lambda: d.calls, 2.0)  # the request reached the dispatcher
         await asyncio.wait_for(server.close(0.2), 5)
+        # not answered when the grace period ended: 503 in Ollama's shape, then closed
+        status, headers, body = await _response(reader)
+        assert status == b"HTTP/1.1 503 Service Unavailable"
+        assert headers["connection"] == "close"
+        assert json.loads(body) == {
+            "error": "ollamamax gateway shutting down: the grace period of 0.2 s ended"}
         assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert d.closed == 0  # it never had an answer to close
     finally:
         writer.close()
 
@@ -418,5 +425,7 @@ async def test_http_server_counters_in_metrics_and_status():
     assert float(lines["ollamamax_http_connections_total"]) == 1
     assert float(lines["ollamamax_http_connections_handed_over_total"]) == 1
     assert float(lines["ollamamax_http_open_connections"]) == 0  # the connection is aiohttp's now
+    assert float(lines["ollamamax_http_connections_rejected_total"]) == 0
     assert json.loads(status_json)["http"] == {"fast_requests": 3, "handed_over": 1,
-                                               "connections": 1, "open_connections": 0}
+                                               "connections": 1, "rejected": 0,
+                                               "open_connections": 0}

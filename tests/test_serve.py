@@ -35,16 +35,29 @@ def _env() -> dict[str, str]:
 class Serve:
     """An ``ollamamax serve`` subprocess; ``url`` once it printed its readiness line."""
 
-    def __init__(self, *argv: str) -> None:
+    def __init__(self, *argv: str, nofile: tuple[int, int] | None = None,
+                 log_level: str = "warning") -> None:
         self.argv = argv
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.banner = b""
+        self.nofile = nofile  # RLIMIT_NOFILE (soft, hard) the process starts with
+        self.log_level = log_level
 
     async def start(self, timeout: float = 30.0) -> Serve:
+        preexec = None
+        if self.nofile is not None:
+            import resource
+
+            nofile = self.nofile
+
+            def preexec() -> None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ollamamax", "serve", "--log-level", "warning", *self.argv,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env())
+            sys.executable, "-m", "ollamamax", "serve", "--log-level", self.log_level, *self.argv,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
+            preexec_fn=preexec)
         assert self.proc.stdout is not None
         try:
             line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
@@ -288,8 +301,10 @@ async def test_grace_period_is_bounded(host):
             await asyncio.wait_for(r.content.readline(), 10)
             srv.proc.send_signal(signal.SIGTERM)
             assert await srv.wait(15) == 0  # did not wait for the 40 s stream
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await asyncio.wait_for(r.read(), 10)  # the stream was cut, not completed
+            # the stream was ended, not completed: its last line is the in-band error
+            rest = await asyncio.wait_for(r.read(), 10)
+            assert json.loads(rest.splitlines()[-1])["error"].startswith(
+                "ollamamax gateway shutting down")
             r.release()
         # the host's slot was released when the gateway cut the stream
         for _ in range(100):
@@ -315,5 +330,135 @@ async def test_second_signal_skips_the_grace_period(host):
             srv.proc.send_signal(signal.SIGTERM)
             assert await srv.wait(15) == 1
             r.close()
+    finally:
+        await srv.kill()
+
+
+# ------------------------------------------------------------------ descriptors, grace
+
+
+def _nofile_of(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no 'Max open files' line")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/<pid>/limits")
+async def test_start_up_raises_the_soft_descriptor_limit_to_the_hard_one(host):
+    srv = await Serve("--backend", host.url, "--listen", "127.0.0.1:0", nofile=(256, 1024),
+                      log_level="info").start()
+    try:
+        assert _nofile_of(srv.proc.pid) == (1024, 1024)
+        srv.proc.send_signal(signal.SIGTERM)
+        assert await srv.wait() == 0
+        err = (await srv.stderr()).decode()
+        # both values logged, and the connection cap derived from the raised one:
+        # 1024 - 96 for the process - (2 x 8 slots + 4) for the host = 908
+        assert "descriptor limit (RLIMIT_NOFILE): soft 256 -> 1024, hard 1024; " \
+               "at most 908 client connections (derived)" in err
+    finally:
+        await srv.kill()
+
+
+async def _request(port: int, raw: bytes, timeout: float = 10.0) -> bytes:
+    """Send one request on a new connection; the status line of the answer."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    try:
+        writer.write(raw)
+        return (await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)).strip()
+    finally:
+        writer.close()
+
+
+async def _status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> dict:
+    writer.write(b"GET /ollamamax/status HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    return json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_NOFILE in preexec_fn")
+async def test_idle_connections_cannot_exhaust_descriptors_or_eject_hosts():
+    """Under a hard limit of 256 descriptors, 300 idle client connections: new clients still
+    get an answer (503 while the cap is reached, then 200 once some idle ones leave), and the
+    gateway's own descriptor shortage is never charged to a host (all stay healthy).  Before,
+    the gateway ran out of descriptors: new clients were never answered."""
+    hosts = [FakeOllama(models=["llama3.2"], load_delay=0.0, tokens_per_sec=0, num_parallel=4,
+                        host_id=f"fd-{i}", seed=i) for i in range(3)]
+    for h in hosts:
+        await h.start()
+    args = [a for h in hosts for a in ("--backend", h.url)]
+    srv = await Serve(*args, "--listen", "127.0.0.1:0", nofile=(256, 256)).start()
+    port = int(srv.url.rsplit(":", 1)[1])
+    generate = json.dumps({"model": "llama3.2", "prompt": "hi", "stream": False}).encode()
+    post = (b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(generate)) + generate
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        watch = await asyncio.open_connection("127.0.0.1", port)  # kept for the status
+        before = await _status(*watch)
+        assert [h["healthy"] for h in before["hosts"]] == [True] * 3
+        for _ in range(300):
+            idle.append((await asyncio.open_connection("127.0.0.1", port))[1])
+        # the idle ones over the cap are refused (reset at accept, or 503 after 1 s without a
+        # request line) and let go within 2 s; wait until that is over
+        deadline = asyncio.get_running_loop().time() + 10
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                if await _request(port, post, timeout=2) == b"HTTP/1.1 503 Service Unavailable":
+                    break
+            except (ConnectionError, asyncio.IncompleteReadError):  # aborted at accept
+                pass
+            await asyncio.sleep(0.2)
+        # the cap is reached: a new client is answered 503 at once (not left hanging)
+        answers = await asyncio.gather(*(_request(port, post) for _ in range(10)))
+        assert all(a == b"HTTP/1.1 503 Service Unavailable" for a in answers), answers
+        for w in idle[:150]:  # half of the idle clients leave
+            w.close()
+        del idle[:150]
+        await asyncio.sleep(0.5)
+        # requests that need upstream connections (descriptors) are served again
+        answers = await asyncio.gather(*(_request(port, post) for _ in range(20)))
+        assert answers.count(b"HTTP/1.1 200 OK") == 20, answers
+        after = await _status(*watch)
+        assert [h["healthy"] for h in after["hosts"]] == [True] * 3, after["hosts"]
+        assert after["ejections"] == {}
+        assert after["http"]["rejected"] > 0
+        watch[1].close()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert await srv.wait() == 0
+    finally:
+        for w in idle:
+            w.close()
+        await srv.kill()
+        for h in hosts:
+            await h.stop()
+
+
+async def test_grace_expiry_ends_a_stream_with_an_error_line_and_logs_the_grace(host):
+    """SIGTERM with a grace period of 0.5 s during a long stream: the stream's last line is
+    the in-band error (nothing truncated), and the log says 0.5 s, not "0 s" or "1 s"."""
+    host.tokens_per_sec = 20.0
+    host.response_tokens = (2000, 2000)
+    srv = await Serve("--backend", host.url, "--listen", "127.0.0.1:0", "--grace-period", "0.5",
+                      log_level="info").start()
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                srv.url + "/api/generate", json={"model": "llama3.2", "prompt": "x"}) as r:
+            first = await asyncio.wait_for(r.content.readline(), 10)
+            assert json.loads(first)["done"] is False
+            srv.proc.send_signal(signal.SIGTERM)
+            rest = await asyncio.wait_for(r.read(), 20)  # raises if the stream is cut
+        lines = [json.loads(x) for x in rest.splitlines() if x.strip()]
+        assert lines[-1] == {
+            "error": "ollamamax gateway shutting down: the grace period of 0.5 s ended"}
+        assert all(x["done"] is False for x in lines[:-1])
+        assert await srv.wait() == 0
+        err = (await srv.stderr()).decode()
+        assert "SIGTERM: stopping (grace period 0.5 s)" in err
+        assert "grace period of 0.5 s over: ending 1 request(s) in flight with an error" in err
     finally:
         await srv.kill()

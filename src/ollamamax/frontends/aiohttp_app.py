@@ -33,6 +33,16 @@ auth and size rules are ``rules.py``, shared with the fast path):
   app run with aiohttp's default) one shared polling timer notices the closed transport within
   about ``disconnect_check_interval`` seconds, so a stalled or queued request never outlives its
   client.  Cancelling makes the dispatcher drop the upstream request at once.
+* **Slow clients**.  A client that accepts no bytes of its answer for ``send_timeout`` seconds
+  (a write that does not drain) is disconnected and its request cancelled, which frees its
+  host slot; answers are written inside the handler so this covers every answer.  A request
+  body not fully arrived ``body_timeout`` seconds after the handler started gets 408 and the
+  connection is closed.  The same polling timer checks both (precision: one interval).
+* **Shutdown**.  A request still running when the grace period ends (:meth:`Gateway.end_streams`,
+  called by the fast path's ``GatewayServer.close``; or, when the app is mounted, aiohttp's
+  own shutdown giving up on a handler that reads a body) is cancelled; a stream it was writing gets
+  the in-band error line in its dialect and the chunked end marker, an answer not yet started
+  gets 503: the client always sees done-or-error, never a silent cut.
 """
 
 from __future__ import annotations
@@ -47,15 +57,22 @@ from multidict import CIMultiDict
 
 from ..wire.response import HOP_BY_HOP, DispatchResponse
 from .rules import (
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_SEND_TIMEOUT,
     ERROR_HEADERS,
     GatewayRules,
     gateway_error_body,
+    shutdown_message,
 )
 
 __all__ = ["GATEWAY_KEY", "Gateway", "build_app"]
 
 log = logging.getLogger("ollamamax.gateway")
+
+
+class _BodyTimeout(Exception):
+    """Set on a request's payload when its body did not arrive in time."""
 
 
 class Gateway:
@@ -69,20 +86,43 @@ class Gateway:
         admin_keys: Iterable[str] = (),
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         disconnect_check_interval: float = 0.25,
+        send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         if disconnect_check_interval <= 0:
             raise ValueError("disconnect_check_interval must be positive")
         self.rules = rules = GatewayRules(
-            dispatcher, api_keys=api_keys, admin_keys=admin_keys, max_body_size=max_body_size
+            dispatcher, api_keys=api_keys, admin_keys=admin_keys, max_body_size=max_body_size,
+            send_timeout=send_timeout, body_timeout=body_timeout,
         )
         self.dispatcher = dispatcher
         self.auth_enabled = rules.auth_enabled
         self.max_body_size = rules.max_body_size
         self.disconnect_check_interval = float(disconnect_check_interval)
-        self._watch = _DisconnectWatch(self.disconnect_check_interval)
+        self._watch = _DisconnectWatch(self.disconnect_check_interval, rules.send_timeout)
         # the counters of the HTTP server in front of this app (set by the fast path's
         # start_server; read by the observability routes)
         self.http_stats: Any = None
+
+    # ------------------------------------------------------------------ shutdown
+
+    @property
+    def stopping(self) -> bool:
+        """True once the application's shutdown began (``on_shutdown``)."""
+        return self._watch.stopping
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        self._watch.stopping = True
+
+    def running(self) -> list[asyncio.Task[Any]]:
+        """The handler tasks of the requests in flight (on this app's connections)."""
+        return self._watch.running()
+
+    def end_streams(self, message: str | None = None) -> int:
+        """The grace period is over: cancel every request still running; a stream gets
+        ``message`` as its in-band error line and its end marker, an answer not yet started
+        gets 503.  Returns how many were cut."""
+        return self._watch.cut_all(message or shutdown_message(None))
 
     # ------------------------------------------------------------------ helpers
 
@@ -106,7 +146,8 @@ class Gateway:
         return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
     async def _read_body(self, request: web.BaseRequest) -> bytes | None:
-        """The body, or ``None`` once it passes ``max_body_size``."""
+        """The body, or ``None`` once it passes ``max_body_size``; raises :class:`_BodyTimeout`
+        when it has not fully arrived ``body_timeout`` seconds after this call."""
         if not request.body_exists:
             return b""
         limit = self.max_body_size
@@ -114,17 +155,26 @@ class Gateway:
         if content.is_eof():  # fast path: the whole (small) body is already buffered
             data = content.read_nowait()
             return data if len(data) <= limit else None
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                return None
-            parts.append(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        timeout = self.rules.body_timeout
+        timer = None
+        if timeout is not None:  # wakes the read below with the error
+            timer = asyncio.get_running_loop().call_later(
+                timeout, content.set_exception, _BodyTimeout())
+        try:
+            parts: list[bytes] = []
+            size = 0
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    return None
+                parts.append(chunk)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     # ------------------------------------------------------------------ the handler
 
@@ -174,12 +224,21 @@ class Gateway:
         task = asyncio.current_task()
         watch = self._watch
         watch.add(request, task)
+        resp: DispatchResponse | None = None
+        out: web.StreamResponse | None = None
+        tail = b""  # the last chunk of a stream written so far
+        ended = False  # the stream's end marker went out
         try:
-            body = await self._read_body(request)
+            try:
+                body = await self._read_body(request)
+            except _BodyTimeout:
+                resp408 = self.error_response(path, 408, self.rules.body_timeout_message())
+                resp408.force_close()
+                return resp408
             if body is None:
                 return self._too_large(path, "body")
             try:
-                resp: DispatchResponse = await self.dispatcher.handle(
+                resp = await self.dispatcher.handle(
                     method, path, body, headers, query=request.rel_url.raw_query_string,
                     tenant=self.rules.tenant_of(request.headers.get("Authorization")),
                 )
@@ -189,8 +248,18 @@ class Gateway:
             try:
                 out_headers = self._out_headers(resp.headers)
                 if resp.stream is None:
-                    return web.Response(status=resp.status, headers=out_headers,
-                                        body=resp.body or b"")
+                    # written here, not by aiohttp after the handler returns, so that the
+                    # send timeout covers it too
+                    out = web.Response(status=resp.status, headers=out_headers,
+                                       body=resp.body or b"")
+                    watch.sending(task)
+                    try:
+                        await out.prepare(request)
+                        await out.write_eof()
+                    except (ConnectionError, OSError):
+                        log.debug("client disconnected during %s %s", method, path)
+                    watch.sent(task)
+                    return out
                 out = web.StreamResponse(status=resp.status, headers=out_headers)
                 await out.prepare(request)
                 stream = resp.stream
@@ -200,10 +269,15 @@ class Gateway:
                 try:
                     async for chunk in stream:
                         if chunk:
+                            tail = chunk
+                            watch.sending(task)
                             if at_eof is not None and at_eof():
+                                ended = True
                                 await out.write_eof(chunk)
                             else:
                                 await out.write(chunk)
+                            watch.sent(task)
+                    ended = True
                     await out.write_eof()  # no-op when already ended
                 except (ConnectionError, OSError):  # client went away mid-write
                     log.debug("client disconnected during %s %s", method, path)
@@ -211,25 +285,77 @@ class Gateway:
             finally:
                 watch.discard(task)  # nothing of ours may interrupt the close
                 await resp.aclose()
+        except asyncio.CancelledError:
+            message = watch.was_cut(task)
+            if message is None:
+                raise
+            # the grace period is over: end with done-or-error, never a silent cut
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()
+            if out is None or not out.prepared:
+                refused = self.error_response(path, 503, message)
+                refused.force_close()
+                return refused
+            if resp is not None and resp.stream is not None and not ended:
+                out.force_close()
+                try:
+                    await out.write_eof(self.rules.stream_end(path, resp.headers, message, tail))
+                except (ConnectionError, OSError):
+                    pass
+                return out
+            raise
         finally:
             watch.discard(task)
 
 
 class _DisconnectWatch:
-    """Cancels a handler's task when its client's transport closes.
+    """Cancels a handler's task when its client's transport closes, when a write to it has
+    not drained for ``send_timeout`` seconds (the transport is aborted too), or when the
+    gateway's shutdown ends it (:meth:`cut_all`, or aiohttp's shutdown giving up on it).
 
     One polling timer per gateway serves every in-flight request (registering is a dict
     insert, not a timer per request); it ticks every ``interval`` seconds while any request
     is registered, so a closed client is noticed within about one interval.
     """
 
-    __slots__ = ("_interval", "_entries", "_handle", "_loop")
+    __slots__ = ("_interval", "_entries", "_handle", "_loop", "_sending", "_unsent",
+                 "_send_timeout", "_cut", "stopping")
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, send_timeout: float | None = None) -> None:
         self._interval = interval
         self._entries: dict[asyncio.Task[Any], web.BaseRequest] = {}
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sending: dict[asyncio.Task[Any], float] = {}  # task -> when its write began
+        # task -> unsent bytes when its write was last seen making progress
+        self._unsent: dict[asyncio.Task[Any], int] = {}
+        self._send_timeout = send_timeout
+        self._cut: dict[asyncio.Task[Any], str] = {}  # tasks ended by shutdown -> message
+        self.stopping = False
+
+    def sending(self, task: asyncio.Task[Any] | None) -> None:
+        """``task`` starts a write to its client (it may wait for the client to read)."""
+        if task is not None and self._send_timeout is not None and self._loop is not None:
+            self._sending[task] = self._loop.time()
+
+    def sent(self, task: asyncio.Task[Any] | None) -> None:
+        if self._sending.pop(task, None) is not None:  # type: ignore[arg-type]
+            self._unsent.pop(task, None)  # type: ignore[arg-type]
+
+    def running(self) -> list[asyncio.Task[Any]]:
+        return [t for t in self._entries if not t.done()]
+
+    def cut_all(self, message: str) -> int:
+        """Cancel every registered request; :meth:`was_cut` tells each one why."""
+        tasks = [t for t in self._entries if not t.done()]
+        for task in tasks:
+            self._cut[task] = message
+            task.cancel()
+        return len(tasks)
+
+    def was_cut(self, task: asyncio.Task[Any] | None) -> str | None:
+        """The shutdown message if ``task`` was cancelled by the gateway's shutdown."""
+        return self._cut.pop(task, None) if task is not None else None  # type: ignore[arg-type]
 
     def add(self, request: web.BaseRequest, task: asyncio.Task[Any] | None) -> None:
         if task is None:
@@ -240,6 +366,9 @@ class _DisconnectWatch:
                 self._handle.cancel()
                 self._handle = None
             self._entries.clear()
+            self._sending.clear()
+            self._unsent.clear()
+            self._cut.clear()
             self._loop = loop
         self._entries[task] = request
         if self._handle is None:
@@ -248,18 +377,56 @@ class _DisconnectWatch:
     def discard(self, task: asyncio.Task[Any] | None) -> None:
         if task is not None:
             self._entries.pop(task, None)
+            self._sending.pop(task, None)
+            self._unsent.pop(task, None)
 
     def _check(self) -> None:
         self._handle = None
         entries = self._entries
         gone = []
+        stuck = []
+        cut = []
+        sending = self._sending
+        timeout = self._send_timeout
+        now = self._loop.time() if self._loop is not None else 0.0
         for task, request in entries.items():
             transport = request.transport
             if transport is None or transport.is_closing():
                 gone.append(task)
+                continue
+            if timeout is not None and task in sending:
+                # a write in progress: what is unsent is noted at the first tick that sees
+                # it; once the write has waited send_timeout, it is stuck unless that shrank
+                unsent = transport.get_write_buffer_size()
+                noted = self._unsent.setdefault(task, unsent)
+                if now - sending[task] >= timeout:
+                    if unsent < noted:  # the client read something: another period
+                        self._unsent[task] = unsent
+                        sending[task] = now
+                    else:
+                        stuck.append(task)
+                        continue
+            if self.stopping and isinstance(request.content.exception(), asyncio.CancelledError):
+                # aiohttp's shutdown stopped waiting for this handler (it set the payload's
+                # exception); the grace period is over
+                cut.append(task)
         for task in gone:
             request = entries.pop(task)
             log.debug("client gone; cancelling %s %s", request.method, request.path)
+            task.cancel()
+        for task in stuck:
+            request = entries.pop(task)
+            sending.pop(task, None)
+            self._unsent.pop(task, None)
+            log.info("client %s accepted no bytes for %g s; disconnecting it (%s %s)",
+                     request.remote, timeout, request.method, request.path)
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            task.cancel()
+        for task in cut:
+            self._cut[task] = shutdown_message(None)
+            entries.pop(task)
             task.cancel()
         if entries and self._loop is not None:
             self._handle = self._loop.call_later(self._interval, self._check)
@@ -275,18 +442,26 @@ def build_app(
     admin_keys: Iterable[str] = (),
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     disconnect_check_interval: float = 0.25,
+    send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
+    body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
 ) -> web.Application:
     """An aiohttp application serving the Ollama and OpenAI APIs through ``dispatcher``
     (a started :class:`~ollamamax.dispatch.Dispatcher`, or anything with the same
     ``handle()``; the application does not own it and never closes it).  Its
     :class:`Gateway` is at ``app[GATEWAY_KEY]``.  Every method and path goes to it;
     routes added to ``app`` later (e.g. ``/metrics``) still win, because aiohttp (>= 3.10)
-    resolves the most specific path first."""
+    resolves the most specific path first.
+
+    ``send_timeout``: a client that accepts no bytes of its answer for this many seconds is
+    disconnected (its request is cancelled, its host slot freed); ``body_timeout``: a request
+    body must have arrived this many seconds after its head, else 408.  None: no limit."""
     gateway = Gateway(dispatcher, api_keys=api_keys, admin_keys=admin_keys,
                       max_body_size=max_body_size,
-                      disconnect_check_interval=disconnect_check_interval)
+                      disconnect_check_interval=disconnect_check_interval,
+                      send_timeout=send_timeout, body_timeout=body_timeout)
     # client_max_size only matters if someone calls request.read(); the gateway counts itself.
     app = web.Application(client_max_size=max_body_size)
     app[GATEWAY_KEY] = gateway
+    app.on_shutdown.append(gateway.on_shutdown)
     app.router.add_route("*", "/{tail:.*}", gateway.handle, expect_handler=gateway.expect_handler)
     return app

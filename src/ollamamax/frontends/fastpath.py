@@ -26,6 +26,21 @@ once (the dispatcher drops the upstream request); keep-alive connections idle lo
 pipelined requests are answered in order; writes respect the transport's flow control;
 shutdown stops listening, closes idle connections and waits up to the grace period for
 requests in flight.
+
+Limits no client can exhaust (the same on the handed-over connections, through the app):
+
+* **send timeout** (``rules.send_timeout``): a client whose transport stays paused (it
+  accepts no bytes) that long is aborted, which cancels its request and frees its host slot;
+  the sweep does the same to an idle connection whose unsent answer does not shrink;
+* **body timeout** (``rules.body_timeout``): a body not complete that long after its head
+  gets 408 and the connection is closed (a timer only while a body is pending);
+* **connection cap** (``max_connections``): connections on both paths are counted (a handed
+  over one still counts until it closes); one over the cap gets a 503 in the route's
+  dialect with ``Retry-After`` and is closed, or, when many are being refused at once,
+  is aborted as soon as it is accepted;
+* **grace expiry**: what still runs when ``GatewayServer.close``'s grace period ends is
+  cancelled; a stream gets the in-band error line in its dialect and the chunked end marker,
+  an answer not yet begun gets 503.  Done-or-error, never a silent cut.
 """
 
 from __future__ import annotations
@@ -43,8 +58,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..wire.response import HOP_BY_HOP
-from .aiohttp_app import GATEWAY_KEY
-from .rules import ERROR_HEADERS, GatewayRules, gateway_error_body
+from .aiohttp_app import GATEWAY_KEY, Gateway
+from .rules import ERROR_HEADERS, GatewayRules, gateway_error_body, shutdown_message
 
 __all__ = ["GatewayServer", "start_server", "FastStats"]
 
@@ -53,6 +68,10 @@ log = logging.getLogger("ollamamax.gateway")
 MAX_HEAD = 16 * 1024  # a longer request head is handed to aiohttp (which answers 431/400)
 PAUSE_BUFFER = 256 * 1024  # pipelined bytes buffered while a request runs before reading pauses
 SWEEP_INTERVAL = 5.0  # seconds between idle-connection sweeps
+REJECT_WAIT = 1.0  # a connection over the cap: how long to wait for its request line
+REJECT_LINGER = 1.0  # ... and, once answered 503, to read (and drop) what it still sends
+REJECT_BACKLOG = 32  # connections being refused at once; beyond that, aborted when accepted
+FLUSH_AFTER_GRACE = 1.0  # after the grace period: time to send the last error lines
 _FAST_METHODS = frozenset({"GET", "POST", "DELETE"})
 # Request headers whose presence means "let aiohttp handle this connection" (the check is
 # against a CIMultiDict's keys, which keep the client's spelling: list the common ones).
@@ -73,15 +92,17 @@ _TERMINATOR = b"0\r\n\r\n"
 
 
 class FastStats:
-    """Counters of one server: requests served on the fast path, connections accepted and
-    handed over, connections open on the fast path (exported in ``/metrics``)."""
+    """Counters of one server: requests served on the fast path, connections accepted,
+    handed over and refused (over ``max_connections``), connections open on the fast path
+    (exported in ``/metrics``)."""
 
-    __slots__ = ("fast_requests", "handed_over", "connections", "_conns")
+    __slots__ = ("fast_requests", "handed_over", "connections", "rejected", "_conns")
 
     def __init__(self, conns: set[Any] | None = None) -> None:
         self.fast_requests = 0
         self.handed_over = 0
         self.connections = 0
+        self.rejected = 0
         self._conns = conns if conns is not None else set()
 
     @property
@@ -90,18 +111,20 @@ class FastStats:
 
     def as_dict(self) -> dict[str, int]:
         return {"fast_requests": self.fast_requests, "handed_over": self.handed_over,
-                "connections": self.connections, "open_connections": self.open_connections}
+                "connections": self.connections, "rejected": self.rejected,
+                "open_connections": self.open_connections}
 
 
 class _ServerState:
     """What every connection of one server shares."""
 
     __slots__ = ("rules", "fallback", "extra", "keepalive", "conns", "stats", "loop", "access",
-                 "_date_sec", "_date", "_sweep", "closing")
+                 "_date_sec", "_date", "_sweep", "closing", "max_connections", "handed",
+                 "_pruned", "rejecting", "end_message")
 
     def __init__(self, rules: GatewayRules, fallback: Callable[[], asyncio.BaseProtocol],
                  extra_headers: Mapping[str, str], keepalive_timeout: float,
-                 access: logging.Logger | None) -> None:
+                 access: logging.Logger | None, max_connections: int | None = None) -> None:
         self.rules = rules
         self.fallback = fallback
         self.extra = "".join(f"{k}: {v}\r\n" for k, v in extra_headers.items()).encode()
@@ -114,6 +137,13 @@ class _ServerState:
         self._date = b""
         self._sweep: asyncio.TimerHandle | None = None
         self.closing = False
+        self.max_connections = max_connections or None
+        # transports handed to aiohttp (they count against max_connections until closed;
+        # closed ones are pruned by the sweep, or at once when the cap is reached)
+        self.handed: set[asyncio.Transport] = set()
+        self._pruned = 0.0
+        self.rejecting = 0  # connections over the cap being answered 503 right now
+        self.end_message: str | None = None  # set when the grace period is over
 
     def date(self) -> bytes:
         now = int(time.time())
@@ -128,12 +158,34 @@ class _ServerState:
         if self._sweep is None and not self.closing:
             self._sweep = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
 
+    def _prune_handed(self) -> None:
+        self._pruned = self.loop.time()
+        self.handed = {t for t in self.handed if not t.is_closing()}
+
+    def full(self) -> bool:
+        """True when another client connection would pass ``max_connections``."""
+        cap = self.max_connections
+        if cap is None or len(self.conns) + len(self.handed) < cap:
+            return False
+        if self.handed and self.loop.time() - self._pruned > 0.05:  # at most 20 scans a second
+            self._prune_handed()
+        return len(self.conns) + len(self.handed) >= cap
+
     def sweep(self) -> None:
-        """Close connections with no request running that have been idle too long."""
+        """Close connections with no request running that have been idle too long; abort
+        those whose unsent answer has not shrunk for ``send_timeout``."""
         self._sweep = None
-        deadline = self.loop.time() - self.keepalive
-        for conn in [c for c in self.conns if c.task is None and c.last < deadline]:
-            conn.close()
+        now = self.loop.time()
+        deadline = now - self.keepalive
+        send_timeout = self.rules.send_timeout
+        for conn in [c for c in self.conns if c.task is None]:
+            if send_timeout is not None and conn.stuck(now, send_timeout):
+                log.info("client accepted no bytes for %g s; disconnecting it", send_timeout)
+                conn.abort()
+            elif conn.last < deadline:
+                conn.close()
+        if self.handed:
+            self._prune_handed()
         if self.conns and not self.closing:
             self._sweep = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
 
@@ -146,7 +198,8 @@ class _ServerState:
 
 class _FastProtocol(asyncio.Protocol):
     __slots__ = ("_s", "_transport", "_buf", "task", "last", "_paused", "_drain", "_reading",
-                 "_gone")
+                 "_gone", "_timer", "_rejecting", "_unsent", "_unsent_since", "_send_timer",
+                 "_drain_unsent")
 
     def __init__(self, shared: _ServerState) -> None:
         self._s = shared
@@ -158,16 +211,31 @@ class _FastProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._reading = True
         self._gone = False  # the connection is closed, or no longer ours (handed over)
+        self._timer: asyncio.TimerHandle | None = None  # body timeout, or refusing (over the cap)
+        self._rejecting = 0  # 1: over the cap, waiting for the request line; 2: answered 503
+        self._unsent = 0  # write buffer size at the last sweep ...
+        self._unsent_since = 0.0  # ... and since when it has been that size
+        self._send_timer: asyncio.TimerHandle | None = None  # while a write waits to drain
+        self._drain_unsent = 0  # write buffer size when that timer was armed
 
     # ------------------------------------------------------------------ transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self.last = self._s.loop.time()
-        self._s.add(self)
+        s = self._s
+        if s.max_connections is not None and s.full():
+            self._reject()
+            return
+        self.last = s.loop.time()
+        s.add(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._gone = True
+        self._cancel_timer()
+        if self._rejecting:
+            self._rejecting = 0
+            self._s.rejecting -= 1
+            return
         self._s.conns.discard(self)
         task = self.task
         if task is not None:  # the client went away: stop its request now
@@ -190,6 +258,11 @@ class _FastProtocol(asyncio.Protocol):
                 drain.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self._rejecting:
+            if self._rejecting == 1:
+                self._buf += data
+                self._refuse()
+            return  # after the 503: read and dropped
         self._buf += data
         if self.task is None:
             self._next()
@@ -212,6 +285,68 @@ class _FastProtocol(asyncio.Protocol):
         if not self._gone and t is not None and not t.is_closing():
             t.close()
 
+    def abort(self) -> None:
+        t = self._transport
+        if t is not None and not self._gone:
+            t.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def stuck(self, now: float, timeout: float) -> bool:
+        """True when this connection has had unsent bytes, never shrinking, for ``timeout``
+        seconds (checked by the sweep on connections with no request running)."""
+        t = self._transport
+        size = t.get_write_buffer_size() if t is not None else 0
+        if size == 0 or size != self._unsent:
+            self._unsent = size
+            self._unsent_since = now
+            return False
+        return now - self._unsent_since >= timeout
+
+    # ------------------------------------------------------------------ over the cap
+
+    def _reject(self) -> None:
+        """Over ``max_connections``: answer 503 once the request line is here, or abort at
+        once when many connections are being refused already."""
+        s = self._s
+        s.stats.rejected += 1
+        self._gone = True  # never served
+        if s.rejecting >= REJECT_BACKLOG:
+            self._transport.abort()  # type: ignore[union-attr]
+            return
+        s.rejecting += 1
+        self._rejecting = 1
+        self._timer = s.loop.call_later(REJECT_WAIT, self._refuse)
+
+    def _refuse(self) -> None:
+        """Send the 503 (the dialect from the request line, if it came), stop sending, and
+        keep reading what the client still sends for a moment so that closing does not
+        reset the connection before the client read the answer."""
+        if self._rejecting != 1:
+            return
+        self._rejecting = 2
+        self._cancel_timer()
+        t = self._transport
+        assert t is not None
+        line = bytes(self._buf[:self._buf.find(b"\r\n")] if b"\r\n" in self._buf else self._buf)
+        parts = line.split(b" ")
+        path = parts[1].decode("latin-1") if len(parts) == 3 else "/"
+        self._buf = bytearray()
+        cap = self._s.max_connections
+        body = gateway_error_body(
+            path, 503, f"ollamamax gateway has too many connections (limit {cap}); retry later")
+        head = [b"HTTP/1.1 503 Service Unavailable\r\n"]
+        head += [f"{k}: {v}\r\n".encode() for k, v in ERROR_HEADERS.items()]
+        head.append(b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n" % len(body))
+        head.append(self._s.date())
+        t.write(b"".join(head) + b"\r\n" + body)
+        if t.can_write_eof():
+            t.write_eof()
+        self._timer = self._s.loop.call_later(REJECT_LINGER, t.abort)
+
     # ------------------------------------------------------------------ requests
 
     def _handover(self) -> None:
@@ -220,8 +355,10 @@ class _FastProtocol(asyncio.Protocol):
         s.conns.discard(self)
         s.stats.handed_over += 1
         self._gone = True
+        self._cancel_timer()
         transport = self._transport
         assert transport is not None
+        s.handed.add(transport)
         data = bytes(self._buf)
         self._buf = bytearray()
         proto = s.fallback()
@@ -292,8 +429,13 @@ class _FastProtocol(asyncio.Protocol):
             close = "close" in tokens
         total = end + 4 + length
         if len(buf) < total:
-            self.last = self._s.loop.time()  # the body is still arriving: not idle
+            s = self._s
+            self.last = s.loop.time()  # the body is still arriving: not idle
+            if self._timer is None and s.rules.body_timeout is not None:
+                self._timer = s.loop.call_later(s.rules.body_timeout, self._body_timed_out, path)
             return
+        if self._timer is not None:
+            self._cancel_timer()
         body = bytes(buf[end + 4:total])
         del buf[:total]
         s = self._s
@@ -304,12 +446,28 @@ class _FastProtocol(asyncio.Protocol):
         self.task = s.loop.create_task(
             self._serve(parts[0], path, query, headers, body, authorization, close))
 
+    def _body_timed_out(self, path: str) -> None:
+        """The body did not arrive in ``body_timeout`` seconds: 408, and close."""
+        self._timer = None
+        if self._gone or self.task is not None:
+            return
+        self._buf = bytearray()
+        rules = self._s.rules
+        log.info("request body did not arrive within %g s; closing the connection",
+                 rules.body_timeout)
+        try:
+            self._write_error(path, 408, rules.body_timeout_message(), None, None, True)
+        except ConnectionError:
+            pass
+        self.close()
+
     async def _serve(self, method: str, path: str, query: str, headers: CIMultiDict[str],
                      body: bytes, authorization: str | None, close: bool) -> None:
         s = self._s
         rules = s.rules
         started = s.loop.time()
         status = 0
+        answered = False
         try:
             refused = rules.refusal(method, path, authorization) if rules.auth_enabled else None
             if refused is not None:
@@ -329,7 +487,8 @@ class _FastProtocol(asyncio.Protocol):
             try:
                 status = resp.status
                 close = close or s.closing  # shutting down: this is the last answer
-                await self._respond(resp, close)
+                answered = True
+                await self._respond(resp, close, path)
             finally:
                 await resp.aclose()
         except (ConnectionError, OSError):
@@ -338,7 +497,17 @@ class _FastProtocol(asyncio.Protocol):
         except asyncio.CancelledError:
             close = True
             if not self._gone:
-                raise  # cancelled by the server's shutdown, not by the client
+                message = s.end_message
+                if message is None:
+                    raise  # cancelled by the server's shutdown, not by the client
+                # the grace period ended before an answer: say so rather than cut
+                _uncancel()
+                if not answered:
+                    status = 503
+                    try:
+                        self._write_error(path, 503, message, None, None, True)
+                    except ConnectionError:
+                        pass
         finally:
             self.task = None
             self.last = s.loop.time()
@@ -379,13 +548,42 @@ class _FastProtocol(asyncio.Protocol):
         t.write(data)
 
     async def _drained(self) -> None:
-        """Wait until the transport takes writes again (called when paused)."""
+        """Wait until the transport takes writes again (called when paused); a client that
+        accepts no bytes for ``send_timeout`` seconds is aborted (which cancels the request).
+        A slow reader that makes progress is not: the timer checks that the unsent bytes
+        shrank and, if they did, waits again."""
         if not self._gone:
-            fut = self._s.loop.create_future()
+            s = self._s
+            fut = s.loop.create_future()
             self._drain = fut
-            await fut
+            timeout = s.rules.send_timeout
+            if timeout is None:
+                await fut
+                return
+            t = self._transport
+            self._drain_unsent = t.get_write_buffer_size() if t is not None else 0
+            self._send_timer = s.loop.call_later(timeout, self._send_timed_out, timeout)
+            try:
+                await fut
+            finally:
+                if self._send_timer is not None:
+                    self._send_timer.cancel()
+                    self._send_timer = None
 
-    async def _respond(self, resp: Any, close: bool) -> None:
+    def _send_timed_out(self, timeout: float) -> None:
+        self._send_timer = None
+        if self._gone or not self._paused:
+            return
+        t = self._transport
+        unsent = t.get_write_buffer_size() if t is not None else 0
+        if unsent < self._drain_unsent:  # the client read something: another period
+            self._drain_unsent = unsent
+            self._send_timer = self._s.loop.call_later(timeout, self._send_timed_out, timeout)
+            return
+        log.info("client accepted no bytes for %g s; disconnecting it", timeout)
+        self.abort()  # connection_lost cancels the request, which frees its host slot
+
+    async def _respond(self, resp: Any, close: bool, path: str = "/") -> None:
         stream = resp.stream
         if stream is None:
             body = resp.body or b""
@@ -396,31 +594,54 @@ class _FastProtocol(asyncio.Protocol):
                                            b"Transfer-Encoding: chunked\r\n", close)
         at_eof = getattr(stream, "at_eof", None)
         ended = False
-        async for chunk in stream:
-            if not chunk:
-                continue
-            frame = b"%x\r\n%b\r\n" % (len(chunk), chunk)
-            if at_eof is not None and at_eof():
-                frame += _TERMINATOR
-                ended = True
-            if pending is not None:
-                frame = pending + frame
-                pending = None
-            self._write(frame)
-            if self._paused:
-                await self._drained()
-            if ended:
-                return
+        tail = b""
+        try:
+            async for chunk in stream:
+                if not chunk:
+                    continue
+                tail = chunk
+                frame = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+                if at_eof is not None and at_eof():
+                    frame += _TERMINATOR
+                    ended = True
+                if pending is not None:
+                    frame = pending + frame
+                    pending = None
+                self._write(frame)
+                if self._paused:
+                    await self._drained()
+                if ended:
+                    return
+        except asyncio.CancelledError:
+            message = self._s.end_message
+            if self._gone or message is None or ended:
+                raise
+            # the grace period is over: end the stream with an in-band error, then the end
+            # marker (the connection closes after it)
+            _uncancel()
+            line = self._s.rules.stream_end(path, resp.headers, message, tail)
+            frame = b"%x\r\n%b\r\n" % (len(line), line) + _TERMINATOR
+            self._write(frame if pending is None else pending + frame)
+            return
         self._write(_TERMINATOR if pending is None else pending + _TERMINATOR)
+
+
+def _uncancel() -> None:
+    """A cancellation handled for good (Python >= 3.11 counts them per task)."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()
 
 
 class GatewayServer:
     """A listening gateway: the fast path plus the aiohttp application behind it."""
 
-    def __init__(self, runner: web.AppRunner, server: asyncio.Server, shared: _ServerState) -> None:
+    def __init__(self, runner: web.AppRunner, server: asyncio.Server, shared: _ServerState,
+                 gateway: Gateway | None = None) -> None:
         self.runner = runner
         self.server = server
         self._shared = shared
+        self._gateway = gateway
 
     @property
     def stats(self) -> FastStats:
@@ -434,29 +655,65 @@ class GatewayServer:
     def port(self) -> int:
         return int(self.sockets[0].getsockname()[1])
 
-    async def close(self, grace: float = 10.0) -> None:
-        """Stop listening; close idle connections; give requests in flight ``grace`` seconds,
-        then cancel them; clean up the application (its ``on_cleanup`` hooks run)."""
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now on both paths (what ``max_connections`` caps)."""
         s = self._shared
+        s._prune_handed()
+        return len(s.conns) + len(s.handed)
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop listening; close idle connections; give requests in flight (on both paths)
+        ``grace`` seconds; then cancel what is left: a stream ends with the in-band error line
+        in its dialect and the end marker, an unanswered request gets 503; then close every
+        connection (after up to ``FLUSH_AFTER_GRACE`` seconds to send those last bytes) and
+        clean up the application (its ``on_cleanup`` hooks run)."""
+        s = self._shared
+        gateway = self._gateway
         self.server.close()
         s.stop_sweeping()
 
-        async def fast_drain() -> None:
+        def running() -> list[asyncio.Task[Any]]:
+            tasks = [c.task for c in s.conns if c.task is not None]
+            if gateway is not None:
+                tasks += gateway.running()
+            return tasks
+
+        async def drain() -> None:
             for conn in list(s.conns):
                 if conn.task is None:
                     conn.close()
             deadline = s.loop.time() + grace
             while s.loop.time() < deadline:
-                tasks = [c.task for c in s.conns if c.task is not None]
+                tasks = running()
                 if not tasks:
                     break
                 await asyncio.wait(tasks, timeout=max(0.0, deadline - s.loop.time()))
+            message = shutdown_message(grace)
+            s.end_message = message
+            cut = [c.task for c in s.conns if c.task is not None]
+            for task in cut:
+                task.cancel()
+            n = len(cut) + (gateway.end_streams(message) if gateway is not None else 0)
+            if n:
+                log.warning("grace period of %g s over: ending %d request(s) in flight with an "
+                            "error", grace, n)
+            flush_deadline = s.loop.time() + FLUSH_AFTER_GRACE
+            tasks = running()
+            if tasks:
+                await asyncio.wait(tasks, timeout=FLUSH_AFTER_GRACE)
             for conn in list(s.conns):
-                if conn.task is not None:
-                    conn.task.cancel()
-                conn.close()
+                conn.close()  # sends what is buffered first
+            while (s.conns or any(not t.is_closing() for t in s.handed)) and \
+                    s.loop.time() < flush_deadline:
+                await asyncio.sleep(0.02)
+            for conn in list(s.conns):
+                conn.abort()  # a client that does not read its last bytes
+            for transport in s.handed:
+                transport.abort()
+            s.handed.clear()
 
-        await asyncio.gather(fast_drain(), self.runner.cleanup())
+        await asyncio.gather(drain(), self.runner.cleanup())
         await self.server.wait_closed()
 
 
@@ -464,9 +721,14 @@ async def start_server(app: web.Application, host: str | None, port: int, *,
                        reuse_port: bool | None = None, backlog: int = 1024,
                        extra_headers: Mapping[str, str] | None = None,
                        keepalive_timeout: float = 75.0, access_log: logging.Logger | None = None,
+                       max_connections: int | None = None,
                        **runner_kw: Any) -> GatewayServer:
     """Listen on ``host:port`` with the fast path in front of ``app`` (from ``create_app`` or
-    ``build_app``).
+    ``build_app``; its ``send_timeout`` and ``body_timeout`` apply on both paths).
+
+    ``max_connections``: client connections at once, on both paths (None or 0: no cap;
+    ``ollamamax serve`` derives one from the descriptor limit); one more gets 503 with
+    ``Retry-After`` and is closed.
 
     ``extra_headers`` are added to every fast-path response (add the same ones to the app
     with ``on_response_prepare`` for the handed-over connections); ``runner_kw`` go to
@@ -483,7 +745,8 @@ async def start_server(app: web.Application, host: str | None, port: int, *,
     try:
         fallback = runner.server  # aiohttp's protocol factory (web.Server), set by setup()
         assert fallback is not None
-        shared = _ServerState(gateway.rules, fallback, extra_headers or {}, keepalive_timeout, access_log)
+        shared = _ServerState(gateway.rules, fallback, extra_headers or {}, keepalive_timeout,
+                              access_log, max_connections)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: _FastProtocol(shared), host, port,
                                           reuse_port=reuse_port, backlog=backlog)
@@ -491,4 +754,4 @@ async def start_server(app: web.Application, host: str | None, port: int, *,
         await runner.cleanup()
         raise
     gateway.http_stats = shared.stats  # exported by the observability routes, if installed
-    return GatewayServer(runner, server, shared)
+    return GatewayServer(runner, server, shared, gateway)

@@ -1,12 +1,16 @@
-"""The rules every front end applies before the dispatcher: API keys and the body limit.
+"""The rules every front end applies: API keys, the body limit, and the timeouts on clients.
 
 :class:`GatewayRules` holds the keys and decides, from a request's head alone, whether it
 is refused: no or wrong bearer key -> 401 (with ``WWW-Authenticate: Bearer``), a user key
 on a model-management route or a blob upload -> 403 (the route table says which routes
 need an admin key, and the path is normalised first so no spelling slips through), a body
 over ``max_body_size`` -> 413.  Keys are compared in constant time.  The error bodies
-come from ``wire.errors`` in the route's dialect.  No framework here: the aiohttp app and
-the fast path both call these rules.
+come from ``wire.errors`` in the route's dialect.  It also holds the limits on slow clients
+both front ends enforce: ``send_timeout`` (a client that accepts no bytes of an answer for
+this long is disconnected, which cancels its request and frees its host slot) and
+``body_timeout`` (a request body must have arrived this long after its head, else 408), and
+the in-band error that ends a stream the gateway has to cut (:meth:`GatewayRules.stream_end`).
+No framework here: the aiohttp app and the fast path both call these rules.
 """
 
 from __future__ import annotations
@@ -15,13 +19,30 @@ import hmac
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from ..wire.errors import JSON_CONTENT_TYPE, error_body, is_openai_path
+from ..wire.errors import (
+    JSON_CONTENT_TYPE,
+    SSE_CONTENT_TYPE,
+    error_body,
+    is_openai_path,
+    stream_error_line,
+)
 from ..wire.response import HEADER_ATTEMPTS, HEADER_COLD, HEADER_HOST, HEADER_QUEUE_MS
 from ..wire.routes import needs_admin
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "ERROR_HEADERS", "GatewayRules", "Refusal", "gateway_error_body"]
+__all__ = [
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_SEND_TIMEOUT",
+    "ERROR_HEADERS",
+    "GatewayRules",
+    "Refusal",
+    "gateway_error_body",
+    "shutdown_message",
+]
 
 DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
+DEFAULT_SEND_TIMEOUT = 60.0  # nginx's send_timeout
+DEFAULT_BODY_TIMEOUT = 60.0  # nginx's client_body_timeout
 
 # every error the gateway itself answers carries the dispatcher's headers, with "no host"
 ERROR_HEADERS = {
@@ -47,6 +68,22 @@ def gateway_error_body(path: str, status: int, message: str, code: str | None = 
     return error_body(is_openai_path(path), status, message, code)
 
 
+def shutdown_message(grace: float | None) -> str:
+    """What a request still running when the gateway's grace period ends is told."""
+    if grace is None:
+        return "ollamamax gateway shutting down"
+    return f"ollamamax gateway shutting down: the grace period of {grace:g} s ended"
+
+
+def _positive_or_none(value: float | None, what: str) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    if not value > 0:
+        raise ValueError(f"{what} must be positive (or None: no limit)")
+    return value
+
+
 class GatewayRules:
     """Keys, limits and the dispatcher one gateway serves."""
 
@@ -57,9 +94,13 @@ class GatewayRules:
         api_keys: Iterable[str] = (),
         admin_keys: Iterable[str] = (),
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         if max_body_size <= 0:
             raise ValueError("max_body_size must be positive")
+        self.send_timeout = _positive_or_none(send_timeout, "send_timeout")
+        self.body_timeout = _positive_or_none(body_timeout, "body_timeout")
         admin = tuple(admin_keys)
         user = tuple(api_keys)
         for k in admin + user:
@@ -102,3 +143,14 @@ class GatewayRules:
 
     def too_large_message(self, detail: str) -> str:
         return f"request body too large: {detail} exceeds the limit of {self.max_body_size} bytes"
+
+    def body_timeout_message(self) -> str:
+        return f"request body did not arrive within {self.body_timeout:g} s of its head"
+
+    @staticmethod
+    def stream_end(path: str, headers: Mapping[str, str], message: str, tail: bytes) -> bytes:
+        """The in-band error line that ends a stream the gateway cuts (shutdown): SSE (OpenAI's
+        shape) when the answer is an event stream, else an NDJSON line (Ollama's)."""
+        ctype = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+        sse = ctype.startswith(SSE_CONTENT_TYPE) or (not ctype and is_openai_path(path))
+        return stream_error_line(sse, message, tail, 503)

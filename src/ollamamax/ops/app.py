@@ -13,7 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from ..frontends.aiohttp_app import build_app
-from ..frontends.rules import DEFAULT_MAX_BODY_SIZE
+from ..frontends.rules import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_SEND_TIMEOUT,
+)
 from .metrics import install_observability
 
 __all__ = ["create_app"]
@@ -26,6 +30,8 @@ def create_app(
     admin_keys: Iterable[str] = (),
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     disconnect_check_interval: float = 0.25,
+    send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
+    body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
     observability: bool = True,
     public_observability: bool = False,
 ) -> web.Application:
@@ -40,9 +46,15 @@ def create_app(
     ``/ollamamax/`` (HTML status page) and ``/ollamamax/status`` (JSON) and records this
     process's GC pauses; see :mod:`ollamamax.ops.metrics`.  They need an API key when keys
     are set, unless ``public_observability``.
+
+    ``send_timeout`` (default 60 s): a client that accepts no bytes of its answer for this
+    long is disconnected, its request cancelled and its host slot freed.  ``body_timeout``
+    (default 60 s): a request body not fully arrived this long after its head gets 408.
+    Both apply on either front end; None turns one off.
     """
     app = build_app(dispatcher, api_keys=api_keys, admin_keys=admin_keys, max_body_size=max_body_size,
-                    disconnect_check_interval=disconnect_check_interval)
+                    disconnect_check_interval=disconnect_check_interval,
+                    send_timeout=send_timeout, body_timeout=body_timeout)
     if observability:
         install_observability(app, dispatcher, public=public_observability)
     return app

@@ -18,7 +18,9 @@ api_keys           none                        accepted ``Authorization: Bearer`
                                                key (api or admin) is set, every route needs one
 admin_keys         none                        keys that may also pull/push/create/copy/delete
 max_body_size      ``32MiB``                   request body limit (bytes, or ``512KiB``/``10MB``)
-grace_period       30                          seconds in-flight requests get after SIGTERM
+grace_period       30                          seconds in-flight requests get after SIGTERM;
+                                               then a stream ends with an in-band error
+                                               line, an unanswered request gets 503
 log_level          ``info``                    debug, info, warning, error, critical
 loop               ``auto``                    auto (uvloop when installed), asyncio, uvloop
 strategy           ``least-loaded``            least-loaded, p2c, round-robin, latency, affinity
@@ -31,9 +33,17 @@ gc_threshold       Python's (700,10,10)        e.g. ``"50000,20,20"``: ``gc.set_
 connect_timeout    5                           seconds to open a connection to a host
 first_byte_timeout 300                         seconds from sending to a host's first byte
 idle_timeout       120                         longest gap between two chunks of a stream
-send_timeout       60                          a client that reads nothing for this long is cut
-body_timeout       60                          a request body must arrive within this long
-max_connections    0 (from the fd limit)       client connections at once; more get 503
+send_timeout       60                          seconds a client may accept no bytes of its
+                                               answer; then it is disconnected, its request
+                                               cancelled and its host slot freed
+body_timeout       60                          seconds from a request's head to the end of
+                                               its body; else 408 and the connection closes
+max_connections    0 (from the fd limit)       client connections per process (both front
+                                               ends); more get 503 + ``Retry-After``.  0: the
+                                               soft RLIMIT_NOFILE (raised to the hard limit
+                                               at start-up) minus 96 for the process and
+                                               2 x slots + 4 per host for upstream
+                                               connections, at least a quarter of the limit
 cache_bytes        ``256MiB``                  response cache budget (keys and values)
 cache_scope        ``tenant``                  tenant: API keys never share cache hits; shared
 =================  ==========================  ==================================================

@@ -342,6 +342,10 @@ def _http_collector_class() -> type:
                 f"{p}_http_connections_handed_over",
                 "HTTP connections handed to the aiohttp application (request shapes the fast "
                 "path leaves to it).", value=s.handed_over)
+            yield core.CounterMetricFamily(
+                f"{p}_http_connections_rejected",
+                "HTTP connections refused because max_connections were open (503, or aborted "
+                "at accept).", value=s.rejected)
             yield core.GaugeMetricFamily(
                 f"{p}_http_open_connections", "Open HTTP connections on the fast path.",
                 value=s.open_connections)

@@ -9,10 +9,13 @@ Settings come from the command line, the environment (``OLLAMAMAX_BACKENDS=url1,
 ``OLLAMAMAX_<KEY>``) and a TOML file (``--config``), in that order of precedence; see
 :mod:`ollamamax.ops.config`.  Bad configuration exits with code 2.
 
-Lifecycle: the dispatcher starts (one initial refresh of every host), the listener binds,
-and the URL is printed on stdout.  SIGTERM or SIGINT stop accepting connections, give
-in-flight requests up to ``--grace-period`` seconds to finish, close the host pools and exit
-0; a second signal cuts the grace period short (exit 1).  ``--workers N`` starts N worker
+Lifecycle: the soft descriptor limit (``RLIMIT_NOFILE``) is raised to the hard limit, as
+nginx's ``worker_rlimit_nofile`` does, and the client connection cap is derived from it
+(:func:`connection_limit`); the dispatcher starts (one initial refresh of every host), the
+listener binds, and the URL is printed on stdout.  SIGTERM or SIGINT stop accepting
+connections, give in-flight requests up to ``--grace-period`` seconds to finish (what is left
+then ends with an in-band error line, or 503), close the host pools and exit 0; a second
+signal cuts the grace period short (exit 1).  ``--workers N`` starts N worker
 processes on one port (SO_REUSEPORT, each with its own Dispatcher); the parent waits for
 all of them to be ready, prints the URL, forwards SIGTERM/SIGINT as SIGTERM, restarts a
 worker that crashes after start-up (at most 5 times a minute) and exits when they have all
@@ -28,10 +31,15 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "connection_limit", "main", "raise_nofile_limit"]
 
 _READY_FD_ENV = "_OLLAMAMAX_READY_FD"
 _MAX_RESTARTS_PER_MINUTE = 5
+# descriptors kept for the process itself: listening sockets, log files, the event loop,
+# and connections being refused over the cap (fastpath.REJECT_BACKLOG)
+_OWN_DESCRIPTORS = 64 + 32
+_POOL_EXTRA_PER_HOST = 4  # idle keep-alive connections a host's pool keeps beyond its slots
+_UNLIMITED_NOFILE = 1 << 20
 
 
 _EPILOG = """\
@@ -92,6 +100,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="print the resolved configuration (keys redacted) and exit")
 
 
+# --------------------------------------------------------------------------- limits
+
+
+def raise_nofile_limit() -> tuple[int, int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (nginx's ``worker_rlimit_nofile``):
+    ``(soft before, soft now, hard)``.  Where the hard limit is "unlimited" (macOS), the
+    highest of a few common values the kernel accepts.  No ``resource`` module (Windows):
+    ``(0, 0, 0)``."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0, 0, 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    inf = resource.RLIM_INFINITY
+    if soft == inf:
+        return soft, soft, hard
+    candidates = [hard] if hard != inf else [_UNLIMITED_NOFILE, 65536, 10240]
+    for target in candidates:
+        if target <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            continue
+        return soft, target, hard
+    return soft, soft, hard
+
+
+def connection_limit(cfg, nofile: int) -> int:  # type: ignore[no-untyped-def]
+    """The client connection cap: ``max_connections`` when set, else what the descriptor
+    limit ``nofile`` leaves after room for upstream connections (two per host slot, plus a
+    pool's idle extras, per host) and for the process itself (96)."""
+    if cfg.max_connections:
+        return int(cfg.max_connections)
+    if nofile <= 0 or nofile >= _UNLIMITED_NOFILE * 64:  # unknown or "unlimited"
+        nofile = _UNLIMITED_NOFILE
+    default_slots = cfg.dispatcher.max_in_flight_per_host
+    upstream = sum(2 * (h.max_concurrency or default_slots) + _POOL_EXTRA_PER_HOST
+                   for h in cfg.hosts)
+    return max(nofile // 4, nofile - _OWN_DESCRIPTORS - upstream, 1)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -147,10 +197,21 @@ def _run(cfg, *, worker: bool, ready_fd: int | None = None) -> int:  # type: ign
     except ImportError:
         print("ollamamax serve: error: --loop uvloop but uvloop is not installed", file=sys.stderr)
         return 2
+    import logging
+
+    log = logging.getLogger("ollamamax.serve")
+    before, nofile, hard = raise_nofile_limit()
+    max_connections = connection_limit(cfg, nofile)
+    if nofile == before and (hard < 0 or hard > before):  # pragma: no cover - kernel refused
+        log.warning("could not raise the descriptor limit (RLIMIT_NOFILE) above %d", before)
+    log.info("descriptor limit (RLIMIT_NOFILE): soft %d -> %d, hard %s; at most %d client "
+             "connections%s", before, nofile, "unlimited" if hard < 0 else hard,
+             max_connections, "" if cfg.max_connections else " (derived)")
     loop = factory()
     try:
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(_serve(cfg, worker=worker, ready_fd=ready_fd))
+        return loop.run_until_complete(_serve(cfg, worker=worker, ready_fd=ready_fd,
+                                              max_connections=max_connections))
     except KeyboardInterrupt:  # pragma: no cover - signals are handled inside
         return 1
     finally:
@@ -166,7 +227,8 @@ def _run(cfg, *, worker: bool, ready_fd: int | None = None) -> int:  # type: ign
             loop.close()
 
 
-async def _serve(cfg, *, worker: bool, ready_fd: int | None) -> int:  # type: ignore[no-untyped-def]
+async def _serve(cfg, *, worker: bool, ready_fd: int | None,  # type: ignore[no-untyped-def]
+                 max_connections: int | None = None) -> int:
     import asyncio
     import logging
     import os
@@ -189,7 +251,7 @@ async def _serve(cfg, *, worker: bool, ready_fd: int | None) -> int:  # type: ig
         nonlocal signals_seen
         signals_seen += 1
         if signals_seen == 1:
-            log.info("%s: stopping (grace period %.0f s)", signame, cfg.grace_period)
+            log.info("%s: stopping (grace period %g s)", signame, cfg.grace_period)
             stop.set()
         elif main_task is not None:
             log.warning("%s again: exiting without waiting", signame)
@@ -226,7 +288,8 @@ async def _serve(cfg, *, worker: bool, ready_fd: int | None) -> int:  # type: ig
             except Exception:  # pragma: no cover - status is informational here
                 log.debug("could not read dispatcher status", exc_info=True)
             app = create_app(dispatcher, api_keys=cfg.api_keys, admin_keys=cfg.admin_keys,
-                             max_body_size=cfg.max_body_size)
+                             max_body_size=cfg.max_body_size, send_timeout=cfg.send_timeout,
+                             body_timeout=cfg.body_timeout)
             extra: dict[str, str] = {}
             if worker:
                 extra["X-Ollamamax-Worker"] = str(os.getpid())
@@ -239,7 +302,7 @@ async def _serve(cfg, *, worker: bool, ready_fd: int | None) -> int:  # type: ig
                 server = await start_server(
                     app, cfg.listen_host, cfg.listen_port,
                     reuse_port=True if worker else None, backlog=1024, extra_headers=extra,
-                    shutdown_timeout=cfg.grace_period,
+                    shutdown_timeout=cfg.grace_period, max_connections=max_connections,
                     access_log=(logging.getLogger("aiohttp.access")
                                 if cfg.log_level == "debug" else None),
                 )

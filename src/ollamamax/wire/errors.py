@@ -6,6 +6,9 @@ derived from the status as Ollama's OpenAI middleware does (one map, used by the
 dispatcher and the front ends alike).  Messages copy the server's texts (see
 /work/shared/ollama-api.md section 3) because clients grep them.
 
+:func:`stream_error_line` is the in-band error that ends a stream which cannot finish (an
+NDJSON ``{"error": ...}`` line, or an SSE ``data: {"error": {...}}`` event on ``/v1``).
+
 Also here: :class:`ResponseError`, raised by the embedded API, mirroring
 ``ollama.ResponseError`` (same attributes and the same ``str()``).  Pure functions; this
 module decides the *shape* of an error, never whether there is one.
@@ -26,6 +29,7 @@ __all__ = [
     "ollama_error_body",
     "openai_error_body",
     "openai_error_type",
+    "stream_error_line",
 ]
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
@@ -92,3 +96,15 @@ def openai_error_body(message: str, status: int, code: str | None = None) -> byt
 def error_body(openai: bool, status: int, message: str, code: str | None = None) -> bytes:
     """The error body in the dialect of the route (OpenAI's on ``/v1``, else Ollama's)."""
     return openai_error_body(message, status, code) if openai else ollama_error_body(message)
+
+
+def stream_error_line(sse: bool, message: str, tail: bytes = b"", status: int = 500) -> bytes:
+    """The in-band error that ends a stream after its first byte, in the stream's dialect:
+    an NDJSON line ``{"error":"<message>"}\\n`` (Ollama's native routes), or for SSE (``/v1``)
+    a ``data: {"error":{...}}\\n\\n`` event in OpenAI's shape.  ``tail`` is what the stream
+    sent last: when it stopped inside a line (or an event), the error starts on a new one."""
+    if sse:
+        sep = b"" if not tail or tail.endswith(b"\n\n") else b"\n\n"
+        return sep + b"data: " + openai_error_body(message, status) + b"\n\n"
+    sep = b"" if not tail or tail.endswith(b"\n") else b"\n"
+    return sep + ollama_error_body(message) + b"\n"
