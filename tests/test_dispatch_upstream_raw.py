@@ -648,3 +648,43 @@ async def test_unsafe_path_and_query_are_quoted_and_utf8_headers_kept() -> None:
             assert "User-Agent: clïent\r\n".encode() in s.requests[0]
         finally:
             await up.close()
+
+
+async def test_a_large_request_body_is_written_a_slice_at_a_time_as_the_socket_takes_it() -> None:
+    """Bug caught: a 13 MiB body handed to the transport in one write is copied whole into
+    its buffer in one step of the event loop (every other request waits).  It goes out a
+    slice at a time, each next slice when the transport's flow control says so; and a
+    connection whose body is not all written yet is never reused."""
+    from ollamamax.upstream.connection import BODY_SLICE
+
+    pool = HostPool("127.0.0.1", 1, max_idle=4, connect_timeout=1.0)
+    conn = Connection(pool)
+
+    class Paced(FakeTransport):
+        def write(self, data: bytes) -> None:
+            super().write(bytes(data))
+            if len(data) >= BODY_SLICE:
+                conn.pause_writing()  # the buffer went over its high-water mark
+
+        def is_closing(self) -> bool:
+            return self.aborted
+
+    t = Paced()
+    conn.connection_made(t)  # type: ignore[arg-type]
+    pool.adopt(conn)
+    resp = RawResponse(conn, asyncio.get_running_loop())
+    body = bytes(range(256)) * (13 * 4096)  # 13 MiB
+    conn.start(resp, b"POST /api/chat HTTP/1.1\r\n\r\n", body, False)
+    assert len(t.written) == 2 and conn.writing_body  # the head, one slice, then a pause
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")  # the host answered early
+    resp.release()
+    assert pool.take_idle() is None and t.aborted  # not reusable: the body was not all written
+    conn2 = Connection(pool)
+    t2 = Paced()
+    conn = conn2
+    conn2.connection_made(t2)  # type: ignore[arg-type]
+    resp2 = RawResponse(conn2, asyncio.get_running_loop())
+    conn2.start(resp2, b"POST /api/chat HTTP/1.1\r\n\r\n", body, False)
+    while conn2.writing_body:
+        conn2.resume_writing()
+    assert b"".join(t2.written[1:]) == body and max(len(w) for w in t2.written) <= BODY_SLICE

@@ -429,3 +429,32 @@ async def test_http_server_counters_in_metrics_and_status():
     assert json.loads(status_json)["http"] == {"fast_requests": 3, "handed_over": 1,
                                                "connections": 1, "rejected": 0,
                                                "open_connections": 0}
+
+
+async def test_a_large_body_arrives_in_pieces_with_a_pipelined_request_behind_it(srv):
+    """A body over the in-place threshold (fastpath.BIG_BODY) is received into one buffer
+    as it arrives; the bytes of the next pipelined request that came with its last piece
+    are not lost, and the body reaches the dispatcher intact.  Bugs caught: bytes past the
+    body dropped, or counted into it; a body assembled out of order."""
+    from ollamamax.frontends.fastpath import BIG_BODY
+
+    d, server = srv
+    big = bytes(range(256)) * (3 * BIG_BODY // 256 + 7)
+    wire = _post("/api/embed", big) + _post("/api/chat", b'{"model":"m"}')
+    reader, writer = await _conn(server)
+    try:
+        cut = [1000, 70_000, len(_post("/api/embed", big)) - 10]  # head split, then body pieces
+        pos = 0
+        for c in cut:
+            writer.write(wire[pos:c])
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            pos = c
+        writer.write(wire[pos:])  # the last 10 body bytes and the whole next request
+        for path, n in (("/api/embed", len(big)), ("/api/chat", 13)):
+            status, _, body = await _response(reader)
+            assert status == b"HTTP/1.1 200 OK" and json.loads(body)["path"] == path
+            assert json.loads(body)["n"] == n
+        assert d.calls[0][2] == big
+    finally:
+        writer.close()

@@ -75,8 +75,8 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
     from aiohttp import web
 
-    from ollamamax.dispatch import Dispatcher
     from ollamamax import create_app
+    from ollamamax.dispatch import Dispatcher
     from ollamamax.ops.gcstats import GcPauseRecorder, parse_gc_threshold, tune_gc
     from ollamamax.ops.metrics import install_observability
     from ollamamax.testing import FakeOllama

@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from email.utils import formatdate
@@ -59,6 +58,7 @@ from multidict import CIMultiDict
 
 from ..wire.response import HOP_BY_HOP
 from .aiohttp_app import GATEWAY_KEY, Gateway
+from .request_head import parse_request_head
 from .rules import ERROR_HEADERS, GatewayRules, gateway_error_body, shutdown_message
 
 __all__ = ["GatewayServer", "start_server", "FastStats"]
@@ -66,27 +66,13 @@ __all__ = ["GatewayServer", "start_server", "FastStats"]
 log = logging.getLogger("ollamamax.gateway")
 
 MAX_HEAD = 16 * 1024  # a longer request head is handed to aiohttp (which answers 431/400)
+BIG_BODY = 64 * 1024  # a body at least this long is received in place (see _fill)
 PAUSE_BUFFER = 256 * 1024  # pipelined bytes buffered while a request runs before reading pauses
 SWEEP_INTERVAL = 5.0  # seconds between idle-connection sweeps
 REJECT_WAIT = 1.0  # a connection over the cap: how long to wait for its request line
 REJECT_LINGER = 1.0  # ... and, once answered 503, to read (and drop) what it still sends
 REJECT_BACKLOG = 32  # connections being refused at once; beyond that, aborted when accepted
 FLUSH_AFTER_GRACE = 1.0  # after the grace period: time to send the last error lines
-_FAST_METHODS = frozenset({"GET", "POST", "DELETE"})
-# Request headers whose presence means "let aiohttp handle this connection" (the check is
-# against a CIMultiDict's keys, which keep the client's spelling: list the common ones).
-_HANDOVER_HEADERS = CIMultiDict(
-    (k, "") for k in ("Transfer-Encoding", "Expect", "Upgrade")).keys()
-# A target served as is: absolute path of plain characters, optional query; no "%" (needs
-# decoding), no "//" or "/." (needs normalising), no fragment, no spaces or controls.
-_PLAIN_TARGET = re.compile(
-    r"/(?:[A-Za-z0-9\-_~!$&'()*+,;=:@]+(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@]+)*/?)?(?:\?[\x21-\x7e]*)?")
-# One header line: CRLF, a token, a colon, optional blanks, the value (to the line's end:
-# trailing blanks are stripped afterwards, only in the rare head that has any).
-_HEADER = re.compile(r"\r\n([!#$&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*)")
-_OBSERVABILITY = ("/metrics", "/ollamamax")
-# Anything but tab and printable ASCII (searched after removing the CRLF line ends).
-_NOT_TEXT = re.compile(r"[^\t\x20-\x7e]")
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _TERMINATOR = b"0\r\n\r\n"
 
@@ -199,7 +185,7 @@ class _ServerState:
 class _FastProtocol(asyncio.Protocol):
     __slots__ = ("_s", "_transport", "_buf", "task", "last", "_paused", "_drain", "_reading",
                  "_gone", "_timer", "_rejecting", "_unsent", "_unsent_since", "_send_timer",
-                 "_drain_unsent")
+                 "_drain_unsent", "_body", "_filled", "_pending")
 
     def __init__(self, shared: _ServerState) -> None:
         self._s = shared
@@ -211,6 +197,11 @@ class _FastProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._reading = True
         self._gone = False  # the connection is closed, or no longer ours (handed over)
+        # a large body being received: filled in place as it arrives (no copy at the end, no
+        # head parsing per chunk); _pending is the request it belongs to
+        self._body: bytearray | None = None
+        self._filled = 0
+        self._pending: tuple[str, str, str, CIMultiDict[str], str | None, bool] | None = None
         self._timer: asyncio.TimerHandle | None = None  # body timeout, or refusing (over the cap)
         self._rejecting = 0  # 1: over the cap, waiting for the request line; 2: answered 503
         self._unsent = 0  # write buffer size at the last sweep ...
@@ -263,6 +254,11 @@ class _FastProtocol(asyncio.Protocol):
                 self._buf += data
                 self._refuse()
             return  # after the 503: read and dropped
+        body = self._body
+        if body is not None:
+            data = self._fill(body, data)
+            if not data:
+                return
         self._buf += data
         if self.task is None:
             self._next()
@@ -378,73 +374,66 @@ class _FastProtocol(asyncio.Protocol):
             if end > MAX_HEAD or len(buf) > MAX_HEAD:
                 self._handover()
             return
-        head = bytes(buf[:end]).decode("latin-1")
-        if _NOT_TEXT.search(head.replace("\r\n", "")):
-            self._handover()  # control bytes, a bare CR or LF, non-ASCII: aiohttp's rules apply
+        head = parse_request_head(bytes(buf[:end]), self._s.rules.max_body_size)
+        if head is None:
+            self._handover()  # a request shape aiohttp's rules decide (see request_head.py)
             return
-        line_end = head.find("\r\n")
-        if line_end < 0:
-            line_end = len(head)
-        parts = head[:line_end].split(" ")
-        if len(parts) != 3 or parts[2] != "HTTP/1.1" or parts[0] not in _FAST_METHODS:
-            self._handover()
-            return
-        target = parts[1]
-        if not _PLAIN_TARGET.fullmatch(target):
-            self._handover()  # %-escapes, dot segments, "//", fragments: aiohttp normalises
-            return
-        path, _, query = target.partition("?")
-        if path.startswith(_OBSERVABILITY):
-            self._handover()
-            return
-        pairs = _HEADER.findall(head, line_end)
-        if len(pairs) != head.count("\r\n"):
-            self._handover()  # a line that is not "name: value" (or an obsolete fold)
-            return
-        if " \r\n" in head or "\t\r\n" in head or head.endswith((" ", "\t")):
-            pairs = [(k, v.rstrip(" \t")) for k, v in pairs]
-        headers = CIMultiDict(pairs)
-        if not _HANDOVER_HEADERS.isdisjoint(headers) or len(headers.keys() & headers.keys()) != len(pairs):
-            # framing headers, or a repeated name (aiohttp refuses repeated Host, Content-Type,
-            # User-Agent, ... as smuggling attempts, and merges others): aiohttp decides
-            self._handover()
-            return
-        length = 0
-        cl = headers.get("Content-Length")
-        if cl is not None:
-            if not cl.isdigit():
-                self._handover()
-                return
-            length = int(cl)
-            if length > self._s.rules.max_body_size:
-                self._handover()  # aiohttp answers 413 (and closes)
-                return
-        close = False
-        conn = headers.get("Connection")
-        if conn is not None:
-            tokens = {t.strip().lower() for t in conn.split(",")}
-            if "upgrade" in tokens:
-                self._handover()
-                return
-            close = "close" in tokens
+        method, path, query, headers, length, close = head
         total = end + 4 + length
+        s = self._s
+        authorization = headers.get("Authorization")
         if len(buf) < total:
-            s = self._s
             self.last = s.loop.time()  # the body is still arriving: not idle
-            if self._timer is None and s.rules.body_timeout is not None:
-                self._timer = s.loop.call_later(s.rules.body_timeout, self._body_timed_out, path)
+            rules = s.rules
+            if rules.auth_enabled and rules.refusal(method, path, authorization) is not None:
+                # refuse on the head alone: a body nobody may send is never read
+                del buf[:end + 4]
+                self.task = s.loop.create_task(
+                    self._serve(method, path, query, headers, b"", authorization, True))
+                return
+            if self._timer is None and rules.body_timeout is not None:
+                self._timer = s.loop.call_later(rules.body_timeout, self._body_timed_out, path)
+            if length >= BIG_BODY:
+                # receive the rest in place: one buffer of the announced size
+                body = bytearray(length)
+                have = len(buf) - end - 4
+                body[:have] = memoryview(buf)[end + 4:]
+                del buf[:]
+                self._body, self._filled = body, have
+                self._pending = (method, path, query, headers, authorization, close)
             return
         if self._timer is not None:
             self._cancel_timer()
-        body = bytes(buf[end + 4:total])
+        small = bytes(buf[end + 4:total])
         del buf[:total]
+        self._start(method, path, query, headers, small, authorization, close)
+
+    def _fill(self, body: bytearray, data: bytes) -> bytes:
+        """Copy ``data`` into the large body being received; return what is left over (the
+        next pipelined request's bytes), after starting the request once the body is whole."""
+        n = min(len(data), len(body) - self._filled)
+        body[self._filled:self._filled + n] = memoryview(data)[:n] if n < len(data) else data
+        self._filled += n
+        if self._filled < len(body):
+            self.last = self._s.loop.time()
+            return b""
+        pending = self._pending
+        assert pending is not None
+        self._body = self._pending = None
+        if self._timer is not None:
+            self._cancel_timer()
+        method, path, query, headers, authorization, close = pending
+        self._start(method, path, query, headers, body, authorization, close)
+        return data[n:]
+
+    def _start(self, method: str, path: str, query: str, headers: CIMultiDict[str], body: bytes | bytearray,
+               authorization: str | None, close: bool) -> None:
         s = self._s
-        authorization = headers.get("Authorization")
         if authorization is not None and s.rules.auth_enabled:
             del headers["Authorization"]  # the gateway's credentials are not passed on
         s.stats.fast_requests += 1
         self.task = s.loop.create_task(
-            self._serve(parts[0], path, query, headers, body, authorization, close))
+            self._serve(method, path, query, headers, body, authorization, close))
 
     def _body_timed_out(self, path: str) -> None:
         """The body did not arrive in ``body_timeout`` seconds: 408, and close."""
@@ -452,6 +441,7 @@ class _FastProtocol(asyncio.Protocol):
         if self._gone or self.task is not None:
             return
         self._buf = bytearray()
+        self._body = self._pending = None
         rules = self._s.rules
         log.info("request body did not arrive within %g s; closing the connection",
                  rules.body_timeout)
@@ -462,7 +452,7 @@ class _FastProtocol(asyncio.Protocol):
         self.close()
 
     async def _serve(self, method: str, path: str, query: str, headers: CIMultiDict[str],
-                     body: bytes, authorization: str | None, close: bool) -> None:
+                     body: bytes | bytearray, authorization: str | None, close: bool) -> None:
         s = self._s
         rules = s.rules
         started = s.loop.time()

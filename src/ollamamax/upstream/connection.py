@@ -59,6 +59,7 @@ from .http1 import (
 __all__ = ["HIGH_WATER", "Connection", "PoolLike", "RawResponse"]
 
 HIGH_WATER = 256 * 1024  # unread body bytes that pause reading from the socket
+BODY_SLICE = 256 * 1024  # a larger request body is written this much at a time
 
 class PoolLike(Protocol):
     """What a connection needs of its pool (``pool.HostPool``)."""
@@ -83,6 +84,8 @@ class Connection(asyncio.Protocol):
         "_state",
         "_timer_due",
         "_timer_h",
+        "_writing_paused",
+        "_body_left",
         "closed",
         "idle_since",
         "paused",
@@ -106,6 +109,8 @@ class Connection(asyncio.Protocol):
         self._head_method = False
         self._got_bytes = False
         self._timer_h: asyncio.TimerHandle | None = None  # first-byte timer (see _arm)
+        self._writing_paused = False  # the transport's buffer is over its high-water mark
+        self._body_left: memoryview | None = None  # what is left to write of a large body
         self._timer_due = 0.0
 
     @property
@@ -113,6 +118,12 @@ class Connection(asyncio.Protocol):
         """Some byte of an answer to the current request arrived (a reused connection that
         the host had closed gets none: the request may then be sent again)."""
         return self._got_bytes
+
+    @property
+    def writing_body(self) -> bool:
+        """Part of a large request body is still to be written (the host answered early):
+        the connection cannot carry another request."""
+        return self._body_left is not None
 
     @property
     def timer_handle(self) -> asyncio.TimerHandle | None:
@@ -159,13 +170,24 @@ class Connection(asyncio.Protocol):
                 msg = "connection lost" if exc is None else f"connection lost: {exc}"
                 resp._fail(Disconnected(msg))
 
-    def pause_writing(
-        self,
-    ) -> None:  # request bodies are written at once; nothing to pause
-        pass
+    def pause_writing(self) -> None:
+        self._writing_paused = True
 
     def resume_writing(self) -> None:
-        pass
+        self._writing_paused = False
+        if self._body_left is not None:
+            self._write_body()
+
+    def _write_body(self) -> None:
+        """Write the rest of a large request body a slice at a time, as the socket takes it
+        (the transport's flow control calls back here), so no single step of the event loop
+        copies megabytes and the transport never buffers the whole body."""
+        view = self._body_left
+        t = self.transport
+        while view is not None and not self._writing_paused and t is not None and not t.is_closing():
+            t.write(view[:BODY_SLICE])
+            view = view[BODY_SLICE:] if len(view) > BODY_SLICE else None
+        self._body_left = view
 
     # -- control -----------------------------------------------------------------------
     def close(self) -> None:
@@ -173,6 +195,7 @@ class Connection(asyncio.Protocol):
             self.closed = True
             self.reusable = False
             self._disarm()
+            self._body_left = None
             self.pool.forget(self)
             t = self.transport
             if t is not None:
@@ -230,9 +253,10 @@ class Connection(asyncio.Protocol):
         self._got_bytes = False
         t = self.transport
         assert t is not None
-        if body and len(body) > 65536:
+        if body and len(body) > BODY_SLICE:
             t.write(request)
-            t.write(body)
+            self._body_left = memoryview(body)
+            self._write_body()
         else:
             t.write(request + body if body else request)
 
@@ -657,7 +681,7 @@ class RawResponse:
         if self._idle_timer is not None:
             self._cancel_all()
         conn = self._conn
-        if self._eof and self._exc is None and conn.reusable and not conn.closed:
+        if self._eof and self._exc is None and conn.reusable and not conn.closed and not conn.writing_body:
             conn.resp = None
             if conn.paused:
                 conn.resume()  # complete but not all read: reading may still be paused

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..wire.errors import ollama_error_body, openai_error_body
+from ..wire.errors import stream_error_line
 from .client import UPSTREAM_ERRORS, describe_error
 from .connection import RawResponse
 
@@ -151,11 +151,7 @@ class PassThrough:
         return not self._done and self._first is None and self._resp.at_eof()
 
     def _error_chunk(self, message: str) -> bytes:
-        if self._sse:
-            sep = b"" if self.tail.endswith(b"\n\n") or not self.tail else b"\n\n"
-            return sep + b"data: " + openai_error_body(message, 500) + b"\n\n"
-        sep = b"" if self.tail.endswith(b"\n") or not self.tail else b"\n"
-        return sep + ollama_error_body(message) + b"\n"
+        return stream_error_line(self._sse, message, self.tail)
 
     def _finish(self, ok: bool | None, error: str = "") -> None:
         if self._done:
