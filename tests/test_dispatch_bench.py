@@ -129,7 +129,9 @@ async def test_dispatcher_logic_cost_without_http() -> None:
 
     class StubResponse:
         status = 200
-        headers = CIMultiDict({"Content-Type": "application/json; charset=utf-8", "Content-Length": str(len(reply))})
+        header_list = (("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(reply))))
+        headers = CIMultiDict(header_list)
+        content_type = "application/json; charset=utf-8"
 
         async def read(self) -> bytes:
             return reply
@@ -145,7 +147,7 @@ async def test_dispatcher_logic_cost_without_http() -> None:
 
     async with Dispatcher(["http://127.0.0.1:9"], connect_timeout=0.2) as d:
         h = d.hosts[0]
-        d._set_view(
+        d.store.publish(
             HostView(
                 0,
                 h.name,
@@ -156,7 +158,7 @@ async def test_dispatcher_logic_cost_without_http() -> None:
             )
         )
         h.down = h.unreachable = False
-        h.upstream.send = stub_send  # type: ignore[union-attr,method-assign,assignment]
+        d.upstream(h).send = stub_send  # type: ignore[method-assign,assignment]
         hdrs = {"Content-Type": "application/json"}
         n = 20000
         for _ in range(1000):

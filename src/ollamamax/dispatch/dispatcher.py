@@ -368,7 +368,10 @@ class Dispatcher(EmbeddedClient):
                 route, model, obj, tenant=tenant, digest=self.store.current.digests.get(model, "")
             )
         req.cands = cands
-        req.panic = any(h.down for h in cands)
+        for h in cands:
+            if h.down:  # the directory returned ejected hosts: too few healthy ones (panic)
+                req.panic = True
+                break
         self.demand.hit(model, time.monotonic())  # only models some host has: bounded
         req.key = self._routing_key(req)
         return await fwd.forward(req)

@@ -335,98 +335,96 @@ class Forwarder:
         h = await adm.wait(wait_on, deadline - time.monotonic(), panic)
         return h, time.monotonic() - t0
 
-    async def forward(self, req: Request) -> DispatchResponse:
-        self.active += 1
-        try:
-            return await self._forward(req)
-        finally:
-            self.active -= 1
 
     def _usable(self, h: HostState, panic: bool) -> bool:
         return not h.down or (panic and not h.unreachable)
 
-    async def _forward(self, req: Request) -> DispatchResponse:
-        cfg = self.config
-        router = self.router
-        adm = self.admission
-        acc = self.accounting
-        tried: set[int] = set()
-        attempts = 0
-        queue_s = 0.0
-        last: _Failure | None = None
-        suspect: _Failure | None = None  # an unattributed 5xx waiting for a second opinion
-        now = time.monotonic()
-        deadline = now + cfg.queue_timeout
-        key = req.key
-        panic = req.panic
-        assert key is not None
-        while attempts < cfg.max_attempts:
-            retry = attempts > 0
-            budgeted = False
-            if retry:
-                pool = [h for h in req.cands if h.index not in tried and self._usable(h, panic)]
-                if not pool and last is not None and last.busy:
-                    pool = [h for h in req.cands if self._usable(h, panic)]
-                if not pool:
-                    break
-                budgeted = last is None or last.kind not in _FAILOVER
-                if budgeted:
-                    if self.active_retries >= self.retry_budget():
-                        acc.retries_denied += 1
-                        log.debug("retry of %s %s denied by the retry budget", req.path, req.model)
-                        break
-                    self.active_retries += 1  # held from here until this attempt ends
-                now = time.monotonic()
-            else:
-                pool = req.cands  # just taken from the snapshot: usable, none tried
-                if not pool:
-                    break
-            try:
-                h, wait_on, widen_after = router.choose(pool, key, self.store.current, now, panic)
-                if h is None or not adm.try_acquire(h, panic):
-                    t_wait = time.monotonic()
-                    try:
-                        h, waited = await self._wait_slot(pool, wait_on or pool, widen_after, deadline, panic)
-                    except (QueueFull, TimeoutError, asyncio.TimeoutError):
-                        queue_s += time.monotonic() - t_wait
-                        return self.busy(
-                            req.route, queue_s=queue_s, attempts=attempts, cache="miss" if req.cache_header else None
-                        )
-                    queue_s += waited
-                attempts += 1
+    async def forward(self, req: Request) -> DispatchResponse:
+        self.active += 1  # the retry budget scales with the requests in progress
+        try:
+            cfg = self.config
+            router = self.router
+            adm = self.admission
+            acc = self.accounting
+            tried: set[int] = set()
+            attempts = 0
+            queue_s = 0.0
+            last: _Failure | None = None
+            suspect: _Failure | None = None  # an unattributed 5xx waiting for a second opinion
+            now = time.monotonic()
+            deadline = now + cfg.queue_timeout
+            key = req.key
+            panic = req.panic
+            assert key is not None
+            while attempts < cfg.max_attempts:
+                retry = attempts > 0
+                budgeted = False
                 if retry:
-                    acc.retries += 1
-                result = await self._attempt(h, req, attempts, queue_s)
-            finally:
-                if budgeted:
-                    self.active_retries -= 1
-            if isinstance(result, DispatchResponse):
-                if suspect is not None and result.status < 500:
-                    self._charge_unattributed(suspect)  # another host did better
-                return result
-            tried.add(h.index)
-            kind = result.kind
-            log.debug("attempt %d of %s %s on %s failed (%s): %s", attempts, req.path, req.model, h.name, kind,
-                      result.message or result.status)
-            if kind == LOCAL:
-                return self.busy(req.route, queue_s=queue_s, attempts=attempts,
-                                 cache="miss" if req.cache_header else None)
-            if kind == UNATTRIBUTED:
-                if suspect is not None and suspect.host is not h and suspect.same_answer(result):
-                    # two hosts gave the same answer: it is the request's, not theirs
-                    acc.request_faults += 1
-                    self.health.forgive(suspect.host)
-                    self.health.forgive(h)
-                    last = result
-                    break
-                if suspect is not None:
-                    self._charge_unattributed(suspect)
-                suspect = result
-            last = result
-            if attempts < cfg.max_attempts:
-                base = cfg.retry_backoff * (2 ** (attempts - 1))
-                await asyncio.sleep(base * random.uniform(0.5, 1.5))
-        return self._exhausted(req, last, attempts, queue_s)
+                    pool = [h for h in req.cands if h.index not in tried and self._usable(h, panic)]
+                    if not pool and last is not None and last.busy:
+                        pool = [h for h in req.cands if self._usable(h, panic)]
+                    if not pool:
+                        break
+                    budgeted = last is None or last.kind not in _FAILOVER
+                    if budgeted:
+                        if self.active_retries >= self.retry_budget():
+                            acc.retries_denied += 1
+                            log.debug("retry of %s %s denied by the retry budget", req.path, req.model)
+                            break
+                        self.active_retries += 1  # held from here until this attempt ends
+                    now = time.monotonic()
+                else:
+                    pool = req.cands  # just taken from the snapshot: usable, none tried
+                    if not pool:
+                        break
+                try:
+                    h, wait_on, widen_after = router.choose(pool, key, self.store.current, now, panic)
+                    if h is None or not adm.try_acquire(h, panic):
+                        t_wait = time.monotonic()
+                        try:
+                            h, waited = await self._wait_slot(pool, wait_on or pool, widen_after, deadline, panic)
+                        except (QueueFull, TimeoutError, asyncio.TimeoutError):
+                            queue_s += time.monotonic() - t_wait
+                            return self.busy(
+                                req.route, queue_s=queue_s, attempts=attempts, cache="miss" if req.cache_header else None
+                            )
+                        queue_s += waited
+                    attempts += 1
+                    if retry:
+                        acc.retries += 1
+                    result = await self._attempt(h, req, attempts, queue_s)
+                finally:
+                    if budgeted:
+                        self.active_retries -= 1
+                if isinstance(result, DispatchResponse):
+                    if suspect is not None and result.status < 500:
+                        self._charge_unattributed(suspect)  # another host did better
+                    return result
+                tried.add(h.index)
+                kind = result.kind
+                log.debug("attempt %d of %s %s on %s failed (%s): %s", attempts, req.path, req.model, h.name, kind,
+                          result.message or result.status)
+                if kind == LOCAL:
+                    return self.busy(req.route, queue_s=queue_s, attempts=attempts,
+                                     cache="miss" if req.cache_header else None)
+                if kind == UNATTRIBUTED:
+                    if suspect is not None and suspect.host is not h and suspect.same_answer(result):
+                        # two hosts gave the same answer: it is the request's, not theirs
+                        acc.request_faults += 1
+                        self.health.forgive(suspect.host)
+                        self.health.forgive(h)
+                        last = result
+                        break
+                    if suspect is not None:
+                        self._charge_unattributed(suspect)
+                    suspect = result
+                last = result
+                if attempts < cfg.max_attempts:
+                    base = cfg.retry_backoff * (2 ** (attempts - 1))
+                    await asyncio.sleep(base * random.uniform(0.5, 1.5))
+            return self._exhausted(req, last, attempts, queue_s)
+        finally:
+            self.active -= 1
 
     def _exhausted(self, req: Request, last: _Failure | None, attempts: int, queue_s: float) -> DispatchResponse:
         route = req.route
