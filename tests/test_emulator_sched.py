@@ -359,3 +359,38 @@ async def test_many_clients_with_random_disconnects(session):
 def ndjson_ok(data: bytes) -> bool:
     lines = data.decode().split("\n")
     return lines[-1] == "" and all(lines[:-1]) and json.loads(lines[-2])["done"] is True
+
+
+@pytest.mark.parametrize("how", ["empty-request", "request-keep-alive-0", "unload-when-not-loaded"])
+async def test_keep_alive_zero_dies_with_the_runner(session, how):
+    """After a ``keep_alive: 0`` unload, requests without ``keep_alive`` get the server default
+    again: Ollama's ``load()`` (server/sched.go) gives a fresh runner the request's value or
+    ``envconfig.KeepAlive()``; the remembered value lived on the runner that was unloaded.
+    The bug this catches: the 0 stuck to the model, so every later request paid a cold load."""
+    async with FakeOllama(["a1"], load_delay=0.01, tokens_per_sec=0) as h:
+        url = h.url + "/api/generate"
+        if how == "empty-request":
+            assert (await post(session, url, gen("a1")))[0] == 200
+            _, b = await post(session, url, {"model": "a1", "keep_alive": 0})
+            assert b["done_reason"] == "unload"
+        elif how == "request-keep-alive-0":
+            assert (await post(session, url, gen("a1", keep_alive=0)))[0] == 200
+        else:
+            _, b = await post(session, url, {"model": "a1", "keep_alive": 0})
+            assert b["done_reason"] == "unload"
+        assert h.loaded_models() == []
+        loads = h.stats()["models"].get("a1:latest", {}).get("loads", 0)
+        for _ in range(2):
+            assert (await post(session, url, gen("a1")))[0] == 200
+            assert h.loaded_models() == ["a1:latest"]
+        assert h.stats()["models"]["a1:latest"]["loads"] == loads + 1
+        async with session.get(h.url + "/api/ps") as r:
+            (row,) = (await r.json())["models"]
+        assert row["expires_at"] > rfc3339_in(240)  # the 5 minute default, not 0
+
+
+def rfc3339_in(seconds: float) -> str:
+    """The local RFC 3339 time ``seconds`` from now, comparable as a string with ``expires_at``."""
+    from ollamamax.testing._goformat import rfc3339_at
+
+    return rfc3339_at(time.time_ns() + int(seconds * 1e9))

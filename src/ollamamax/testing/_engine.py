@@ -142,12 +142,8 @@ class Engine:
 
     def delete_model(self, mn: ModelName) -> None:
         """``/api/delete`` of a present model: gone from the table, unloaded once idle."""
-        del self.models[mn.key]
-        r = self.scheduler.runners.get(mn.key)
-        if r is not None:
-            r.keep_alive = 0
-            if r.idle:
-                self.scheduler.unload(r)
+        info = self.models.pop(mn.key)
+        self.scheduler.expire(info)
 
     def create_model(self, mn: ModelName, caps: Sequence[str] | None, body: Mapping[str, Any]) -> None:
         """``/api/create``: the new model, with its source's capabilities and the request's ``system`` and ``from``."""
@@ -220,12 +216,7 @@ class Engine:
     async def load_or_unload(self, info: ModelInfo, keep_alive: float | None) -> str:
         """Empty prompt / messages: load the model (or unload it with keep_alive 0)."""
         if keep_alive == 0:
-            r = self.scheduler.runner(info)
-            r.keep_alive = 0
-            if r.loaded and r.idle:
-                self.scheduler.unload(r)
-            elif r.load_task is not None and not r.waiters:
-                self.scheduler.unload(r)
+            self.scheduler.expire(info)
             return "unload"
         runner, _ = await self.acquire(info, keep_alive)
         self.scheduler.release(runner)

@@ -19,8 +19,12 @@ Semantics (as Ollama's ``server/sched.go`` + per-runner semaphore, simplified):
   slot) over the whole host; one more is refused at once with the 503 busy error.
   (Real Ollama only bounds the scheduler channel; counting every waiter is simpler to
   reason about in tests and gives the same 503 under bursts.)
-* keep_alive: the last request's value is remembered on the runner. The idle timer starts
-  when the last in-flight request finishes; 0 unloads at once; ``inf`` never expires.
+* keep_alive: a request's value is remembered on its runner (the last one wins); the idle
+  timer starts when the last in-flight request finishes; 0 unloads at once; ``inf`` never
+  expires. The remembered value dies with the runner: after any unload (expiry,
+  ``keep_alive: 0``, eviction, deletion) the next load starts from the server default
+  unless its request carries a value (``load()`` in ``server/sched.go``: ``sessionDuration``
+  is ``envconfig.KeepAlive()`` unless the request sets one).
 
 Bookkeeping never awaits: every state change ends in :meth:`Scheduler._pump`, which
 grants slots and starts loads synchronously. A waiter is a future; a cancelled waiter
@@ -258,6 +262,8 @@ class Scheduler:
         self._pump()
 
     def unload(self, r: Runner) -> None:
+        """The runner's process ends: its remembered keep_alive goes with it (a later load
+        starts from the default, ``load()``)."""
         if r.timer is not None:
             r.timer.cancel()
             r.timer = None
@@ -265,12 +271,19 @@ class Scheduler:
             r.load_task.cancel()
             r.load_task = None
         r.loaded = False
+        r.keep_alive = self.default_keep_alive
 
-    def set_keep_alive_and_touch(self, info: ModelInfo, keep_alive: float | None) -> Runner:
-        r = self.runner(info)
-        if keep_alive is not None:
-            r.keep_alive = keep_alive
-        return r
+    def expire(self, info: ModelInfo) -> None:
+        """Unload ``info`` now, or as soon as its requests finish (``keep_alive: 0`` on an
+        empty prompt, or a delete): Ollama's ``expireRunner``, which acts on a loaded runner
+        only; a model that is not resident keeps nothing of it."""
+        r = self.runners.get(info.key)
+        if r is None or not r.resident:
+            return
+        r.keep_alive = 0
+        if r.idle or (r.load_task is not None and not r.waiters):
+            self.unload(r)
+            self._pump()
 
     # ------------------------------------------------------------------ the pump
 
