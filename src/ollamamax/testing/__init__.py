@@ -1,7 +1,7 @@
 """Test helpers: an emulated Ollama host.
 
 Owns: the public names of the emulator (``FakeOllama``, ``ThreadedFakeOllama``,
-``HttpError``) and nothing else; the modules behind them are private. It must not
+``HttpError``, ``VirtualTimeLoop``) and nothing else; the modules behind them are private. It must not
 import them eagerly, so that importing the pytest plugin stays cheap.
 
 * :class:`FakeOllama` is one emulated ``ollama serve`` on loopback: the native ``/api/*``
@@ -19,24 +19,28 @@ import them eagerly, so that importing the pytest plugin stays cheap.
   fixture: ``host = await fake_ollama(models=[...], load_delay=0)``; hosts stop at teardown.
 * ``GET /_mock/stats`` (and ``host.stats()``) report per model ``in_flight``, ``queued``,
   ``served``, ``rejected_503``, ``loads``, ``failed``, plus totals and loaded models.
+* :class:`VirtualTimeLoop` is an event loop on virtual time (no sockets): the emulator's
+  scheduler and engine run on it without waiting, for simulators.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["FakeOllama", "HttpError", "ThreadedFakeOllama"]
+__all__ = ["FakeOllama", "HttpError", "ThreadedFakeOllama", "VirtualTimeLoop"]
 
 _LAZY = {
     "FakeOllama": "._server",
     "HttpError": "._errors",
     "ThreadedFakeOllama": "._threaded",
+    "VirtualTimeLoop": "._virtualtime",
 }
 
 if TYPE_CHECKING:
     from ._errors import HttpError
     from ._server import FakeOllama
     from ._threaded import ThreadedFakeOllama
+    from ._virtualtime import VirtualTimeLoop
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,8 @@ planning an answer (``_generation``), pacing tokens, the duration metrics of a r
 the embedding vectors. A decision that ends a request raises :class:`HttpError` (status
 and Ollama's text). It must not import aiohttp, read request bodies or build responses:
 the route modules do that through :class:`~._httphost.HttpHost`, which extends this class.
+Every duration is measured on the running event loop's clock (:meth:`Engine.now`), so a
+virtual-time loop (``_virtualtime``) runs the engine with no real waiting.
 """
 
 from __future__ import annotations
@@ -113,6 +115,10 @@ class Engine:
             default_keep_alive=self.default_keep_alive,
             load_delay_fn=lambda: self.load_delay,
         )
+
+    def now(self) -> float:
+        """Now, on the running event loop's clock (the scheduler's)."""
+        return self.scheduler.now()
 
     def fresh_scheduler(self) -> None:
         """A new process: a new scheduler (the counters carry over), the ``preload`` models loaded."""
@@ -228,7 +234,7 @@ class Engine:
         if tps <= 0:
             return
         due = t_gen + upto / tps
-        delay = due - time.monotonic()
+        delay = due - self.now()
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -237,7 +243,7 @@ class Engine:
         tps = self.tokens_per_sec
         if tps <= 0:
             return n
-        due = int((time.monotonic() - t_gen) * tps)
+        due = int((self.now() - t_gen) * tps)
         return min(n, max(i + 1, due))
 
     def plan(
@@ -312,7 +318,7 @@ class Engine:
         """Prompt evaluation time (slept when paced); returns the generation start."""
         if self.tokens_per_sec > 0:
             await asyncio.sleep(self.prompt_eval_seconds(plan.prompt_eval_count))
-        return time.monotonic()
+        return self.now()
 
     def resolve_chat(self, model: str, tools: Any) -> ModelInfo:
         """The model checks of a chat request (/api/chat and /v1/chat/completions), in order."""
@@ -380,7 +386,7 @@ class Engine:
 
     async def run_embedding(self, info: ModelInfo, keep_alive: float | None, inputs: list[str], dims: int | None, normalise: bool = True) -> tuple[list[np.ndarray], float, float]:
         self.pre_schedule_faults(info)
-        t0 = time.monotonic()
+        t0 = self.now()
         runner, load_wait = await self.acquire(info, keep_alive)
         ok = False
         try:

@@ -7,14 +7,14 @@ decodes the body (``_decode``), asks the engine for the decisions (model checks,
 a runner, a plan, metrics), picks the native reply shape (``_render``) and writes it
 through the :class:`~._httphost.HttpHost` it is given. It must not import the server
 (``_server`` imports it and holds the routing table), keep state of its own or reach
-into the scheduler beyond reading it for ``/api/ps``.
+into the scheduler beyond reading it for ``/api/ps``. Durations come from ``host.now()``
+(the event loop's clock); wall-clock timestamps from ``_goformat``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -317,7 +317,7 @@ async def _native_body(request: web.BaseRequest, struct: str) -> tuple[dict[str,
 
 
 async def generate(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
-    t0 = time.monotonic()
+    t0 = host.now()
     body, model, think_v, keep_alive = await _native_body(request, "GenerateRequest")
     raw = bool(body.get("raw"))
     if raw and (body.get("template") or body.get("system") or body.get("context")):
@@ -357,7 +357,7 @@ async def _reply(
     runner, load_wait = await host.acquire(info, keep_alive)
     ok = False
     try:
-        t_acq = time.monotonic()
+        t_acq = host.now()
         if stream:
             resp = await _stream_ndjson(host, request, shape, model, plan, t0, load_wait, t_acq, ctx)
         else:
@@ -378,7 +378,7 @@ async def _whole_ndjson(
         await host.pace(t_gen, max(1, n // 2))
         raise HttpError(500, MIDSTREAM_MSG)
     await host.pace(t_gen, n)
-    t_end = time.monotonic()
+    t_end = host.now()
     out: dict[str, Any] = {"model": model, "created_at": rfc3339()}
     out.update(shape.fields(plan))
     out["done"] = True
@@ -405,7 +405,7 @@ async def _stream_ndjson(
         return render_events(events, i, j, head + rfc3339(), pre, suf, plan)
 
     def final() -> str:
-        t_end = time.monotonic()
+        t_end = host.now()
         out = head + rfc3339() + done + go_dumps(plan.done_reason)
         if ctx is not None:
             out += ',"context":' + go_dumps(ctx)
@@ -416,7 +416,7 @@ async def _stream_ndjson(
 
 
 async def chat(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
-    t0 = time.monotonic()
+    t0 = host.now()
     body, model, think_v, keep_alive = await _native_body(request, "ChatRequest")
     msgs = body.get("messages") or []
     text, last_user, last_role = parse_messages(msgs)
@@ -443,7 +443,7 @@ async def chat(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
 
 
 async def embed(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
-    t0 = time.monotonic()
+    t0 = host.now()
     body = await _body(request, "EmbedRequest")
     model = body.get("model") or ""
     keep_alive = keep_alive_of(body)
@@ -471,7 +471,7 @@ async def embed(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
         return host.json({"model": model, "embeddings": []})
     vecs, load_wait, _ = await host.run_embedding(info, keep_alive, inputs, dims)
     count = sum(len(t.split()) + 1 for t in inputs)
-    t_end = time.monotonic()
+    t_end = host.now()
     tail = go_dumps(
         {
             "total_duration": max(1000, int((t_end - t0) * 1e9)),

@@ -7,7 +7,9 @@ route reads the OpenAI request (messages with content parts, ``reasoning_effort`
 ``response_format``, ``max_tokens``, ``stream_options``), asks the engine for the same
 decisions the native routes get (model checks, faults, a runner, a plan) and writes the
 OpenAI shapes directly with ``_render``'s SSE framing. It must not import the server
-(``_server`` imports it) or the native routes, and keeps no state of its own.
+(``_server`` imports it) or the native routes, and keeps no state of its own. It reads
+no monotonic clock (the engine times replies on the event loop's clock); ``created`` is
+wall-clock seconds, as OpenAI's.
 """
 
 from __future__ import annotations

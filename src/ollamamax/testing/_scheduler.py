@@ -26,6 +26,10 @@ Semantics (as Ollama's ``server/sched.go`` + per-runner semaphore, simplified):
   unless its request carries a value (``load()`` in ``server/sched.go``: ``sessionDuration``
   is ``envconfig.KeepAlive()`` unless the request sets one).
 
+Time is the running event loop's clock (:meth:`Scheduler.now`), never ``time.monotonic``,
+so the same code runs under :class:`~._virtualtime.VirtualTimeLoop` with no sockets. One
+scheduler serves one event loop (a process start makes a new one).
+
 Bookkeeping never awaits: every state change ends in :meth:`Scheduler._pump`, which
 grants slots and starts loads synchronously. A waiter is a future; a cancelled waiter
 (client gone) leaves its queue, or gives its slot back if it was granted in the same
@@ -78,8 +82,8 @@ class Runner:
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.keep_alive = keep_alive
         self.timer: asyncio.TimerHandle | None = None
-        self.idle_since = 0.0  # monotonic
-        self.last_used = 0.0  # monotonic, for LRU
+        self.idle_since = 0.0  # loop time
+        self.last_used = 0.0  # loop time, for LRU
         self.loaded_at = 0.0
         self.want_load = False  # in the scheduler's load queue
         self.parallel = 1  # slots (set by the scheduler)
@@ -130,8 +134,16 @@ class Scheduler:
         self.queued = 0
         self._load_queue: deque[Runner] = deque()
         self._closed = False
+        self._time: Any = None  # the running loop's time(), bound at first use
 
     # ------------------------------------------------------------------ helpers
+
+    def now(self) -> float:
+        """Now, on the running event loop's clock (virtual under a virtual-time loop)."""
+        t = self._time
+        if t is None:
+            t = self._time = asyncio.get_running_loop().time
+        return t()
 
     def runner(self, info: ModelInfo) -> Runner:
         r = self.runners.get(info.key)
@@ -158,10 +170,8 @@ class Scheduler:
     def preload(self, info: ModelInfo) -> None:
         r = self.runner(info)
         if not r.loaded:
-            r.loaded = True
-            r.loaded_at = time.monotonic()
-            r.last_used = r.loaded_at
             self.stat(info.key).loads += 1
+            self._loaded(r)
             self._start_idle(r)
 
     # ------------------------------------------------------------------ acquire / release
@@ -171,7 +181,7 @@ class Scheduler:
         r = self.runner(info)
         if keep_alive is not None:
             r.keep_alive = keep_alive
-        t0 = time.monotonic()
+        t0 = self.now()
         if r.loaded and r.in_flight < r.parallel and not r.waiters:
             self._take(r)
             return r, 0.0
@@ -218,8 +228,7 @@ class Scheduler:
         if self._closed:
             return  # the host was killed/stopped: close() already zeroed everything
         r.in_flight -= 1
-        now = time.monotonic()
-        r.last_used = now
+        r.last_used = self.now()
         if r.in_flight == 0 and not r.waiters and r.loaded:
             if r.keep_alive == 0:
                 self.unload(r)
@@ -228,7 +237,7 @@ class Scheduler:
         self._pump()
 
     def _start_idle(self, r: Runner) -> None:
-        r.idle_since = time.monotonic()
+        r.idle_since = self.now()
         if r.keep_alive == 0:
             self.unload(r)
             return
@@ -252,7 +261,7 @@ class Scheduler:
             return  # busy again: release() starts a new idle period
         if math.isinf(r.keep_alive):
             return
-        remaining = r.idle_since + r.keep_alive - time.monotonic()
+        remaining = r.idle_since + r.keep_alive - self.now()
         if remaining > 1e-3:
             loop = asyncio.get_running_loop()
             r.timer_when = loop.time() + remaining
@@ -317,6 +326,11 @@ class Scheduler:
             r.want_load = False
             self._start_load(r)
 
+    def _loaded(self, r: Runner) -> None:
+        r.loaded = True
+        r.loaded_at = self.now()
+        r.last_used = r.loaded_at
+
     def _start_load(self, r: Runner) -> None:
         delay = float(self._load_delay_fn())
         self.stat(r.info.key).loads += 1
@@ -326,9 +340,7 @@ class Scheduler:
         if delay > 0:
             await asyncio.sleep(delay)
         r.load_task = None
-        r.loaded = True
-        r.loaded_at = time.monotonic()
-        r.last_used = r.loaded_at
+        self._loaded(r)
         if not r.waiters:
             self._start_idle(r)
         self._pump()
@@ -361,5 +373,5 @@ class Scheduler:
             return now_wall + (292 * 365 * 86400 * 1_000_000_000)
         if r.in_flight or r.waiters:
             return now_wall + int(r.keep_alive * 1e9)
-        remaining = r.idle_since + r.keep_alive - time.monotonic()
+        remaining = r.idle_since + r.keep_alive - self.now()
         return now_wall + int(max(0.0, remaining) * 1e9)
