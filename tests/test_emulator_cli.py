@@ -98,6 +98,38 @@ def test_cli_bad_arguments():
     assert p.returncode == 2 and "invalid model name" in p.stderr
 
 
+def test_cli_vram_reaches_the_host():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ollamamax.testing.cli", "--port", "0", "--load-delay", "0", "--tokens-per-sec", "0",
+         "--models", "llama3.2:1b,qwen3:2b", "--vram", "1GB", "--max-loaded-models", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert "listening on" in line, line + proc.stderr.read()
+        url = line.split("listening on ")[1].split()[0]
+
+        def call(path: str, body: dict | None = None) -> dict:
+            data = json.dumps(body).encode() if body is not None else None
+            with urllib.request.urlopen(urllib.request.Request(url + path, data=data), timeout=5) as r:
+                return json.loads(r.read())
+
+        msgs = [{"role": "user", "content": "hello there"}]
+        call("/api/chat", {"model": "llama3.2:1b", "messages": msgs, "stream": False})
+        call("/api/chat", {"model": "qwen3:2b", "messages": msgs, "stream": False, "think": False})
+        (row,) = call("/api/ps")["models"]  # 0.6 GB + 1.2 GB do not fit in 1 GB: llama3.2 was evicted
+        assert row["name"] == "qwen3:2b" and (row["size"], row["size_vram"]) == (1_200_012_345, 10**9)
+        assert call("/_mock/stats")["models"]["llama3.2:1b"]["evictions"] == 1
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_cli_bad_vram():
+    p = subprocess.run([sys.executable, "-m", "ollamamax.testing.cli", "--port", "0", "--vram", "lots"], capture_output=True, text=True, env=_env(), timeout=30)
+    assert p.returncode == 2 and "--vram" in p.stderr
+
+
 def test_plugin_without_pytest_asyncio_defines_nothing():
     code = (
         "import sys; sys.modules['pytest_asyncio'] = None\n"

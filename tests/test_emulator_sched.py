@@ -389,6 +389,35 @@ async def test_keep_alive_zero_dies_with_the_runner(session, how):
         assert row["expires_at"] > rfc3339_in(240)  # the 5 minute default, not 0
 
 
+async def test_loads_count_every_started_load_once_even_cancelled(session):
+    async with FakeOllama(["a1"], load_delay=0.3, tokens_per_sec=0) as h:
+        url = h.url + "/api/generate"
+        task = asyncio.create_task(post(session, url, gen("a1")))
+        await until(lambda: h.scheduler.runners.get(h.lookup("a1").key) is not None
+                    and h.scheduler.runners[h.lookup("a1").key].load_task is not None)
+        task.cancel()  # the client goes away during the load
+        await until(lambda: h.stats()["totals"]["queued"] == 0)
+        _, b = await post(session, url, {"model": "a1", "keep_alive": 0})  # cancels the load
+        assert b["done_reason"] == "unload" and h.loaded_models() == []
+        st = h.stats()["models"]["a1:latest"]
+        assert (st["loads"], st["evictions"]) == (1, 0)
+        assert (await post(session, url, gen("a1")))[0] == 200
+        assert h.stats()["models"]["a1:latest"]["loads"] == 2
+
+
+async def test_evictions_count_only_unloads_that_make_room(session):
+    async with FakeOllama(["a1", "b2"], load_delay=0, tokens_per_sec=0, max_loaded_models=1) as h:
+        url = h.url + "/api/generate"
+        await post(session, url, gen("a1"))
+        await post(session, url, gen("b2"))  # evicts a1
+        await post(session, url, {"model": "b2", "keep_alive": 0})  # explicit unload: not an eviction
+        await post(session, url, gen("a1", keep_alive=0.05))
+        await until(lambda: h.loaded_models() == [])  # keep-alive expiry: not an eviction
+        st = h.stats()
+        assert [st["models"][m]["evictions"] for m in ("a1:latest", "b2:latest")] == [1, 0]
+        assert st["totals"]["evictions"] == 1 and st["totals"]["loads"] == 3
+
+
 def rfc3339_in(seconds: float) -> str:
     """The local RFC 3339 time ``seconds`` from now, comparable as a string with ``expires_at``."""
     from ollamamax.testing._goformat import rfc3339_at

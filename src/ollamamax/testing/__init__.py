@@ -18,7 +18,8 @@ import them eagerly, so that importing the pytest plugin stays cheap.
 * The pytest plugin (entry point ``ollamamax``) provides the ``fake_ollama`` factory
   fixture: ``host = await fake_ollama(models=[...], load_delay=0)``; hosts stop at teardown.
 * ``GET /_mock/stats`` (and ``host.stats()``) report per model ``in_flight``, ``queued``,
-  ``served``, ``rejected_503``, ``loads``, ``failed``, plus totals and loaded models.
+  ``served``, ``rejected_503``, ``loads``, ``evictions``, ``failed``, plus totals and
+  loaded models.
 * :class:`VirtualTimeLoop` is an event loop on virtual time (no sockets): the emulator's
   scheduler and engine run on it without waiting, for simulators.
 """

@@ -1,7 +1,7 @@
 """The engine: one emulated host's model-level behaviour, with no HTTP in it.
 
-Owns: the knobs of a host (pace, load delay, slots, queue, keep_alive, fault rates,
-seed, answer lengths), its model table (present models, pulls, copies, creations,
+Owns: the knobs of a host (pace, load delay, slots, queue, memory, keep_alive, fault
+rates, seed, answer lengths), its model table (present models, pulls, copies, creations,
 deletions, uploaded blobs), its use of the scheduler (``_scheduler``: acquire, release,
 load or unload), the fault decisions (busy, ``fail_rate``, ``midstream_fail_rate``),
 planning an answer (``_generation``), pacing tokens, the duration metrics of a reply and
@@ -57,6 +57,7 @@ class Engine:
         capabilities: Mapping[str, Sequence[str]] | None = None,
         response_tokens: tuple[int, int] = (8, 24),
         pull_delay: float = 0.0,
+        vram: int = 0,
     ) -> None:
         if isinstance(models, str):
             models = [m.strip() for m in models.split(",") if m.strip()]
@@ -75,6 +76,7 @@ class Engine:
         if self.response_tokens[0] < 0 or self.response_tokens[1] < self.response_tokens[0]:
             raise ValueError("response_tokens must be (lo, hi) with 0 <= lo <= hi")
         self.pull_delay = float(pull_delay)
+        self.vram = int(vram)
         self.capabilities = dict(capabilities) if capabilities else None
         self.busy = False
         self._rng = random.Random(seed)
@@ -114,6 +116,7 @@ class Engine:
             max_queue=self.max_queue,
             default_keep_alive=self.default_keep_alive,
             load_delay_fn=lambda: self.load_delay,
+            vram=self.vram,
         )
 
     def now(self) -> float:

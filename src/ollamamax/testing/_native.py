@@ -83,6 +83,10 @@ async def tags(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
 
 
 async def ps(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
+    """Loaded models, longest remaining keep-alive first. ``size`` is the model's memory,
+    ``size_vram`` the part of it on the "GPU": all of it unless the host's ``vram`` is
+    smaller than the model (then it runs partly on the CPU, as Ollama reports a partial
+    offload: ``PsHandler`` copies the runner's ``totalSize`` and ``vramSize``)."""
     rows = []
     for r in host.scheduler.runners.values():
         if not r.loaded:
@@ -99,7 +103,7 @@ async def ps(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
                     "digest": info.digest,
                     "details": info.details(),
                     "expires_at": rfc3339_at(exp),
-                    "size_vram": info.size,
+                    "size_vram": r.size_vram or info.size,
                     "context_length": min(info.context_length, 4096),
                 },
             )

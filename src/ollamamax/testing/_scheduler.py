@@ -1,20 +1,34 @@
-"""The emulator's scheduler: loads, slots, eviction, keep-alive.
+"""The emulator's scheduler: loads, slots, eviction, keep-alive, memory.
 
 Owns: the runners of one host process (one per model: loaded or loading, slots in use,
-waiters, keep-alive timer), the per-model counters of :meth:`FakeOllama.stats`, and the
-rules below for who waits and who is refused. It must not know about requests, HTTP,
-fault injection or the model table: the engine (``_engine``) calls it with a
-:class:`~._models.ModelInfo` and turns :class:`QueueFullError` into the 503.
+waiters, keep-alive timer, the memory it holds), the per-model counters of
+:meth:`FakeOllama.stats`, and the rules below for who waits, who is evicted and who is
+refused. It must not know about requests, HTTP, fault injection or the model table: the
+engine (``_engine``) calls it with a :class:`~._models.ModelInfo` and turns
+:class:`QueueFullError` into the 503.
 
-Semantics (as Ollama's ``server/sched.go`` + per-runner semaphore, simplified):
+Semantics (as Ollama's ``server/sched.go`` + per-runner semaphore, simplified; function
+names below are from ``server/sched.go``):
 
 * A model answers only once loaded. Loading takes ``load_delay`` seconds; every request
   that arrives for a model that is loading waits for that one load (shared cold load).
 * At most ``num_parallel`` requests per loaded model hold a slot; the rest wait FIFO.
-  Embedding-only models get one slot (Ollama forces parallel 1 for them).
-* At most ``max_loaded_models`` models are resident (loaded or loading). A cold model at
-  the limit evicts the least recently used *idle* model (no request in flight or waiting);
-  when none is idle it waits, in arrival order, until one becomes idle.
+  Embedding-only models get one slot (Ollama forces parallel 1 for them, ``load()``).
+* Residency: a cold model loads when fewer than ``max_loaded_models`` models are resident
+  (loaded or loading) *and* its memory (``ModelInfo.size``) fits in ``vram`` beside them
+  (``vram=0``: no memory limit). Otherwise it evicts the least recently used *idle* model
+  (no request in flight or waiting), one at a time, until both hold; when no resident
+  model is idle it waits, in arrival order, until one becomes idle. Ollama's
+  ``processPending`` does the same: it asks ``findRunnerToUnload`` for a victim, which
+  prefers a runner with no references, and blocks on ``unloadedCh`` until that runner has
+  finished its requests and unloaded; a busy model is never unloaded under a request.
+  Two simplifications: the victim is the least recently used idle model (Ollama sorts by
+  keep-alive duration, then model path, and takes the first idle one), and a cold model
+  waits for a model to become idle instead of marking a busy one to unload when it drains.
+* A model larger than all of ``vram`` evicts every other (idle) model and then loads
+  alone, partly "on the CPU": ``/api/ps`` reports ``size_vram = vram < size``. Ollama
+  loads the first model of an empty server with ``requireFull`` false (partial offload,
+  ``processPending`` with ``loadedCount == 0``); the emulator does not slow it down.
 * ``max_queue`` bounds the number of *waiting* requests (for a load, an eviction or a
   slot) over the whole host; one more is refused at once with the 503 busy error.
   (Real Ollama only bounds the scheduler channel; counting every waiter is simpler to
@@ -25,6 +39,9 @@ Semantics (as Ollama's ``server/sched.go`` + per-runner semaphore, simplified):
   ``keep_alive: 0``, eviction, deletion) the next load starts from the server default
   unless its request carries a value (``load()`` in ``server/sched.go``: ``sessionDuration``
   is ``envconfig.KeepAlive()`` unless the request sets one).
+* Counters (:class:`ModelStats`): ``loads`` counts every load that starts (once, even if
+  it is cancelled); ``evictions`` counts unloads made to give room to another model (not
+  keep-alive expiry, not an explicit unload or delete).
 
 Time is the running event loop's clock (:meth:`Scheduler.now`), never ``time.monotonic``,
 so the same code runs under :class:`~._virtualtime.VirtualTimeLoop` with no sockets. One
@@ -72,6 +89,7 @@ class Runner:
         "want_load",
         "parallel",
         "timer_when",
+        "size_vram",
     )
 
     def __init__(self, info: ModelInfo, keep_alive: float) -> None:
@@ -88,6 +106,7 @@ class Runner:
         self.want_load = False  # in the scheduler's load queue
         self.parallel = 1  # slots (set by the scheduler)
         self.timer_when = 0.0  # loop time the idle timer fires at
+        self.size_vram = 0  # bytes on the "GPU" while resident (/api/ps size_vram)
 
     @property
     def resident(self) -> bool:
@@ -99,13 +118,14 @@ class Runner:
 
 
 class ModelStats:
-    __slots__ = ("served", "rejected_503", "loads", "failed")
+    __slots__ = ("served", "rejected_503", "loads", "failed", "evictions")
 
     def __init__(self) -> None:
         self.served = 0
         self.rejected_503 = 0
-        self.loads = 0
+        self.loads = 0  # loads started (a cancelled load counts once)
         self.failed = 0
+        self.evictions = 0  # unloaded to make room for another model
 
 
 class Scheduler:
@@ -117,6 +137,7 @@ class Scheduler:
         max_queue: int,
         default_keep_alive: float,
         load_delay_fn: Any,
+        vram: int = 0,
     ) -> None:
         if num_parallel < 1:
             raise ValueError("num_parallel must be >= 1")
@@ -124,10 +145,13 @@ class Scheduler:
             raise ValueError("max_loaded_models must be >= 1")
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
+        if vram < 0:
+            raise ValueError("vram must be >= 0")
         self.num_parallel = num_parallel
         self.max_loaded_models = max_loaded_models
         self.max_queue = max_queue
         self.default_keep_alive = default_keep_alive
+        self.vram = int(vram)  # bytes for resident models; 0 = no memory limit
         self._load_delay_fn = load_delay_fn  # () -> seconds (read when a load starts)
         self.runners: dict[str, Runner] = {}
         self.stats: dict[str, ModelStats] = {}
@@ -167,10 +191,15 @@ class Scheduler:
     def loaded_runners(self) -> list[Runner]:
         return [r for r in self.runners.values() if r.loaded]
 
+    def resident_bytes(self, exclude: Runner | None = None) -> int:
+        """Memory held by the resident models (loaded or loading), ``exclude`` left out."""
+        return sum(r.info.size for r in self.runners.values() if r.resident and r is not exclude)
+
     def preload(self, info: ModelInfo) -> None:
         r = self.runner(info)
         if not r.loaded:
             self.stat(info.key).loads += 1
+            r.size_vram = self._vram_share(r)
             self._loaded(r)
             self._start_idle(r)
 
@@ -271,8 +300,8 @@ class Scheduler:
         self._pump()
 
     def unload(self, r: Runner) -> None:
-        """The runner's process ends: its remembered keep_alive goes with it (a later load
-        starts from the default, ``load()``)."""
+        """The runner's process ends: its memory and its remembered keep_alive go with it
+        (a later load starts from the default, ``load()``)."""
         if r.timer is not None:
             r.timer.cancel()
             r.timer = None
@@ -281,6 +310,7 @@ class Scheduler:
             r.load_task = None
         r.loaded = False
         r.keep_alive = self.default_keep_alive
+        r.size_vram = 0
 
     def expire(self, info: ModelInfo) -> None:
         """Unload ``info`` now, or as soon as its requests finish (``keep_alive: 0`` on an
@@ -309,22 +339,44 @@ class Scheduler:
                         continue
                     self._take(r)
                     fut.set_result(None)
-        # 2. start loads in order, evicting idle LRU models when at the limit
+        # 2. start loads in order, evicting idle LRU models until the next one has room
         while self._load_queue:
             r = self._load_queue[0]
             if r.resident or not r.waiters:
                 self._load_queue.popleft()
                 r.want_load = False
                 continue
-            if self.resident_count() >= self.max_loaded_models:
-                idle = [x for x in self.runners.values() if x.idle]
-                if not idle:
-                    break
-                victim = min(idle, key=lambda x: x.last_used)
-                self.unload(victim)
+            if not self._make_room(r):
+                break  # wait (in order) until a resident model becomes idle
             self._load_queue.popleft()
             r.want_load = False
             self._start_load(r)
+
+    def _has_room(self, r: Runner) -> bool:
+        if self.resident_count() >= self.max_loaded_models:
+            return False
+        if self.vram <= 0:
+            return True
+        used = self.resident_bytes(exclude=r)
+        # a model bigger than all of vram loads once it is alone (partly on the CPU)
+        return used + r.info.size <= self.vram or used == 0
+
+    def _make_room(self, r: Runner) -> bool:
+        """Evict idle models, least recently used first, until ``r`` may load; False when
+        what is left in the way is busy (in flight, waited for, or still loading)."""
+        while not self._has_room(r):
+            idle = [x for x in self.runners.values() if x.idle]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda x: x.last_used)
+            self.stat(victim.info.key).evictions += 1
+            self.unload(victim)
+        return True
+
+    def _vram_share(self, r: Runner) -> int:
+        """Bytes of ``r`` on the "GPU": all of it, or what a ``vram`` smaller than the model holds."""
+        size = r.info.size
+        return size if self.vram <= 0 else min(size, self.vram)
 
     def _loaded(self, r: Runner) -> None:
         r.loaded = True
@@ -334,6 +386,7 @@ class Scheduler:
     def _start_load(self, r: Runner) -> None:
         delay = float(self._load_delay_fn())
         self.stat(r.info.key).loads += 1
+        r.size_vram = self._vram_share(r)
         r.load_task = asyncio.get_running_loop().create_task(self._load(r, delay))
 
     async def _load(self, r: Runner, delay: float) -> None:

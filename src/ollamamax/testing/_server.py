@@ -96,6 +96,10 @@ class FakeOllama(HttpHost):
     * ``num_parallel``, ``max_loaded_models``, ``max_queue``, ``keep_alive``: as
       ``OLLAMA_NUM_PARALLEL`` etc. (see ``_scheduler``; embedding-only models get one slot;
       ``max_queue`` bounds every waiting request of the host).
+    * ``vram``: bytes the resident models may hold (each model's ``size`` from the model
+      table, as ``/api/tags`` and ``/api/ps`` show it); a cold model evicts idle models,
+      least recently used first, until it fits. 0 (default): no memory limit. A model
+      larger than ``vram`` loads alone, with ``size_vram = vram`` in ``/api/ps``.
     * ``fail_rate`` (*): probability of a 500 before the first byte;
       ``midstream_fail_rate`` (*): probability that a reply stops after some chunks with an
       in-band ``{"error": ...}`` line (a 500 for ``stream: false``).
@@ -146,6 +150,7 @@ class FakeOllama(HttpHost):
         capabilities: Mapping[str, Sequence[str]] | None = None,
         response_tokens: tuple[int, int] = (8, 24),
         pull_delay: float = 0.0,
+        vram: int = 0,
     ) -> None:
         super().__init__(
             models,
@@ -162,6 +167,7 @@ class FakeOllama(HttpHost):
             capabilities=capabilities,
             response_tokens=response_tokens,
             pull_delay=pull_delay,
+            vram=vram,
         )
         self._bind_host = host
         self._port = port
@@ -207,9 +213,13 @@ class FakeOllama(HttpHost):
         return self._started
 
     def stats(self) -> dict[str, Any]:
+        """Per model and in total: requests ``in_flight`` and ``queued`` now; ``served``,
+        ``rejected_503``, ``failed``; ``loads`` (every load that started, once, even if it
+        was cancelled) and ``evictions`` (unloads to make room for another model; not
+        keep-alive expiry, not an explicit unload or delete). Counters survive restarts."""
         sched = self.scheduler
         per: dict[str, Any] = {}
-        tot = {"in_flight": 0, "queued": 0, "served": 0, "rejected_503": 0, "loads": 0, "failed": 0}
+        tot = {"in_flight": 0, "queued": 0, "served": 0, "rejected_503": 0, "loads": 0, "evictions": 0, "failed": 0}
         keys = set(sched.stats) | set(sched.runners)
         for key in sorted(keys):
             r = sched.runners.get(key)
@@ -222,6 +232,7 @@ class FakeOllama(HttpHost):
                 "served": st.served,
                 "rejected_503": st.rejected_503,
                 "loads": st.loads,
+                "evictions": st.evictions,
                 "failed": st.failed,
                 "loaded": bool(r and r.loaded),
             }

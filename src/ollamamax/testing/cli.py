@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "main", "parse_bytes"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-parallel", type=int, default=1, help="slots per loaded model (OLLAMA_NUM_PARALLEL)")
     parser.add_argument("--max-queue", type=int, default=512, help="waiting requests before 503 (OLLAMA_MAX_QUEUE)")
     parser.add_argument("--max-loaded-models", type=int, default=1, help="resident models (OLLAMA_MAX_LOADED_MODELS)")
+    parser.add_argument(
+        "--vram",
+        default="0",
+        help="memory for resident models, in bytes (suffixes KB/MB/GB/TB and KiB/MiB/GiB/TiB allowed); a cold "
+        "model evicts idle models until it fits; 0 (default) = no memory limit",
+    )
     parser.add_argument("--keep-alive", default="5m", help="default keep_alive (Go duration or seconds)")
     parser.add_argument("--fail-rate", type=float, default=0.0, help="probability of a 500 before the first byte")
     parser.add_argument("--midstream-fail-rate", type=float, default=0.0, help="probability of an in-band error mid-stream")
@@ -39,6 +45,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _split(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``4000000000``, ``4GB``, ``3.5 GiB`` -> bytes (ValueError on anything else)."""
+    t = text.strip().upper()
+    i = len(t)
+    while i and not (t[i - 1].isdigit() or t[i - 1] == "."):
+        i -= 1
+    num, unit = t[:i].strip(), t[i:].strip()
+    if not num or unit not in _UNITS:
+        raise ValueError(f"not a byte count: {text!r}")
+    value = float(num) * _UNITS[unit]
+    if value < 0:
+        raise ValueError(f"not a byte count: {text!r}")
+    return int(value)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -58,6 +82,11 @@ def main(args: argparse.Namespace) -> int:
         keep_alive = float(keep_alive)
     except ValueError:
         pass
+    try:
+        vram = parse_bytes(args.vram)
+    except ValueError as exc:
+        print(f"ollamamax mock: --vram: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> int:
         try:
@@ -77,6 +106,7 @@ def main(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 preload=_split(args.preload),
                 response_tokens=(lo, hi),
+                vram=vram,
             )
         except ValueError as exc:
             print(f"ollamamax mock: {exc}", file=sys.stderr)
