@@ -98,10 +98,10 @@ def test_cli_bad_arguments():
     assert p.returncode == 2 and "invalid model name" in p.stderr
 
 
-def test_cli_vram_reaches_the_host():
+def test_cli_vram_and_prompt_eval_tps_reach_the_host():
     proc = subprocess.Popen(
         [sys.executable, "-m", "ollamamax.testing.cli", "--port", "0", "--load-delay", "0", "--tokens-per-sec", "0",
-         "--models", "llama3.2:1b,qwen3:2b", "--vram", "1GB", "--max-loaded-models", "3"],
+         "--models", "llama3.2:1b,qwen3:2b", "--vram", "1GB", "--max-loaded-models", "3", "--prompt-eval-tps", "1000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
     )  # fmt: skip
     try:
@@ -115,8 +115,11 @@ def test_cli_vram_reaches_the_host():
                 return json.loads(r.read())
 
         msgs = [{"role": "user", "content": "hello there"}]
-        call("/api/chat", {"model": "llama3.2:1b", "messages": msgs, "stream": False})
-        call("/api/chat", {"model": "qwen3:2b", "messages": msgs, "stream": False, "think": False})
+        first = call("/api/chat", {"model": "llama3.2:1b", "messages": msgs, "stream": False})
+        msgs += [first["message"], {"role": "user", "content": "and more"}]
+        second = call("/api/chat", {"model": "llama3.2:1b", "messages": msgs, "stream": False})
+        assert (first["prompt_eval_cached_count"], second["prompt_eval_cached_count"]) == (0, 5 + len(first["message"]["content"].split()))  # <s> <|user|> hello there <|assistant|> + reply
+        call("/api/chat", {"model": "qwen3:2b", "messages": msgs[:1], "stream": False, "think": False})
         (row,) = call("/api/ps")["models"]  # 0.6 GB + 1.2 GB do not fit in 1 GB: llama3.2 was evicted
         assert row["name"] == "qwen3:2b" and (row["size"], row["size_vram"]) == (1_200_012_345, 10**9)
         assert call("/_mock/stats")["models"]["llama3.2:1b"]["evictions"] == 1

@@ -1,9 +1,10 @@
 """The engine: one emulated host's model-level behaviour, with no HTTP in it.
 
-Owns: the knobs of a host (pace, load delay, slots, queue, memory, keep_alive, fault
-rates, seed, answer lengths), its model table (present models, pulls, copies, creations,
-deletions, uploaded blobs), its use of the scheduler (``_scheduler``: acquire, release,
-load or unload), the fault decisions (busy, ``fail_rate``, ``midstream_fail_rate``),
+Owns: the knobs of a host (pace, prompt evaluation rate, load delay, slots, queue, memory,
+keep_alive, fault rates, seed, answer lengths), its model table (present models, pulls,
+copies, creations, deletions, uploaded blobs), its use of the scheduler (``_scheduler``:
+acquire, release, load or unload) and of a runner's prompt-cache slots
+(``_promptcache``), the fault decisions (busy, ``fail_rate``, ``midstream_fail_rate``),
 planning an answer (``_generation``), pacing tokens, the duration metrics of a reply and
 the embedding vectors. A decision that ends a request raises :class:`HttpError` (status
 and Ollama's text). It must not import aiohttp, read request bodies or build responses:
@@ -27,6 +28,7 @@ from ._errors import FAIL_MSG, NO_VISION_MSG, HttpError
 from ._generation import Plan, plan_generation, seed_for
 from ._goformat import go_dumps, parse_keep_alive
 from ._models import ModelInfo, ModelName, make_model, parse_name
+from ._promptcache import reply_tokens, take_slot
 from ._scheduler import QueueFullError, Runner, Scheduler
 
 __all__ = ["Engine"]
@@ -57,6 +59,7 @@ class Engine:
         capabilities: Mapping[str, Sequence[str]] | None = None,
         response_tokens: tuple[int, int] = (8, 24),
         pull_delay: float = 0.0,
+        prompt_eval_tps: float = 0.0,
         vram: int = 0,
     ) -> None:
         if isinstance(models, str):
@@ -76,6 +79,9 @@ class Engine:
         if self.response_tokens[0] < 0 or self.response_tokens[1] < self.response_tokens[0]:
             raise ValueError("response_tokens must be (lo, hi) with 0 <= lo <= hi")
         self.pull_delay = float(pull_delay)
+        if prompt_eval_tps < 0:
+            raise ValueError("prompt_eval_tps must be >= 0")
+        self.prompt_eval_tps = float(prompt_eval_tps)  # 0: no prompt cache, the old timing
         self.vram = int(vram)
         self.capabilities = dict(capabilities) if capabilities else None
         self.busy = False
@@ -203,13 +209,28 @@ class Engine:
             self.scheduler.stat(info.key).failed += 1
             raise HttpError(500, self.fail_message)
 
-    async def acquire(self, info: ModelInfo, keep_alive: float | None) -> tuple[Runner, float]:
+    async def acquire(self, info: ModelInfo, keep_alive: float | None, plan: Plan | None = None) -> tuple[Runner, float]:
+        """A slot on a loaded runner: (runner, seconds waited for the load). With a ``plan``
+        that has prompt tokens (prompt cache on), the plan also takes the runner's cache
+        slot with the longest prefix of its prompt (``plan.slot``, ``plan.cached``)."""
         try:
-            return await self.scheduler.acquire(info, keep_alive)
+            runner, load_wait = await self.scheduler.acquire(info, keep_alive)
         except QueueFullError:
             raise HttpError(503, BUSY_MESSAGE) from None
+        if plan is not None and plan.prompt_tokens is not None:
+            got = take_slot(runner.slots, plan.prompt_tokens)
+            if got is not None:
+                plan.slot, plan.cached = got
+        return runner, load_wait
 
-    def release(self, runner: Runner, ok: bool) -> None:
+    def release(self, runner: Runner, ok: bool, plan: Plan | None = None) -> None:
+        """The request is over. A completed reply leaves its prompt and its tokens in its
+        cache slot (a failed or abandoned one leaves what was evaluated before it stopped)."""
+        if plan is not None and plan.slot is not None:
+            slot, plan.slot = plan.slot, None
+            if ok and plan.prompt_tokens is not None:
+                slot.tokens = plan.prompt_tokens + reply_tokens(plan)
+            slot.in_use = False
         if ok:
             self.scheduler.stat(runner.info.key).served += 1
         self.scheduler.release(runner)
@@ -262,7 +283,11 @@ class Engine:
         options: Mapping[str, Any] | None,
         num_predict: int | None = None,
         stop: Any = None,
+        prompt_tokens: list[str] | None = None,
     ) -> Plan:
+        """Plan the answer. ``prompt_tokens`` (given when the prompt cache is on, see
+        ``_promptcache``) make the prompt's size its token count and let :meth:`acquire`
+        find its cached prefix."""
         if options:
             np_ = options.get("num_predict")
             if isinstance(np_, int) and not isinstance(np_, bool) and num_predict is None:
@@ -292,35 +317,57 @@ class Engine:
             response_tokens=self.response_tokens,
         )
         plan.model_key = info.key
+        if prompt_tokens is not None:
+            plan.prompt_tokens = prompt_tokens
+            plan.prompt_eval_count = len(prompt_tokens)
         return plan
 
     def metrics(self, t0: float, load_wait: float, t_acq: float, plan: Plan, t_gen: float, t_end: float) -> dict[str, int]:
-        """The six duration/count fields, in Go order (nanoseconds)."""
+        """The duration/count fields, in Go order (nanoseconds).
+
+        As Ollama's runners, ``prompt_eval_count`` is the whole prompt, cached tokens
+        included (``NewSequence`` counts the inputs before ``LoadCacheSlot`` trims them;
+        ollama/ollama#5371 made that the API's rule), while ``prompt_eval_duration`` is the
+        time of the tokens actually evaluated. With the prompt cache on, the cached part
+        is reported as ``prompt_eval_cached_count`` (Ollama 0.33+, ollama/ollama#17943).
+        """
         load_ns = int(load_wait * 1e9) if load_wait > 0 else max(1000, int((t_acq - t0) * 1e9) // 4)
-        pe_ns = self.prompt_eval_seconds(plan.prompt_eval_count)
+        pe_ns = self.prompt_eval_seconds(plan)
         ev_ns = max(1000, int((t_end - t_gen) * 1e9))
         total = max(int((t_end - t0) * 1e9), load_ns + int(pe_ns * 1e9) + ev_ns)
         out = {
             "total_duration": total,
             "load_duration": load_ns,
             "prompt_eval_count": plan.prompt_eval_count,
-            "prompt_eval_duration": max(1000, int(pe_ns * 1e9)),
         }
+        if plan.prompt_tokens is not None:
+            out["prompt_eval_cached_count"] = plan.cached
+        out["prompt_eval_duration"] = max(1000, int(pe_ns * 1e9))
         if plan.eval_count:
             out["eval_count"] = plan.eval_count
             out["eval_duration"] = ev_ns
         return out
 
-    def prompt_eval_seconds(self, count: int) -> float:
+    def prompt_eval_seconds(self, plan: Plan) -> float:
+        """How long evaluating the plan's uncached prompt tokens takes: ``tokens /
+        prompt_eval_tps`` with the prompt cache on; else (the old timing) 10x the
+        generation rate, or 2 us a token unpaced."""
+        count = plan.prompt_eval_count - plan.cached
+        if self.prompt_eval_tps > 0:
+            return count / self.prompt_eval_tps
         tps = self.tokens_per_sec
         if tps <= 0:
             return count * 2e-6
         return count / (tps * 10.0)
 
     async def first_token_wait(self, plan: Plan) -> float:
-        """Prompt evaluation time (slept when paced); returns the generation start."""
-        if self.tokens_per_sec > 0:
-            await asyncio.sleep(self.prompt_eval_seconds(plan.prompt_eval_count))
+        """Prompt evaluation time (slept when paced or when the prompt cache is on); then the
+        plan's cache slot holds the whole prompt. Returns the generation start."""
+        if self.prompt_eval_tps > 0 or self.tokens_per_sec > 0:
+            await asyncio.sleep(self.prompt_eval_seconds(plan))
+        slot = plan.slot
+        if slot is not None and plan.prompt_tokens is not None:
+            slot.tokens = list(plan.prompt_tokens)
         return self.now()
 
     def resolve_chat(self, model: str, tools: Any) -> ModelInfo:

@@ -57,6 +57,9 @@ class Plan:
     content_idx: list[int] | None = None  # vocabulary indices when content is plain words
     model_key: str = ""
     failed: bool = False  # set when a fault was injected into this reply
+    prompt_tokens: list[str] | None = None  # the prompt's tokens when the prompt cache is on
+    cached: int = 0  # prompt tokens found in the cache slot (not evaluated again)
+    slot: Any = None  # the runner's cache slot this reply holds (``_promptcache.Slot``)
 
     @property
     def eval_count(self) -> int:

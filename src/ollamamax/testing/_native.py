@@ -26,6 +26,7 @@ from ._generation import Plan
 from ._goformat import go_dumps, rfc3339, rfc3339_at
 from ._httphost import CT_TEXT, HttpHost
 from ._models import ModelInfo, make_model, parse_name, registry_knows, show_body
+from ._promptcache import chat_tokens, generate_tokens
 from ._render import CHAT, GENERATE, MIDSTREAM_NDJSON, Shape, events_of, render_events
 
 __all__ = [
@@ -340,6 +341,9 @@ async def generate(host: HttpHost, request: web.BaseRequest) -> web.StreamRespon
     host.pre_schedule_faults(info)
     if body.get("images") and not info.has("vision"):
         await host.refuse_images(info, keep_alive)
+    tokens = None
+    if host.prompt_eval_tps > 0:
+        tokens = generate_tokens(prompt, body.get("system") or "", raw=raw, context=body.get("context") or ())
     plan = host.plan(
         info,
         text=(body.get("system") or "") + "\n" + prompt,
@@ -349,6 +353,7 @@ async def generate(host: HttpHost, request: web.BaseRequest) -> web.StreamRespon
         fmt=body.get("format"),
         tools=None,
         options=body.get("options"),
+        prompt_tokens=tokens,
     )
     ctx = None if raw else (list(body.get("context") or [])[-64:] + plan.context_tokens)
     return await _reply(host, request, GENERATE, info, keep_alive, model, plan, t0, stream, ctx)
@@ -358,7 +363,7 @@ async def _reply(
     host: HttpHost, request: web.BaseRequest, shape: Shape, info: ModelInfo, keep_alive: float | None, model: str, plan: Plan, t0: float, stream: bool, ctx: list[int] | None = None
 ) -> web.StreamResponse:
     """Hold a runner while the reply (streamed or whole) is generated."""
-    runner, load_wait = await host.acquire(info, keep_alive)
+    runner, load_wait = await host.acquire(info, keep_alive, plan)
     ok = False
     try:
         t_acq = host.now()
@@ -369,7 +374,7 @@ async def _reply(
         ok = True
         return resp
     finally:
-        host.release(runner, ok and not plan.failed)
+        host.release(runner, ok and not plan.failed, plan)
 
 
 async def _whole_ndjson(
@@ -437,9 +442,13 @@ async def chat(host: HttpHost, request: web.BaseRequest) -> web.StreamResponse:
     host.pre_schedule_faults(info)
     if images and not info.has("vision"):
         await host.refuse_images(info, keep_alive)
+    tokens = None
+    if host.prompt_eval_tps > 0:  # msgs were validated by parse_messages
+        tokens = chat_tokens(((m.get("role") or "").lower(), m.get("content") or "") for m in msgs)
     plan = host.plan(
-        info, text=text, last_user=last_user, last_role=last_role, think=think, fmt=body.get("format"), tools=tools, options=body.get("options")
-    )
+        info, text=text, last_user=last_user, last_role=last_role, think=think, fmt=body.get("format"), tools=tools, options=body.get("options"),
+        prompt_tokens=tokens,
+    )  # fmt: skip
     return await _reply(host, request, CHAT, info, keep_alive, model, plan, t0, stream)
 
 

@@ -26,6 +26,7 @@ from ._errors import MIDSTREAM_MSG, HttpError
 from ._generation import TOKENS_JSON, Plan
 from ._goformat import go_dumps
 from ._httphost import CT_SSE, HttpHost
+from ._promptcache import chat_tokens, generate_tokens
 from ._render import (
     CHAT_DELTA,
     CHAT_DELTA_END,
@@ -136,7 +137,7 @@ async def _run(
     host: HttpHost, info: Any, keep_alive: float | None, plan: Plan, id_prefix: str, reply: Callable[[str, int, float], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Hold a runner for ``plan`` while ``reply(id, created, t_gen)`` answers."""
-    runner, _ = await host.acquire(info, keep_alive)
+    runner, _ = await host.acquire(info, keep_alive, plan)
     ok = False
     try:
         cid = host.reply_id(id_prefix)
@@ -146,7 +147,7 @@ async def _run(
         ok = True
         return resp
     finally:
-        host.release(runner, ok and not plan.failed)
+        host.release(runner, ok and not plan.failed, plan)
 
 
 async def _whole_wait(host: HttpHost, plan: Plan, t_gen: float) -> None:
@@ -184,6 +185,7 @@ async def chat_completions(host: HttpHost, request: web.BaseRequest) -> web.Stre
         tools=tools,
         options=opts,
         num_predict=num_predict,
+        prompt_tokens=chat_tokens(_turns(msgs, [])) if host.prompt_eval_tps > 0 else None,
     )
 
     async def reply(cid: str, created: int, t_gen: float) -> web.StreamResponse:
@@ -242,8 +244,9 @@ async def completions(host: HttpHost, request: web.BaseRequest) -> web.StreamRes
     stream, include_usage = _stream_flags(body)
     host.pre_schedule_faults(info)
     plan = host.plan(
-        info, text="\n" + prompt, last_user=prompt, last_role="user", think=False, fmt=None, tools=None, options=opts, num_predict=num_predict
-    )
+        info, text="\n" + prompt, last_user=prompt, last_role="user", think=False, fmt=None, tools=None, options=opts, num_predict=num_predict,
+        prompt_tokens=generate_tokens(prompt) if host.prompt_eval_tps > 0 else None,
+    )  # fmt: skip
 
     async def reply(cid: str, created: int, t_gen: float) -> web.StreamResponse:
         if not stream:

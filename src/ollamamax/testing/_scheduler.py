@@ -1,11 +1,11 @@
 """The emulator's scheduler: loads, slots, eviction, keep-alive, memory.
 
 Owns: the runners of one host process (one per model: loaded or loading, slots in use,
-waiters, keep-alive timer, the memory it holds), the per-model counters of
-:meth:`FakeOllama.stats`, and the rules below for who waits, who is evicted and who is
-refused. It must not know about requests, HTTP, fault injection or the model table: the
-engine (``_engine``) calls it with a :class:`~._models.ModelInfo` and turns
-:class:`QueueFullError` into the 503.
+waiters, keep-alive timer, the prompt-cache slots of ``_promptcache``, the memory it
+holds), the per-model counters of :meth:`FakeOllama.stats`, and the rules below for who
+waits, who is evicted and who is refused. It must not know about requests, HTTP, fault
+injection or the model table: the engine (``_engine``) calls it with a
+:class:`~._models.ModelInfo` and turns :class:`QueueFullError` into the 503.
 
 Semantics (as Ollama's ``server/sched.go`` + per-runner semaphore, simplified; function
 names below are from ``server/sched.go``):
@@ -63,6 +63,7 @@ from typing import Any
 
 from ._goformat import FOREVER
 from ._models import ModelInfo
+from ._promptcache import Slot, new_slots
 
 __all__ = ["QueueFullError", "Runner", "Scheduler"]
 
@@ -90,6 +91,7 @@ class Runner:
         "parallel",
         "timer_when",
         "size_vram",
+        "slots",
     )
 
     def __init__(self, info: ModelInfo, keep_alive: float) -> None:
@@ -107,6 +109,7 @@ class Runner:
         self.parallel = 1  # slots (set by the scheduler)
         self.timer_when = 0.0  # loop time the idle timer fires at
         self.size_vram = 0  # bytes on the "GPU" while resident (/api/ps size_vram)
+        self.slots: list[Slot] = []  # prompt-cache slots while loaded (dropped at unload)
 
     @property
     def resident(self) -> bool:
@@ -300,8 +303,8 @@ class Scheduler:
         self._pump()
 
     def unload(self, r: Runner) -> None:
-        """The runner's process ends: its memory and its remembered keep_alive go with it
-        (a later load starts from the default, ``load()``)."""
+        """The runner's process ends: its memory, its prompt caches and its remembered
+        keep_alive go with it (a later load starts from the default, ``load()``)."""
         if r.timer is not None:
             r.timer.cancel()
             r.timer = None
@@ -310,6 +313,7 @@ class Scheduler:
             r.load_task = None
         r.loaded = False
         r.keep_alive = self.default_keep_alive
+        r.slots = []
         r.size_vram = 0
 
     def expire(self, info: ModelInfo) -> None:
@@ -382,6 +386,7 @@ class Scheduler:
         r.loaded = True
         r.loaded_at = self.now()
         r.last_used = r.loaded_at
+        r.slots = new_slots(r.parallel)  # empty prompt caches, one per parallel slot
 
     def _start_load(self, r: Runner) -> None:
         delay = float(self._load_delay_fn())
@@ -411,6 +416,7 @@ class Scheduler:
                 r.load_task.cancel()
                 r.load_task = None
             r.loaded = False
+            r.slots = []
             while r.waiters:
                 fut = r.waiters.popleft()
                 if not fut.done():

@@ -92,6 +92,13 @@ class FakeOllama(HttpHost):
       ``capabilities={"name": [...]}`` overrides. Unknown families: completion + tools.
     * ``tokens_per_sec`` (*): generation pace (0 = as fast as possible, many lines per write);
       prompt evaluation runs at 10x that rate. ``response_tokens``: (min, max) answer length.
+    * ``prompt_eval_tps`` (*): 0 (default) keeps the timing above. N > 0 turns on the prompt
+      cache: evaluating a prompt takes ``tokens / N`` seconds, and each parallel slot of a
+      loaded model keeps the tokens it last processed (prompt and reply), so a request that
+      extends them (a continued conversation) evaluates only its new tokens. Replies report
+      the whole prompt in ``prompt_eval_count``, the cached part in
+      ``prompt_eval_cached_count`` and the evaluated part's time in ``prompt_eval_duration``
+      (see ``_promptcache`` and :meth:`~._engine.Engine.metrics`).
     * ``load_delay`` (*): seconds to load a cold model. ``preload``: models loaded at start.
     * ``num_parallel``, ``max_loaded_models``, ``max_queue``, ``keep_alive``: as
       ``OLLAMA_NUM_PARALLEL`` etc. (see ``_scheduler``; embedding-only models get one slot;
@@ -150,6 +157,7 @@ class FakeOllama(HttpHost):
         capabilities: Mapping[str, Sequence[str]] | None = None,
         response_tokens: tuple[int, int] = (8, 24),
         pull_delay: float = 0.0,
+        prompt_eval_tps: float = 0.0,
         vram: int = 0,
     ) -> None:
         super().__init__(
@@ -167,6 +175,7 @@ class FakeOllama(HttpHost):
             capabilities=capabilities,
             response_tokens=response_tokens,
             pull_delay=pull_delay,
+            prompt_eval_tps=prompt_eval_tps,
             vram=vram,
         )
         self._bind_host = host

@@ -24,6 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--preload", default="", help="comma-separated models loaded at start (no delay)")
     parser.add_argument("--tokens-per-sec", type=float, default=50.0, help="generation speed; 0 = as fast as possible")
+    parser.add_argument(
+        "--prompt-eval-tps",
+        type=float,
+        default=0.0,
+        help="prompt evaluation speed in tokens/s, with a prompt cache per parallel slot (a continued "
+        "conversation evaluates only its new tokens); 0 (default) = no prompt cache, prompt time 1/10 of generation",
+    )
     parser.add_argument("--load-delay", type=float, default=2.0, help="seconds to load a model")
     parser.add_argument("--num-parallel", type=int, default=1, help="slots per loaded model (OLLAMA_NUM_PARALLEL)")
     parser.add_argument("--max-queue", type=int, default=512, help="waiting requests before 503 (OLLAMA_MAX_QUEUE)")
@@ -106,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 preload=_split(args.preload),
                 response_tokens=(lo, hi),
+                prompt_eval_tps=args.prompt_eval_tps,
                 vram=vram,
             )
         except ValueError as exc:
