@@ -82,12 +82,15 @@ def _check_target(doc: dict, name: str) -> None:
     served = sum(s["totals"]["served"] for s in t["host_stats"])
     assert served == len(trace)
     assert f["model_loads"] >= len({r.model for r in trace})
-    # a continued turn carries its history: its prompt is longer than the first turn's
+    # a continued turn carries its history (all earlier turns, unless one was still running):
+    # its prompt is longer than the first turn's by at least the previous reply (20 tokens)
     first = {o["conversation"]: o["prompt_eval_count"] for o in outs if o["turn"] == 0}
-    later = [(o["conversation"], o["prompt_eval_count"]) for o in outs if o["turn"] > 0]
+    later = [o for o in outs if o["turn"] > 0]
     assert later, "the scenario should have continued turns"
-    assert all(n > first[c] + 20 for c, n in later)  # + at least the previous reply (20 tokens)
-
+    assert all(o["history_turns"] == o["turn"] or o["overlapped"] for o in later)
+    with_history = [o for o in later if o["history_turns"]]
+    assert with_history
+    assert all(o["prompt_eval_count"] > first[o["conversation"]] + 20 * o["history_turns"] for o in with_history)
 
 def test_bench_fleet_through_the_gateway(tmp_path: Path) -> None:
     doc, stdout = _run(tmp_path, "ollamamax")

@@ -22,8 +22,10 @@ For each target, N fresh, cold ``ollamamax mock`` hosts (this tree's emulator, e
 on disk, the scenario's knobs, the trace's seed, so replies, and with them the histories
 of continued turns, are the same whichever host answers), then the proxy, then the
 open-loop replay (``tools/fleetbench/replay.py``: streaming ``/api/chat``, continued turns
-with their real history), then every host's ``GET /_mock/stats`` (model loads, and
-evictions when the emulator reports them). Hosts and proxies run on one core, the driver
+with their real history; a turn due while its conversation's previous one still runs is
+sent on time with the history finished so far, or with ``--hold`` waits for it), then
+every host's ``GET /_mock/stats`` (model loads, and evictions when the emulator reports
+them). Hosts and proxies run on one core, the driver
 on the other (``taskset``), when the machine has two. Prints, per target, TTFT
 p50/p90/p99, total time, errors, model loads, TTFT for first and continued turns, per
 model and the spread over the hosts, as markdown tables; ``--json`` writes every figure
@@ -181,8 +183,8 @@ class Run:
                     last[0] = now
                     print(f"  {target}: {done}/{total} requests done, {now - t0:.0f} s", file=sys.stderr, flush=True)
 
-            outcomes = await replay(url, trace, timeout=self.args.timeout, host_name=self.host_name,
-                                    progress=progress)
+            outcomes = await replay(url, trace, timeout=self.args.timeout, hold=self.args.hold,
+                                    host_name=self.host_name, progress=progress)
             wall = time.monotonic() - t0
             cpu_s = (P.cpu_ticks(proxy.pid) - t_cpu) / os.sysconf("SC_CLK_TCK")
             stats = [await P.get_json(f"http://127.0.0.1:{p}/_mock/stats") for p in self.host_ports]
@@ -212,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", default=None, metavar="PATH", help="write every figure and outcome as JSON")
     ap.add_argument("--base-port", type=int, default=11600, help="proxy on P, hosts on P+1.. (default 11600)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per request at most (default 120)")
+    ap.add_argument("--hold", action="store_true",
+                    help="a continued turn waits for its conversation's previous turn (default: sent on time "
+                         "with the history finished so far, so every target gets the same arrivals)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--server-cpu", type=int, default=0, help="CPU of the hosts and proxies (default 0)")
     ap.add_argument("--driver-cpu", type=int, default=1, help="CPU of the driver (default 1)")
@@ -252,8 +257,11 @@ def print_report(doc: dict[str, Any], scen: Scenario) -> None:
             notes.append(f"- {name}: the driver started a request up to {f['driver_lag_max_s']:.2f} s late")
     if notes:
         print("\nNotes:\n" + "\n".join(notes))
-    print("\nLatencies cover successful requests, timed from the moment each was sent (a continued turn "
-          "whose previous turn was still running is held until it ends: 'held turns').")
+    mode = ("held until the previous one ended ('held turns'; closed loop per conversation, --hold)"
+            if doc["meta"]["hold"] else
+            "sent on time anyway, with the turns finished so far as history ('early turns'; open loop)")
+    print(f"\nLatencies cover successful requests, timed from the moment each was sent. A continued turn due "
+          f"while an earlier turn of its conversation was still running was {mode}.")
 
 
 async def amain(args: argparse.Namespace) -> int:
@@ -285,7 +293,7 @@ async def amain(args: argparse.Namespace) -> int:
         "meta": {"commit": git_rev(TREE), "baseline_commit": git_rev(baseline) if baseline else None,
                  "machine": machine(), "pinning": run.pinning, "command": shlex.join([sys.executable, *sys.argv]),
                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "timeout_s": args.timeout,
-                 "gateway_args": args.gateway_arg},
+                 "gateway_args": args.gateway_arg, "hold": args.hold},
         "scenario": scen.to_dict(), "scenario_spec": scen.spec(), "trace_summary": summary(trace), "targets": {},
     }
     if not args.quiet:

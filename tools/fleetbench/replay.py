@@ -4,12 +4,16 @@ Owns :func:`replay` and :class:`Outcome` (what one request measured). Each reque
 trace starts at its ``at`` whatever the others do (open loop), as a streaming ``/api/chat``
 with the model also in an ``X-Model`` header (for nginx's consistent hashing; every
 target gets it). A continued turn carries its conversation's real history: the earlier
-user messages and the replies this target actually returned. A user cannot send the next
-turn before the previous reply has arrived, so a continued turn whose previous turn is
-still running is *held* until it ends (``held`` seconds, counted; the trace's ``min_gap``
-makes this rare unless the target is slow). A turn that failed leaves no trace in the
-history. Times are from the moment the request is sent: TTFT to the first NDJSON line,
-total to the end of the stream.
+user messages and the replies this target actually returned, in turn order.
+
+When a continued turn is due while an earlier turn of its conversation is still running
+(a slow target), the default sends it anyway, with the turns finished so far as its
+history (``overlapped``, counted): every target then gets the same arrivals, and a slow
+one is not spared load by its own slowness (coordinated omission). With ``hold=True`` it
+waits for the previous turn instead, as one person at one chat window would (``held``
+seconds, counted); that is closed-loop per conversation. A turn that failed leaves no
+trace in the history. Times are from the moment the request is sent: TTFT to the first
+NDJSON line, total to the end of the stream.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ class Outcome:
     conversation: int
     turn: int
     lag: float = 0.0  # how late the driver started it (seconds)
-    held: float = 0.0  # waited for the conversation's previous turn (seconds)
+    held: float = 0.0  # waited for the conversation's previous turn (seconds; hold mode)
+    overlapped: bool = False  # sent while an earlier turn of its conversation was still running
+    history_turns: int = 0  # earlier turns whose messages it carried
     ttft: float | None = None
     total: float | None = None
     status: int = 0
@@ -115,15 +121,16 @@ async def _one(session: aiohttp.ClientSession, url: str, r: TraceRequest, out: O
     return "".join(reply) if ok else None
 
 
-async def replay(url: str, trace: Sequence[TraceRequest], *, timeout: float = 120.0,
+async def replay(url: str, trace: Sequence[TraceRequest], *, timeout: float = 120.0, hold: bool = False,
                  host_name: Callable[[str], str] = str, progress: Callable[[int, int], None] | None = None,
                  ) -> list[Outcome]:
     """Replay ``trace`` against ``url``; one :class:`Outcome` per request, in trace order.
-    Bounded: each request by ``timeout`` (plus its hold, itself bounded by the previous
-    turn's), the whole replay by the trace's span plus ``timeout`` times the longest
-    conversation, after which what is left is cancelled and counted as ``abandoned``."""
+    Bounded: each request by ``timeout`` (plus, with ``hold``, its wait for the previous
+    turn, itself bounded by that turn's), the whole replay by the trace's span plus
+    ``timeout`` times the longest conversation (once without ``hold``), after which what
+    is left is cancelled and counted as ``abandoned``."""
     outcomes = [Outcome(i, r.at, r.model, r.conversation, r.turn) for i, r in enumerate(trace)]
-    histories: dict[int, list[dict[str, str]]] = {}
+    finished_turns: dict[int, dict[int, tuple[str, str]]] = {}  # conversation -> turn -> (user, reply)
     previous: dict[int, asyncio.Future[None]] = {}  # conversation -> its latest turn's end
     loop = asyncio.get_running_loop()
     finished = 0
@@ -136,13 +143,20 @@ async def replay(url: str, trace: Sequence[TraceRequest], *, timeout: float = 12
         nonlocal finished
         try:
             if before is not None and not before.done():
-                t_hold = time.monotonic()
-                await asyncio.wait([before], timeout=timeout + 5)
-                out.held = time.monotonic() - t_hold
-            history = histories.setdefault(r.conversation, [])
-            reply = await _one(session, url, r, out, list(history), timeout, host_name)
+                if hold:
+                    t_hold = time.monotonic()
+                    await asyncio.wait([before], timeout=timeout + 5)
+                    out.held = time.monotonic() - t_hold
+                else:
+                    out.overlapped = True
+            done = finished_turns.setdefault(r.conversation, {})
+            history: list[dict[str, str]] = []
+            for k in sorted(t for t in done if t < r.turn):
+                history += [{"role": "user", "content": done[k][0]}, {"role": "assistant", "content": done[k][1]}]
+            out.history_turns = len(history) // 2
+            reply = await _one(session, url, r, out, history, timeout, host_name)
             if reply is not None:
-                history += [{"role": "user", "content": r.user}, {"role": "assistant", "content": reply}]
+                done[r.turn] = (r.user, reply)
         finally:
             mine.set_result(None)
             finished += 1
@@ -160,7 +174,7 @@ async def replay(url: str, trace: Sequence[TraceRequest], *, timeout: float = 12
             mine: asyncio.Future[None] = loop.create_future()
             tasks.append(asyncio.create_task(run(r, out, previous.get(r.conversation), mine)))
             previous[r.conversation] = mine
-        longest = max((r.turn + 1 for r in trace), default=1)
+        longest = max((r.turn + 1 for r in trace), default=1) if hold else 1
         _, pending = await asyncio.wait(tasks, timeout=(timeout + 5) * longest + 5) if tasks else (set(), set())
         for t in pending:
             t.cancel()

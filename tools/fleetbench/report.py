@@ -96,6 +96,7 @@ def target_figures(outcomes: Sequence[Outcome], host_stats: Sequence[dict[str, A
         "served_per_host": {h: served.get(h, 0) for h in host_ids} | {
             h: n for h, n in served.items() if h not in host_ids},
         "models_per_host": {h: dict(c.most_common()) for h, c in sorted(by_host.items())},
+        "overlapped": sum(1 for o in outcomes if o.overlapped),
         "held": {"requests": len(held), "max_s": round(max(held), 3) if held else 0.0},
         "driver_lag_max_s": round(max((o.lag for o in outcomes), default=0.0), 4),
     }
@@ -120,7 +121,7 @@ def main_table(results: dict[str, dict[str, Any]]) -> list[str]:
     evict = any(f.get("evictions") is not None for f in results.values())
     head = ["target", "TTFT p50", "TTFT p90", "TTFT p99", "total p50", "total p99", "errors", "model loads"]
     head += ["evictions"] if evict else []
-    head += ["first turns TTFT p50 / p99", "continued TTFT p50 / p99", "held turns", "proxy CPU"]
+    head += ["first turns TTFT p50 / p99", "continued TTFT p50 / p99", "early / held turns", "proxy CPU"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, f in results.items():
         t = f["ttft"]
@@ -128,7 +129,7 @@ def main_table(results: dict[str, dict[str, Any]]) -> list[str]:
                secs(f["total"]["p99"]), str(f["errors"]), "-" if f["model_loads"] is None else str(f["model_loads"])]
         if evict:
             row.append("-" if f.get("evictions") is None else str(f["evictions"]))
-        row += [_pair(f["first_turns"]["ttft"]), _pair(f["continued_turns"]["ttft"]), str(f["held"]["requests"]),
+        row += [_pair(f["first_turns"]["ttft"]), _pair(f["continued_turns"]["ttft"]), f"{f['overlapped']} / {f['held']['requests']}",
                 f"{f['proxy_cpu_s']:.1f} s" if f.get("proxy_cpu_s") is not None else "-"]
         lines.append("| " + " | ".join(row) + " |")
     return lines
