@@ -19,6 +19,9 @@ import them eagerly, so that importing the pytest plugin stays cheap.
   fixture: ``host = await fake_ollama(models=[...], load_delay=0)``; hosts stop at teardown.
 * ``GET /_mock/stats`` (and ``host.stats()``) report per model ``in_flight``, ``queued``,
   ``served``, ``rejected_503``, ``loads``, ``failed``, plus totals and loaded models.
+* :mod:`ollamamax.testing.workload` (a public module, imported on its own): seeded traces
+  of a fleet's traffic (``Scenario``, ``make_trace``), the one definition the fleet
+  simulator and ``tools/bench_fleet.py`` replay.
 """
 
 from __future__ import annotations
