@@ -22,6 +22,9 @@ import them eagerly, so that importing the pytest plugin stays cheap.
   loaded models.
 * :class:`VirtualTimeLoop` is an event loop on virtual time (no sockets): the emulator's
   scheduler and engine run on it without waiting, for simulators.
+* :mod:`ollamamax.testing.workload` (a public module, imported on its own): seeded traces
+  of a fleet's traffic (``Scenario``, ``make_trace``), the one definition the fleet
+  simulator and ``tools/bench_fleet.py`` replay.
 """
 
 from __future__ import annotations
