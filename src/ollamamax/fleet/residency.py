@@ -1,0 +1,204 @@
+"""Which models each host holds, and will hold: the gateway's residency model.
+
+``/api/ps`` tells what a host had loaded at its last refresh, seconds ago.  The gateway
+causes most loads and evictions itself, so it knows them the moment it decides them: a
+:class:`Resident` is one model on one host, ``LOADING`` from the moment the scheduler
+sends the load, ``LOADED`` once the host answered it, ``UNLOADING`` from the moment the
+scheduler decides to evict it (no request is routed to it any more).  A refresh
+reconciles (:meth:`Residency.reconcile`): a model the host no longer lists, and that was
+loaded before the refresh began and has nothing in flight, is gone (it expired, or
+something else evicted it); a model it lists that the gateway did not know of is added.
+
+Each resident also carries what routing needs per (host, model): requests in flight and
+**slots** (Ollama's ``OLLAMA_NUM_PARALLEL`` for that model on that host: configured, or
+learned by probing one above the current value, see :meth:`Resident.probe_result`), and
+each host its **room** (how many models it can hold at once: configured, or learned from
+what ``/api/ps`` shows resident together).  Everything is indexed by model, so what a
+request reads is proportional to the hosts that hold its model, not to the fleet.
+
+No I/O and no clock reads: callers pass ``now`` (any monotonic clock, the event loop's
+in the gateway, a virtual one in the simulator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+__all__ = ["LOADED", "LOADING", "UNLOADING", "Resident", "Residency"]
+
+LOADING = "loading"
+LOADED = "loaded"
+UNLOADING = "unloading"
+
+FOUND = float("-inf")  # ``since`` of a model found loaded: how long it has been is unknown
+PROBE_BACKOFF = 30.0  # after a probe showed the host queued, try one more slot again this much later
+
+
+class Resident:
+    """One model on one host, as the gateway believes it (mutable; event loop only)."""
+
+    __slots__ = (
+        "host",
+        "model",
+        "state",
+        "since",
+        "ready_at",
+        "in_flight",
+        "slots",
+        "slots_fixed",
+        "probing",
+        "probe_after",
+        "last_used",
+        "served",
+        "cold_waiters",
+    )
+
+    def __init__(self, host: int, model: str, state: str, now: float, *, slots: int = 1,
+                 slots_fixed: bool = False) -> None:
+        self.host = host
+        self.model = model
+        self.state = state
+        self.since = now  # when the current state began
+        self.ready_at = now  # LOADING: when the load is expected to finish
+        self.in_flight = 0
+        self.slots = max(1, slots)  # requests the host serves at once for this model
+        self.slots_fixed = slots_fixed  # configured: never probed
+        self.probing = False  # one request above ``slots`` is out to learn if the host takes it
+        self.probe_after = now  # no probe before this
+        self.last_used = now
+        self.served = 0  # requests answered here since it was loaded
+        self.cold_waiters = 0  # requests that waited for this load
+
+    @property
+    def routable(self) -> bool:
+        return self.state == LOADED
+
+    def has_free_slot(self) -> bool:
+        return self.state == LOADED and self.in_flight < self.slots
+
+    def may_probe(self, now: float) -> bool:
+        """Whether one request above ``slots`` may go out to learn the host's parallelism."""
+        return (self.state == LOADED and not self.slots_fixed and not self.probing
+                and self.in_flight == self.slots and now >= self.probe_after)
+
+    def probe_result(self, parallel: bool, now: float) -> None:
+        """The probe's answer: the host ran it alongside the others (``parallel``: one more
+        slot), or queued it (stay, and do not probe again for a while)."""
+        self.probing = False
+        if parallel:
+            self.slots += 1
+            self.probe_after = now
+        else:
+            self.probe_after = now + PROBE_BACKOFF
+
+    def __repr__(self) -> str:
+        return (f"Resident({self.model!r} on #{self.host}, {self.state}, {self.in_flight}/{self.slots}"
+                f"{' probing' if self.probing else ''})")
+
+
+class Residency:
+    """Every host's residents, indexed by host and by model, and each host's room."""
+
+    def __init__(self, n_hosts: int, *, room: Sequence[int | None] | None = None,
+                 slots: Sequence[int | None] | None = None) -> None:
+        self.by_host: list[dict[str, Resident]] = [{} for _ in range(n_hosts)]
+        self.by_model: dict[str, dict[int, Resident]] = {}
+        cfg_room = list(room) if room is not None else [None] * n_hosts
+        self.room_fixed = [r is not None for r in cfg_room]  # configured: not learned
+        self.room = [max(1, r) if r is not None else 1 for r in cfg_room]
+        # the host was seen to evict a model to make room: ``room`` is its limit (no more
+        # exploring whether it holds one more)
+        self.room_known = list(self.room_fixed)
+        self.slots_cfg = list(slots) if slots is not None else [None] * n_hosts
+
+    # -- reading --------------------------------------------------------------------------
+    def holders(self, model: str) -> Iterable[Resident]:
+        """Every resident of ``model`` (any state)."""
+        by = self.by_model.get(model)
+        return by.values() if by else ()
+
+    def get(self, host: int, model: str) -> Resident | None:
+        return self.by_host[host].get(model)
+
+    def held(self, host: int) -> int:
+        """Models the host holds or is loading (not those being unloaded)."""
+        return sum(1 for r in self.by_host[host].values() if r.state != UNLOADING)
+
+    # -- what the scheduler decides -----------------------------------------------------
+    def add(self, host: int, model: str, state: str, now: float) -> Resident:
+        cfg = self.slots_cfg[host]
+        r = Resident(host, model, state, now, slots=cfg or 1, slots_fixed=cfg is not None)
+        old = self.by_host[host].get(model)
+        if old is not None:  # a model that comes back keeps what was learned of it
+            r.slots, r.slots_fixed, r.probe_after = old.slots, old.slots_fixed, old.probe_after
+        self.by_host[host][model] = r
+        self.by_model.setdefault(model, {})[host] = r
+        return r
+
+    def start_load(self, host: int, model: str, now: float, expected: float) -> Resident:
+        r = self.by_host[host].get(model)
+        if r is None or r.state == UNLOADING:
+            r = self.add(host, model, LOADING, now)
+        r.state = LOADING
+        r.since = now
+        r.ready_at = now + expected
+        return r
+
+    def loaded(self, r: Resident, now: float) -> None:
+        r.state = LOADED
+        r.since = r.last_used = now
+        r.served = 0
+
+    def start_unload(self, r: Resident, now: float) -> None:
+        r.state = UNLOADING
+        r.since = now
+
+    def forget(self, r: Resident) -> None:
+        if self.by_host[r.host].get(r.model) is r:
+            del self.by_host[r.host][r.model]
+        by = self.by_model.get(r.model)
+        if by is not None and by.get(r.host) is r:
+            del by[r.host]
+            if not by:
+                del self.by_model[r.model]
+
+    def room_explored(self, host: int, held_on: bool) -> None:
+        """The outcome of loading one model more than ``room`` without evicting first:
+        ``held_on`` (the host kept them all: one more fits) or not (it evicted one)."""
+        if self.room_fixed[host]:
+            return
+        if held_on:
+            self.room[host] += 1
+        else:
+            self.room_known[host] = True
+
+    def forget_host(self, host: int) -> None:
+        """The host restarted or is gone: it holds nothing any more."""
+        for r in list(self.by_host[host].values()):
+            self.forget(r)
+
+    # -- what a refresh saw --------------------------------------------------------------
+    def reconcile(self, host: int, observed: Iterable[str], refreshed_at: float, now: float) -> list[str]:
+        """Bring ``host`` in line with the models ``/api/ps`` listed in a refresh that began
+        at ``refreshed_at``; returns the models found gone.  What the scheduler changed
+        after the refresh began is kept (its own loads and unloads are newer)."""
+        seen = set(observed)
+        gone = []
+        for r in list(self.by_host[host].values()):
+            if r.model in seen:
+                if r.state == LOADING and r.since < refreshed_at:
+                    self.loaded(r, now)  # loaded by now (its answer may still be on the way)
+                continue
+            if r.since < refreshed_at and r.in_flight == 0 and r.state != LOADING:
+                self.forget(r)
+                gone.append(r.model)
+        for m in seen:
+            if m not in self.by_host[host]:
+                # found loaded (at start, or loaded by someone else): not a fresh load of
+                # the scheduler's, so the planner's dwell does not shield it
+                self.add(host, m, LOADED, now).since = FOUND
+        if not self.room_fixed[host]:
+            together = len(seen)
+            if together > self.room[host]:
+                self.room[host] = together  # it held that many at once: it has room for them
+        return gone
