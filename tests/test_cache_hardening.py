@@ -316,6 +316,9 @@ CHAT_V1_BODY = {"model": "llama3.2", "messages": [{"role": "user", "content": "h
                 "temperature": 0, "seed": 42}
 TAGS = js({"models": [{"name": "llama3.2:latest", "model": "llama3.2:latest", "digest": "a" * 64,
                        "size": 1, "modified_at": "2024-01-01T00:00:00Z", "details": {}}]})
+# the model is resident, so the scheduler sends the requests straight to it (no load request)
+PS = js({"models": [{"name": "llama3.2:latest", "model": "llama3.2:latest", "digest": "a" * 64,
+                     "size": 1, "size_vram": 1, "expires_at": "2099-01-01T00:00:00Z", "details": {}}]})
 
 Answer = Callable[[asyncio.StreamWriter], Awaitable[None]]
 
@@ -346,7 +349,7 @@ async def scripted_host(answer: Answer) -> AsyncIterator[tuple[str, list[int]]]:
                 if target == b"/api/tags":
                     w.write(_json_reply(TAGS))
                 elif target == b"/api/ps":
-                    w.write(_json_reply(b'{"models":[]}'))
+                    w.write(_json_reply(PS))
                 elif target == b"/api/version":
                     w.write(_json_reply(b'{"version":"0.9.0"}'))
                 else:

@@ -30,10 +30,8 @@ from ollamamax.dispatch import Dispatcher, HostConfig
 from ollamamax.dispatch.accounting import final_metrics
 from ollamamax.dispatch.admission import Admission
 from ollamamax.fleet.hosts import HostState
-from ollamamax.fleet.learning import Demand
-from ollamamax.fleet.snapshot import HostView, Snapshot
-from ollamamax.placement.router import Router
-from ollamamax.placement.strategies import STRATEGIES, RoutingKey, make_strategy
+from ollamamax.fleet.residency import LOADED, Residency
+from ollamamax.fleet.snapshot import HostView
 from ollamamax.upstream import client as upclient
 from ollamamax.upstream import http1
 from ollamamax.upstream.client import FORWARD_REQUEST_HEADERS, Upstream, header_get
@@ -565,6 +563,8 @@ async def test_resp_headers_cached_copy_is_independent(d: Dispatcher) -> None:
         )
     )
     h.down = h.unreachable = False
+    assert d.scheduler is not None
+    d.scheduler.reconcile(h, frozenset({"m:latest"}), d.clock())  # what a refresh would tell it
     pairs = (
         ("Content-Type", "application/json"),
         ("Date", "x"),
@@ -590,21 +590,31 @@ async def test_resp_headers_cached_copy_is_independent(d: Dispatcher) -> None:
     a.headers["X-Mutated"] = "1"
     a.headers["Content-Type"] = "text/mutated"
 
-    # 2. the same header tuple: a cold model, a 30 ms wait for a slot, a cacheable route
-    slots = 0
-    while d.admission is not None and d.admission.try_acquire(h):
-        slots += 1
-    assert slots == h.capacity
-    asyncio.get_running_loop().call_later(0.03, d.admission.release, h)
+    # 2. the same header tuple: a cold model (the scheduler's load is answered 30 ms
+    # later, the request waits for it), a cacheable route
+    real_send = send
+
+    async def slow_load(method: str, path: str, body: bytes | None, headers: Any = None, **kw: Any) -> StubResponse:
+        await asyncio.sleep(0.03)
+        return StubResponse(200, (("Content-Type", "application/json"),), b'{"done":true}')
+
+    loads: list[bytes | None] = []
+
+    async def send2(method: str, path: str, body: bytes | None, headers: Any = None, **kw: Any) -> StubResponse:
+        if body is not None and b'"keep_alive":-1' in body:
+            loads.append(body)
+            return await slow_load(method, path, body)
+        return await real_send(method, path, body, headers, **kw)
+
+    up.send = send2  # type: ignore[method-assign]
     script.append(StubResponse(200, pairs))
     b = await d.handle("POST", "/api/embed", b'{"model":"e","input":"x"}')
     assert b.status == 200 and b.body == b"{}"
+    assert len(loads) == 1
     queue_ms = b.headers.pop(HEADER_QUEUE_MS)
     assert queue_ms.isdigit() and 25 <= int(queue_ms) < 5000, queue_ms  # whole milliseconds
     assert b.headers == {k: v for k, v in expect("1", "0", "1", "miss").items() if k != HEADER_QUEUE_MS}
     b.headers["X-Mutated-Too"] = "1"
-    for _ in range(slots - 1):
-        d.admission.release(h)
     assert h.in_flight == 0
 
     # 3. the same tuple again: a busy first attempt, answered on the second
@@ -627,21 +637,22 @@ async def test_release_without_waiters_then_a_waiter_still_gets_the_slot() -> No
     hs = [HostState(index=i, config=HostConfig(url=f"http://h:{i + 1}"), name=f"h{i}", url="", capacity=1) for i in range(2)]
     for h in hs:
         h.down = h.unreachable = False
-    a, b = hs
-    adm = Admission(hs, queue_size=4)
-    assert adm.try_acquire(a) and adm.try_acquire(b)
-    t = asyncio.create_task(adm.wait([a, b], 5))
+    res = Residency(2)
+    ra, rb = (res.add(i, "m", LOADED, 0.0) for i in range(2))
+    adm = Admission(hs, res, queue_size=4)
+    assert adm.try_take(ra) and adm.try_take(rb)
+    t = asyncio.create_task(adm.wait("m", 5, 1.0))
     await asyncio.sleep(0)
-    adm.release(b)  # grants t; a stale entry stays in a's ring
-    assert await t is b
-    assert a.queued == 0 and adm.ring_length(a) == 1
-    adm.release(a)  # nobody live waits for a: the slot just frees
-    assert a.in_flight == 0 and adm.try_acquire(a)
-    t2 = asyncio.create_task(adm.wait([a], 5))
+    adm.release(rb, 2.0)  # grants t
+    assert await t is rb
+    assert adm.queued("m") == 0 and "m" not in adm.queues  # no stale entry left behind
+    adm.release(ra, 3.0)  # nobody waits: the slot just frees
+    assert ra.in_flight == 0 and hs[0].in_flight == 0 and adm.try_take(ra)
+    t2 = asyncio.create_task(adm.wait("m", 5, 4.0))
     await asyncio.sleep(0)
-    adm.release(a)  # the stale entry is skipped, t2 gets it
-    assert await t2 is a
-    assert adm.ring_length(a) == 0
+    adm.release(ra, 5.0)
+    assert await t2 is ra
+    assert adm.waiting == 0
 
 
 async def test_dispatcher_end_to_end_uses_the_fast_paths(d: Dispatcher) -> None:
@@ -651,6 +662,8 @@ async def test_dispatcher_end_to_end_uses_the_fast_paths(d: Dispatcher) -> None:
         HostView(0, h.name, h.url, healthy=True, present=frozenset({"m:latest"}), loaded=frozenset({"m:latest"}))
     )
     h.down = h.unreachable = False
+    assert d.scheduler is not None
+    d.scheduler.reconcile(h, frozenset({"m:latest"}), d.clock())  # resident: no load request
     reply = b'{"done":true,"load_duration":1,"eval_count":5,"eval_duration":1000000000}'
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nDate: x\r\nContent-Length: %d\r\n\r\n" % len(reply)
     loop = asyncio.get_running_loop()
@@ -689,51 +702,6 @@ async def test_dispatcher_end_to_end_uses_the_fast_paths(d: Dispatcher) -> None:
     assert len(t.written) == 3
     for w in t.written:
         assert re.match(rb"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:9\r\n", w)
-
-
-# -- placement: the router's one-candidate shortcut -----------------------------------
-def _general_one_candidate(
-    router: Router, h: HostState, key: RoutingKey, snap: Snapshot, now: float
-) -> tuple[HostState | None, list[HostState], float | None]:
-    """What the router's general rule gives for the pool ``[h]``: the model's hosts are
-    split into loaded and cold, the tier is ordered (by the strategy, or cold-first order),
-    the first host with a free slot is taken; else the request waits on the pool and,
-    with no other tier to widen to, never widens."""
-    loaded = h.is_loaded(key.model, snap.hosts[h.index])
-    ordered = router.strategy.order([h], key) if loaded else router.order_cold([h], key, snap, now)
-    for x in ordered:
-        if x.has_free_slot():
-            return x, [], None
-    return None, [h], None
-
-
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_select_one_candidate_shortcut_equals_general_path(strategy: str) -> None:
-    h = HostState(index=0, config=HostConfig(url="http://h:1"), name="h", url="http://h:1", capacity=2)
-    router = Router(make_strategy(strategy, [h]), Demand(), spread_cold=strategy != "affinity")
-    key = RoutingKey("m:latest")
-    now = 100.0
-    seen = set()
-    for loaded, sent in ((frozenset(), False), (frozenset({"m:latest"}), False), (frozenset(), True)):
-        snap = Snapshot((HostView(0, h.name, h.url, healthy=True, present=frozenset({"m:latest"}), loaded=loaded),))
-        h.sent_models.clear()
-        if sent:  # sent here since the last refresh: counts as loaded
-            h.sent_models["m:latest"] = 50.0
-        for in_flight, down in ((0, False), (h.capacity - 1, False), (h.capacity, False), (0, True)):
-            h.in_flight, h.down = in_flight, down
-            got = router.choose([h], key, snap, now)
-            want = _general_one_candidate(router, h, key, snap, now)
-            # wait_on is what to wait for when nothing is taken (Decision's contract)
-            assert (got.take, list(got.wait_on) if got.take is None else [], got.widen_after) == want, (
-                loaded,
-                sent,
-                in_flight,
-                down,
-            )
-            assert h.in_flight == in_flight and h.down == down  # pure: nothing taken
-            assert (got.take is h) == (in_flight < h.capacity and not down)
-            seen.add(got.take is h)
-    assert seen == {True, False}
 
 
 async def test_passthrough_tail_is_the_last_bytes() -> None:

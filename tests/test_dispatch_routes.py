@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from ollamamax.dispatch import Dispatcher
+from ollamamax.fleet.config import HostConfig
 from ollamamax.testing import FakeOllama
 from ollamamax.wire.response import HEADER_ATTEMPTS, HEADER_CACHE, HEADER_HOST
 
@@ -310,9 +311,10 @@ async def test_sse_stream_broken_midway_gets_sse_error_event() -> None:
 
 
 async def test_concurrent_streams_all_complete() -> None:
-    pre = {"preload": ["llama3.2"], "tokens_per_sec": 200}
+    pre = {"preload": ["llama3.2"], "tokens_per_sec": 200, "num_parallel": 4}
     async with fleet(pre, pre) as (a, b):
-        async with Dispatcher([a.url, b.url]) as d:
+        # the gateway sends each host as many requests as it runs at once (4 here)
+        async with Dispatcher([HostConfig(a.url, num_parallel=4), HostConfig(b.url, num_parallel=4)]) as d:
 
             async def one(i: int) -> dict[str, Any]:
                 body = js({"model": "llama3.2", "messages": [{"role": "user", "content": str(i)}]})

@@ -76,8 +76,10 @@ async def test_loads_elsewhere_when_wait_exceeds_load_cost() -> None:
     ) as (a, b):
         async with Dispatcher([HostConfig(a.url, max_concurrency=1), HostConfig(b.url, max_concurrency=1)]) as d:
             ha, hb = d.hosts
-            # A's service time is long, loading on B is cheap: the second request loads B.
-            ha.service.add(5.0)
+            # A request holds A's only slot 5 s, loading on B is cheap and the model is in
+            # steady demand: the second request's wait makes the planner load a copy on B.
+            d.service["llama3.2:latest"] = svc = Ewma()
+            svc.add(5.0)
             hb.load_cost["llama3.2:latest"] = e = Ewma()
             e.add(0.05)
             r1 = await d.handle("POST", "/api/chat", chat_body(stream=True), {})

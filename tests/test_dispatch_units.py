@@ -25,6 +25,7 @@ from ollamamax.fleet.health import (
     HealthPolicy,
 )
 from ollamamax.fleet.hosts import HostState
+from ollamamax.fleet.residency import LOADED, Residency, Resident
 from ollamamax.placement.strategies import (
     AffinityStrategy,
     HashRing,
@@ -114,77 +115,113 @@ def test_routes_table() -> None:
     assert lookup("GET", "/nope") is None
 
 
+def mk_fleet(n: int, cap: int = 2, slots: int = 1, model: str = "m") -> tuple[list[HostState], Residency, list[Resident]]:
+    """``n`` hosts with ``model`` loaded on each (``slots`` slots per copy)."""
+    hosts = mk_hosts(n, cap)
+    res = Residency(n, slots=[slots] * n)
+    return hosts, res, [res.add(i, model, LOADED, 0.0) for i in range(n)]
+
+
 async def test_admission_slots_fifo_timeout_and_cancel() -> None:
-    hosts = mk_hosts(2, cap=1)
-    a, b = hosts
-    adm = Admission(hosts, queue_size=3)
-    assert adm.try_acquire(a) and not adm.try_acquire(a)
-    assert adm.try_acquire(b)
-    w1 = asyncio.create_task(adm.wait([a], 5))
-    w2 = asyncio.create_task(adm.wait([a, b], 5))
-    w3 = asyncio.create_task(adm.wait([b], 5))
+    hosts, res, (a, b) = mk_fleet(2)
+    adm = Admission(hosts, res, queue_size=3)
+    assert adm.try_take(a) and not adm.try_take(a)  # one slot per copy
+    assert adm.try_take(b)
+    w1 = asyncio.create_task(adm.wait("m", 5, 1.0, exclude=frozenset({1})))  # only A
+    w2 = asyncio.create_task(adm.wait("m", 5, 2.0))  # either
+    w3 = asyncio.create_task(adm.wait("m", 5, 3.0, exclude=frozenset({0})))  # only B
     await asyncio.sleep(0)
-    assert adm.waiting == 3
-    assert (a.queued, b.queued) == (2, 2)
+    assert adm.waiting == 3 and adm.queued("m") == 3 and adm.oldest("m") == 1.0
     with pytest.raises(QueueFull):
-        await adm.wait([a], 5)
-    adm.release(a)  # -> w1 (head of A's queue)
+        await adm.wait("m", 5, 4.0)
+    adm.release(a, 5.0)  # -> w1 (head of the queue, accepts A)
     assert await w1 is a
-    adm.release(b)  # -> w2 (older than w3, accepts B)
+    adm.release(b, 6.0)  # -> w2 (older than w3, accepts B)
     assert await w2 is b
-    adm.release(a)  # nobody waits for A alone: slot stays free
-    assert a.in_flight == 0 and not w3.done()
-    adm.release(b)
+    adm.release(a, 7.0)  # w3 refuses A: the slot stays free, w3 keeps its place
+    assert a.in_flight == 0 and not w3.done() and a.last_used == 7.0
+    adm.release(b, 8.0)
     assert await w3 is b
-    assert adm.waiting == 0 and a.queued == 0 and b.queued == 0
+    assert adm.waiting == 0 and adm.queued("m") == 0 and not adm.queues
     # timeout
     with pytest.raises((TimeoutError, asyncio.TimeoutError)):
-        await adm.wait([b], 0.01)
+        await adm.wait("m", 0.01, 9.0, exclude=frozenset({0}))
     # cancellation of a waiter that was just granted gives the slot back
-    t = asyncio.create_task(adm.wait([b], 5))
+    assert adm.try_take(a)  # both copies busy: the waiter waits
+    t = asyncio.create_task(adm.wait("m", 5, 10.0))
     await asyncio.sleep(0)
-    adm.release(b)  # grants t
+    assert not t.done()
+    adm.release(b, 11.0)  # grants t
+    assert b.in_flight == 1
     t.cancel()
     with pytest.raises(asyncio.CancelledError):
         await t
-    assert b.in_flight == 0 and adm.try_acquire(b)
-    adm.release(b)
-    adm.release(a) if a.in_flight else None
-    assert a.in_flight == 0 and b.in_flight == 0
+    assert b.in_flight == 0 and adm.try_take(b)
+    adm.release(b, 12.0)
+    adm.release(a, 12.0)
+    assert a.in_flight == 0 and b.in_flight == 0 and hosts[0].in_flight == 0 and hosts[1].in_flight == 0
 
 
 async def test_admission_down_host_not_granted_until_it_comes_back() -> None:
-    (a,) = mk_hosts(1, cap=1)
-    adm = Admission([a], queue_size=4)
-    assert adm.try_acquire(a)
-    t = asyncio.create_task(adm.wait([a], 5))
+    hosts, res, (r,) = mk_fleet(1, cap=1)
+    (a,) = hosts
+    adm = Admission(hosts, res, queue_size=4)
+    assert adm.try_take(r)
+    t = asyncio.create_task(adm.wait("m", 5, 0.0))
     await asyncio.sleep(0)
     a.down = True
-    adm.release(a)
+    assert adm.stranded("m") == 1  # its only copy is on a down host
+    adm.release(r, 1.0)
     await asyncio.sleep(0)
-    assert not t.done() and a.in_flight == 0
-    assert not adm.try_acquire(a)
+    assert not t.done() and r.in_flight == 0
+    assert not adm.try_take(r)
+    assert adm.try_take(r, panic=True)  # panic: an ejected but reachable host serves
+    adm.release(r, 1.5)
+    await asyncio.sleep(0)
+    assert not t.done()  # the waiter did not ask for panic
     a.down = a.unreachable = False
-    adm.grant_free_slots(a)
-    assert await t is a
+    assert adm.stranded("m") == 0
+    adm.grant("m")
+    assert await t is r
 
 
-async def test_admission_compacts_stale_entries() -> None:
-    a, b = mk_hosts(2, cap=1)
-    adm = Admission([a, b], queue_size=2)
-    adm.try_acquire(a)
-    adm.try_acquire(b)
-    # many waiters that accept both are granted by B: A's ring fills with stale entries
-    for _ in range(10):
-        t = asyncio.create_task(adm.wait([a, b], 5))
-        await asyncio.sleep(0)
-        adm.release(b)
-        assert await t is b
-    assert adm.ring_length(a) <= 2
-    t = asyncio.create_task(adm.wait([a], 5))
+async def test_admission_the_host_cap_hands_slots_across_models() -> None:
+    """A host at its cap holds back waiters of its other models too; the slot freed by one
+    model goes to the oldest waiter of another resident model."""
+    hosts = mk_hosts(1, cap=1)
+    res = Residency(1, slots=[2])
+    rm, rn = res.add(0, "m", LOADED, 0.0), res.add(0, "n", LOADED, 0.0)
+    adm = Admission(hosts, res, queue_size=4)
+    assert adm.try_take(rm) and not adm.try_take(rn)  # the host's cap, not n's slots
+    t = asyncio.create_task(adm.wait("n", 5, 1.0))
     await asyncio.sleep(0)
-    adm.release(a)
-    assert await t is a
+    adm.release(rm, 2.0)
+    assert await t is rn and hosts[0].in_flight == 1
+
+
+async def test_admission_stale_waiters_do_not_pile_up_and_stranded_counts_only_live_ones() -> None:
+    hosts, res, (a, b) = mk_fleet(2)
+    adm = Admission(hosts, res, queue_size=2)
+    adm.try_take(a)
+    adm.try_take(b)
+    for i in range(10):  # granted through B each time: nothing stale stays behind
+        t = asyncio.create_task(adm.wait("m", 5, float(i)))
+        await asyncio.sleep(0)
+        adm.release(b, float(i))
+        assert await t is b
+    assert not adm.queues and adm.waiting == 0
+    # a waiter that tried both copies is stranded: only a new copy elsewhere serves it
+    t = asyncio.create_task(adm.wait("m", 5, 20.0, exclude=frozenset({0, 1})))
+    t2 = asyncio.create_task(adm.wait("m", 0.01, 20.0, exclude=frozenset({0, 1})))
+    await asyncio.sleep(0.05)
+    assert t2.done() and adm.queued("m") == 1 and adm.stranded("m") == 1
+    assert adm.by_model(21.0) == {"m": {"waiting": 1, "oldest_s": 1.0}}
+    adm.close()
+    with pytest.raises(QueueFull):
+        await t
+    assert not adm.queues and adm.waiting == 0
+    with pytest.raises(QueueFull):
+        await adm.wait("m", 5, 22.0)
 
 
 def test_health_ejects_and_doubles_cooldown() -> None:

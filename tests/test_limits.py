@@ -23,10 +23,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from test_gateway_common import new_host, wait_until
+from test_gateway_common import HOST_KW, new_host, wait_until
 
 from ollamamax import create_app
-from ollamamax.dispatch import Dispatcher, DispatcherConfig
+from ollamamax.dispatch import Dispatcher, DispatcherConfig, HostConfig
 from ollamamax.frontends import fastpath
 from ollamamax.frontends.fastpath import start_server
 from ollamamax.wire.response import DispatchResponse
@@ -63,7 +63,9 @@ async def gateway(front: str, *, n_hosts: int = 1, app_kw: dict[str, Any] | None
             started.append(h)
         cfg = DispatcherConfig(**{"refresh_interval": 0.5, "connect_timeout": 1.0,
                                   **(dispatch_kw or {})})
-        async with Dispatcher([h.url for h in hosts], config=cfg) as d:
+        # the gateway is told each host's parallelism (else it learns it by probing)
+        slots = host_kw.get("num_parallel", HOST_KW["num_parallel"])
+        async with Dispatcher([HostConfig(h.url, num_parallel=slots) for h in hosts], config=cfg) as d:
             app = create_app(d, **(app_kw or {}))
             closed = False
             if front == "aiohttp":

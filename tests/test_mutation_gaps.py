@@ -174,8 +174,8 @@ async def test_weight_scales_the_share_of_concurrent_requests(strategy: str) -> 
     slow = {"preload": ["llama3.2"], "tokens_per_sec": 100, "response_tokens": (10, 10),
             "num_parallel": N_CONCURRENT}
     async with hosts(slow, slow) as (a, b):
-        cfg = [HostConfig(a.url, name="light", weight=1, max_concurrency=N_CONCURRENT),
-               HostConfig(b.url, name="heavy", weight=3, max_concurrency=N_CONCURRENT)]
+        cfg = [HostConfig(a.url, name="light", weight=1, max_concurrency=N_CONCURRENT, num_parallel=N_CONCURRENT),
+               HostConfig(b.url, name="heavy", weight=3, max_concurrency=N_CONCURRENT, num_parallel=N_CONCURRENT)]
         async with Dispatcher(cfg, strategy=strategy, refresh_interval=60) as d:
             peak = {"light": 0, "heavy": 0}
 

@@ -171,7 +171,7 @@ async def test_served_page_and_status_json():
         assert by[served_by]["total"]["p99_ms"] >= by[served_by]["ttfb"]["p50_ms"]
         assert set(by[served_by]["by_model"]) == {"llama3.2:latest"}
         assert st["gc"]["count"] >= 0 and st["version"] and st["generated_at"] > 0
-        assert st["queue"] == {"depth": 0, "size": s.d.config.queue_size}
+        assert st["queue"] == {"depth": 0, "size": s.d.config.queue_size, "by_model": {}}
 
 
 # -- real browser ------------------------------------------------------------------------

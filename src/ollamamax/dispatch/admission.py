@@ -1,201 +1,267 @@
-"""Admission: per-host in-flight slots and a bounded FIFO of waiting requests.
+"""Admission: slots per (host, model), a FIFO queue per model, and the bounded wait.
 
 Layout
-    Each host has ``in_flight`` / ``capacity`` (``HostConfig.max_concurrency`` or
-    ``DispatcherConfig.max_in_flight_per_host``, default 8) on its ``HostState``, and here
-    a ring of waiters (``AsyncRingQueue``, used only through its non-blocking
-    ``put_nowait`` / ``get_nowait``).  A request that finds every acceptable host full creates one
-    :class:`Waiter` (a future plus nothing else) and pushes it into the ring of every
-    host it would accept.  ``waiting`` counts live waiters across the dispatcher and
-    ``HostState.queued`` the live waiters that would accept that host (it feeds the
-    expected-wait estimate of the selection).
+    A request runs on a :class:`~ollamamax.fleet.residency.Resident` (a model loaded on a
+    host) and holds one of its **slots** (the host's parallelism for that model, learned or
+    configured), within the host's own cap (``HostState.capacity``, the gateway's in-flight
+    limit per host).  A request that finds no free slot on a loaded copy of its model waits
+    in its **model's queue** (a deque of :class:`Waiter`, oldest first); ``waiting`` counts
+    the waiters of every model and never exceeds ``queue_size`` (one more is refused at once:
+    503 + Retry-After), and each waiter has a deadline (the caller's timeout).  Requests are
+    held here, in the gateway, rather than pushed into a host beyond its slots, so each can
+    still go to whichever copy frees a slot first, or to a copy the scheduler loads for it.
 
 Invariants
-    * ``0 <= in_flight``; a slot is taken only by ``try_acquire`` (when
-      ``in_flight < capacity``) or handed over by ``release`` to a waiter (the count is
-      not decremented then, the slot changes owner).
-    * ``waiting <= queue_size``: a request arriving when the queue is full is refused
-      at once (503 + Retry-After).
-    * When a slot frees on host H, the oldest live waiter in H's ring gets it: FIFO
-      among the waiters that accept H, which is "the head waiter whose candidates
-      include H".  A waiter granted by another host, timed out or cancelled stays in
-      the other rings as a stale entry (its future is done) and is skipped when met.
-    * No ``await`` inside a bookkeeping step: ``try_acquire``, ``release`` and the
-      waiter push are synchronous, so the event loop never sees a half-updated state.
+    * ``0 <= Resident.in_flight``; a slot is taken only by :meth:`Admission.try_take` (when
+      the resident is loaded, has a free slot and its host is under its cap), or handed by
+      :meth:`Admission.release` / :meth:`Admission.grant` to a waiter (then the count is not
+      decremented: the slot changes owner).
+    * ``waiting <= queue_size``.
+    * When a slot frees on (host, model), the oldest live waiter of that model that accepts
+      the host gets it; then, if the host's cap was the limit, the oldest waiters of the
+      host's other models.  A waiter that timed out or was cancelled is skipped.
+    * No ``await`` inside a bookkeeping step, so the event loop never sees half an update.
 
 Cost
-    ``try_acquire`` O(1); ``release`` O(1) amortised (each stale entry is popped once);
-    ``wait`` O(k) pushes for k acceptable hosts; a ring that fills with stale entries is
-    compacted in O(ring size) (rare: only when a host frees no slot for a long time).
+    ``try_take`` and ``release`` O(1) plus the waiters skipped; ``wait`` O(1).
 
-Cancellation
-    A waiter that times out or is cancelled after it was granted a slot gives the slot
-    back (``release``), so a slot is never lost.
-
-Admission takes and hands over slots; which host a request should get is placement's
-decision (``placement.router``), made before admission is asked.
+Admission takes and hands over slots; which copy a request should run on is placement's
+decision (``placement.router``), and which host loads what is the scheduler's
+(``dispatch.scheduler``): :meth:`Admission.on_queue` tells it a model has waiters.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..fleet.hosts import HostState
-from ..structures.exceptions import QueueEmpty, QueueFull
-from ..structures.ring import AsyncRingQueue
+from ..fleet.residency import UNLOADING, Residency, Resident
+from ..structures.exceptions import QueueFull
 from ..upstream.client import timeout as _timeout
 
-__all__ = ["Admission", "QueueFull"]
+__all__ = ["Admission", "LoadFailed", "QueueFull", "Waiter"]
+
+
+class LoadFailed(Exception):
+    """The load a request was waiting for failed without an answer from the host (it
+    refused the connection, reset it, or timed out): the request counts it as an attempt on
+    that host and tries elsewhere."""
+
+    def __init__(self, host: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.host = host
+        self.kind = kind
+        self.message = message
 
 
 class Waiter:
-    """One waiting request: its future, and whether it accepts an ejected host (a request
-    in panic mode, see ``directory``)."""
+    """One waiting request: its future (resolved with the :class:`Resident` whose slot it
+    got), when it began to wait, and the hosts it does not accept (tried already)."""
 
-    __slots__ = ("fut", "panic")
+    __slots__ = ("fut", "since", "exclude", "panic")
 
-    def __init__(self, fut: asyncio.Future[HostState], panic: bool = False) -> None:
+    def __init__(self, fut: asyncio.Future[Resident], since: float, exclude: frozenset[int], panic: bool) -> None:
         self.fut = fut
+        self.since = since
+        self.exclude = exclude
         self.panic = panic
+
+    def accepts(self, r: Resident, h: HostState) -> bool:
+        return r.host not in self.exclude and (not h.down or (self.panic and not h.unreachable))
+
+
+_NONE: frozenset[int] = frozenset()
 
 
 class Admission:
-    def __init__(self, hosts: Sequence[HostState], queue_size: int) -> None:
+    def __init__(self, hosts: Sequence[HostState], residency: Residency, queue_size: int,
+                 *, on_queue: Callable[[str], None] = lambda model: None) -> None:
         self.queue_size = max(int(queue_size), 0)
         self.waiting = 0
         self.closed = False
         self.hosts = list(hosts)
-        ring_size = max(self.queue_size, 1)
-        # host index -> its ring of waiters
-        self._rings: list[AsyncRingQueue[Waiter]] = [AsyncRingQueue(ring_size) for _ in self.hosts]
+        self.residency = residency
+        self.on_queue = on_queue
+        self.queues: dict[str, deque[Waiter]] = {}
 
     # -- slots -------------------------------------------------------------------------
-    @staticmethod
-    def try_acquire(h: HostState, panic: bool = False) -> bool:
-        """Take a free slot on ``h`` (False when it has none or is down; in ``panic`` an
-        ejected but reachable host serves too)."""
-        if h.in_flight < h.capacity and (not h.down or (panic and not h.unreachable)):
+    def try_take(self, r: Resident, panic: bool = False) -> bool:
+        """Take a free slot of ``r`` (False when it has none, is not loaded, or its host is
+        at its cap or down; in ``panic`` an ejected but reachable host serves too)."""
+        h = self.hosts[r.host]
+        if (r.in_flight < r.slots and h.in_flight < h.capacity and r.state == "loaded"
+                and (not h.down or (panic and not h.unreachable))):
+            r.in_flight += 1
             h.in_flight += 1
             return True
         return False
 
-    def release(self, h: HostState) -> None:
-        """Free one slot on ``h``; hand it to the oldest live waiter that accepts ``h``."""
+    def take_probe(self, r: Resident) -> None:
+        """One request above ``r.slots``, to learn whether the host runs it alongside."""
+        r.probing = True
+        r.in_flight += 1
+        self.hosts[r.host].in_flight += 1
+
+    def release(self, r: Resident, now: float) -> None:
+        """Free one slot of ``r``; hand it to the oldest waiter of its model that accepts it."""
+        h = self.hosts[r.host]
+        r.in_flight -= 1
         h.in_flight -= 1
-        if h.queued:  # else no live waiter accepts h (stale entries wait for a later call)
-            self.grant_free_slots(h)
+        r.last_used = now
+        q = self.queues.get(r.model)
+        if q:
+            self._grant(r, q)
+        if h.in_flight < h.capacity and len(self.residency.by_host[r.host]) > 1:
+            self.grant_host(r.host)  # the host's cap may have held other models' waiters
+        if r.in_flight == 0 and self.waiting:
+            self.on_queue(r.model)  # an idle copy may now make room for a waiting model
 
-    def grant_free_slots(self, h: HostState) -> None:
-        """Hand free slots of ``h`` to waiters (also called when a host comes back).  An
-        ejected host's slots go only to waiters in panic mode (the others keep their place
-        in its ring for when it comes back)."""
-        if h.down:
-            if not h.unreachable:
-                self._grant_panic_waiters(h)
+    def grant(self, model: str) -> None:
+        """Hand free slots of every loaded copy of ``model`` to its waiters (a load finished,
+        a host came back, slots grew)."""
+        q = self.queues.get(model)
+        if not q:
             return
-        q = self._rings[h.index]
-        while h.in_flight < h.capacity and q.qsize():
-            try:
-                w = q.get_nowait()
-            except QueueEmpty:  # pragma: no cover - qsize() said otherwise
+        for r in list(self.residency.holders(model)):
+            if not q:
                 return
-            if w.fut.done():
-                continue  # stale: granted elsewhere, timed out or cancelled
-            h.in_flight += 1
-            w.fut.set_result(h)
+            self._grant(r, q)
 
-    def _grant_panic_waiters(self, h: HostState) -> None:
-        """O(ring): only while a model's hosts are mostly ejected (panic)."""
-        q = self._rings[h.index]
-        keep = []
-        while q.qsize():
-            try:
-                w = q.get_nowait()
-            except QueueEmpty:  # pragma: no cover
-                break
+    def grant_host(self, host: int) -> None:
+        """Hand free slots on ``host`` to waiters of any model it holds."""
+        for r in list(self.residency.by_host[host].values()):
+            q = self.queues.get(r.model)
+            if q:
+                self._grant(r, q)
+
+    def _grant(self, r: Resident, q: deque[Waiter]) -> None:
+        h = self.hosts[r.host]
+        if r.state != "loaded" or h.unreachable:
+            return
+        skipped: list[Waiter] = []
+        while q and r.in_flight < r.slots and h.in_flight < h.capacity:
+            w = q.popleft()
             if w.fut.done():
+                continue  # timed out or cancelled
+            if not w.accepts(r, h):
+                skipped.append(w)  # tried there already: keep its place for another copy
                 continue
-            if w.panic and h.in_flight < h.capacity:
-                h.in_flight += 1
-                w.fut.set_result(h)
-            else:
-                keep.append(w)
-        for w in keep:
-            q.put_nowait(w)
-
-    def ring_length(self, h: HostState) -> int:
-        """Entries in ``h``'s ring, live and stale (compaction keeps it <= ``queue_size``)."""
-        return self._rings[h.index].qsize()
+            r.in_flight += 1
+            h.in_flight += 1
+            w.fut.set_result(r)
+        if skipped:
+            q.extendleft(reversed(skipped))
 
     # -- waiting -----------------------------------------------------------------------
     def full(self) -> bool:
         return self.closed or self.waiting >= self.queue_size
 
+    def queued(self, model: str) -> int:
+        """Live waiters of ``model`` (stale ones not counted)."""
+        q = self.queues.get(model)
+        return sum(1 for w in q if not w.fut.done()) if q else 0
+
+    def oldest(self, model: str) -> float | None:
+        """When the oldest live waiter of ``model`` began to wait."""
+        q = self.queues.get(model)
+        if q:
+            for w in q:
+                if not w.fut.done():
+                    return w.since
+        return None
+
+    def _stranded(self, model: str) -> list[Waiter]:
+        """Live waiters of ``model`` that no copy can serve: each copy (loaded or loading) is
+        on a host the waiter tried already, or on a host that is down."""
+        q = self.queues.get(model)
+        if not q:
+            return []
+        copies = [r for r in self.residency.holders(model) if r.state != UNLOADING]
+        return [w for w in q if not w.fut.done() and not any(w.accepts(r, self.hosts[r.host]) for r in copies)]
+
+    def stranded(self, model: str) -> int:
+        """How many waiters of ``model`` only a new copy elsewhere can serve (the planner
+        treats them as a cold model's)."""
+        return len(self._stranded(model))
+
+    def by_model(self, now: float) -> dict[str, dict[str, Any]]:
+        """Per model with live waiters: how many, and how long the oldest has waited."""
+        out: dict[str, dict[str, Any]] = {}
+        for m in self.waiting_models():
+            oldest = self.oldest(m)
+            out[m] = {"waiting": self.queued(m),
+                      "oldest_s": round(max(now - oldest, 0.0), 3) if oldest is not None else 0.0}
+        return out
+
+    def panicking(self) -> bool:
+        """Whether a live waiter is in panic (it accepts ejected but reachable hosts)."""
+        return any(w.panic and not w.fut.done() for q in self.queues.values() for w in q)
+
+    def waiting_models(self) -> list[str]:
+        return [m for m, q in self.queues.items() if any(not w.fut.done() for w in q)]
+
+    def refuse(self, model: str, error: Callable[[Waiter], BaseException | None]) -> int:
+        """End the wait of every stranded waiter of ``model`` (see :meth:`stranded`) with the
+        exception ``error(waiter)`` returns (None: it keeps waiting).  Used when the load it
+        waited for failed, or no host can load it now.  Returns how many were ended."""
+        n = 0
+        for w in self._stranded(model):
+            exc = error(w)
+            if exc is not None:
+                w.fut.set_exception(exc)
+                n += 1
+        return n
+
     def close(self) -> None:
         """Refuse new waits and end every current one with ``QueueFull`` (the caller answers
         busy at once instead of waiting out its deadline while the dispatcher shuts down)."""
         self.closed = True
-        for q in self._rings:
-            while q.qsize():
-                try:
-                    w = q.get_nowait()
-                except QueueEmpty:  # pragma: no cover - qsize() said otherwise
-                    break
+        for q in self.queues.values():
+            while q:
+                w = q.popleft()
                 if not w.fut.done():
                     w.fut.set_exception(QueueFull())
 
-    async def wait(self, hosts: Sequence[HostState], timeout: float, panic: bool = False) -> HostState:
-        """Wait up to ``timeout`` s for a slot on any of ``hosts`` (FIFO); ``panic``: an
-        ejected (but reachable) host of ``hosts`` is acceptable too.
+    async def wait(self, model: str, timeout: float, now: float, *, exclude: frozenset[int] = _NONE,
+                   panic: bool = False) -> Resident:
+        """Wait up to ``timeout`` s for a slot on a loaded copy of ``model`` (FIFO).
 
-        Raises ``QueueFull`` when the wait queue is full and ``asyncio.TimeoutError``
-        when no slot came in time.  Cancellation-safe.
+        Raises ``QueueFull`` when the wait queue is full and ``asyncio.TimeoutError`` when no
+        slot came in time.  Cancellation-safe.
         """
         if self.closed or self.waiting >= self.queue_size:
             raise QueueFull
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[HostState] = loop.create_future()
-        w = Waiter(fut, panic)
-        for h in hosts:
-            self._push(h, w)
-            h.queued += 1
+        fut: asyncio.Future[Resident] = asyncio.get_running_loop().create_future()
+        w = Waiter(fut, now, exclude, panic)
+        q = self.queues.get(model)
+        if q is None:
+            q = self.queues[model] = deque()
+        q.append(w)
         self.waiting += 1
         try:
-            # A host may have a free slot already (e.g. freed between the caller's
-            # check and now, or came back up); take it without waiting.
-            for h in hosts:
-                if not fut.done() and self.try_acquire(h, panic):
-                    fut.set_result(h)
+            # a copy may have a free slot already (freed between the caller's check and now)
+            for r in list(self.residency.holders(model)):
+                if fut.done():
+                    break
+                if w.accepts(r, self.hosts[r.host]) and self.try_take(r, panic):
+                    fut.set_result(r)
+            if not fut.done():
+                self.on_queue(model)
             async with _timeout(max(timeout, 0.0)):
                 return await fut
         except BaseException:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release(fut.result())  # granted while we were leaving: give it back
+                self.release(fut.result(), now)  # granted while we were leaving: give it back
             else:
                 fut.cancel()
             raise
         finally:
             self.waiting -= 1
-            for h in hosts:
-                h.queued -= 1
-
-    def _push(self, h: HostState, w: Waiter) -> None:
-        q = self._rings[h.index]
-        try:
-            q.put_nowait(w)
-            return
-        except QueueFull:
-            pass
-        # The ring is full of stale entries: compact it (keeps the order of live ones).
-        live = []
-        while q.qsize():
-            try:
-                x = q.get_nowait()
-            except QueueEmpty:  # pragma: no cover
-                break
-            if not x.fut.done():
-                live.append(x)
-        for x in live:
-            q.put_nowait(x)
-        q.put_nowait(w)  # room exists: live waiters < queue_size (checked by wait())
+            if q and q[0].fut.done():  # keep stale heads from piling up
+                while q and q[0].fut.done():
+                    q.popleft()
+            if not q:
+                self.queues.pop(model, None)

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ..fleet.hosts import HostState
+from ..fleet.residency import Residency
 from ..upstream.client import (
     UPSTREAM_ERRORS,
     RawResponse,
@@ -175,11 +176,13 @@ class Broadcaster:
         config: DispatcherConfig,
         directory: HostDirectory,
         streams: set[Any],
+        residency: Residency,
         on_model_changed: Callable[[str], None] = lambda model: None,
     ) -> None:
         self.config = config
         self.directory = directory
         self.streams = streams
+        self.residency = residency
         self.on_model_changed = on_model_changed
 
     # -- building blocks ---------------------------------------------------------------
@@ -253,7 +256,7 @@ class Broadcaster:
     ) -> DispatchResponse:
         d = self.directory
         snap = d.store.current
-        targets = [h for h in d.holders(model) if h.is_loaded(model, snap.hosts[h.index])]
+        targets = [h for h in d.holders(model) if model in snap.hosts[h.index].loaded or self.residency.get(h.index, model)]
         if not targets:
             cands = await d.candidates_or_fetch(model)
             if cands is None:
@@ -263,7 +266,9 @@ class Broadcaster:
             targets = cands[:1]
         results = await asyncio.gather(*(self.simple(h, method, path, body, headers) for h in targets))
         for h in targets:
-            h.sent_models.pop(model, None)
+            r = self.residency.get(h.index, model)
+            if r is not None:
+                self.residency.forget(r)
             d.refresher.refresh_soon(h)
         return self.combine(route, targets, results)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..fleet.hosts import HostState
 from ..fleet.snapshot import SnapshotStore
@@ -37,6 +37,7 @@ class HostDirectory:
         *,
         auto_pull: bool = False,
         panic_threshold: float = 50.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.hosts = list(hosts)
         self.by_name = {h.name: h for h in self.hosts}
@@ -45,6 +46,7 @@ class HostDirectory:
         self.refresher = refresher
         self.auto_pull = auto_pull
         self.panic_threshold = panic_threshold
+        self.clock = clock
         self._miss_refresh: asyncio.Task[None] | None = None
         self._miss_refresh_at = 0.0
         self._auto_pulls: dict[str, asyncio.Task[bool]] = {}
@@ -103,9 +105,9 @@ class HostDirectory:
         """Refresh all healthy hosts, at most once a second, shared by concurrent misses."""
         t = self._miss_refresh
         if t is None or t.done():
-            if time.monotonic() - self._miss_refresh_at < 1.0:
+            if self.clock() - self._miss_refresh_at < 1.0:
                 return
-            self._miss_refresh_at = time.monotonic()
+            self._miss_refresh_at = self.clock()
             t = self._miss_refresh = asyncio.create_task(self.refresher.refresh_all(self.up()))
         # bounded: one hanging host must not make every unknown-model 404 slow
         await asyncio.wait({t}, timeout=MISS_REFRESH_WAIT)

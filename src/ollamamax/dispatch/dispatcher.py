@@ -33,14 +33,16 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..fleet.config import HostConfig, host_name_from_url
 from ..fleet.health import Health, HealthPolicy
 from ..fleet.hosts import HostState
-from ..fleet.learning import Demand
+from ..fleet.learning import Demand, Ewma
+from ..fleet.residency import Residency
 from ..fleet.snapshot import HostView, Snapshot, SnapshotStore
+from ..placement.planner import PlannerPolicy
 from ..placement.router import Router
 from ..placement.strategies import (
     STRATEGIES,
@@ -65,6 +67,7 @@ from .directory import HostDirectory
 from .forward import Forwarder, Request
 from .merged import Merger
 from .refresh import Refresher
+from .scheduler import FleetScheduler
 from .status import status_document
 
 __all__ = ["Dispatcher"]
@@ -72,6 +75,10 @@ __all__ = ["Dispatcher"]
 log = logging.getLogger("ollamamax.dispatch")
 
 _URL = re.compile(r"^https?://[^/\s]+$")
+
+
+def _make_upstream(h: HostState, cfg: DispatcherConfig) -> Upstream:
+    return Upstream(h.url, headers=h.config.headers, capacity=h.capacity, connect_timeout=cfg.connect_timeout)
 
 
 class Dispatcher(EmbeddedClient):
@@ -91,6 +98,10 @@ class Dispatcher(EmbeddedClient):
         *,
         strategy: str | None = None,
         config: DispatcherConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        upstream_factory: Callable[[HostState, DispatcherConfig], Upstream] | None = None,
+        policy: PlannerPolicy | None = None,
         **overrides: Any,
     ) -> None:
         cfg = config if config is not None else DispatcherConfig()
@@ -130,7 +141,8 @@ class Dispatcher(EmbeddedClient):
         self.store = SnapshotStore(HostView(h.index, h.name, h.url) for h in self.hosts)
         self.health = Health(
             self.hosts,
-            HealthPolicy(
+            clock=clock,
+            policy=HealthPolicy(
                 eject_after_failures=cfg.eject_after_failures,
                 eject_cooldown=cfg.eject_cooldown,
                 eject_max_cooldown=cfg.eject_max_cooldown,
@@ -142,12 +154,18 @@ class Dispatcher(EmbeddedClient):
             cfg.cache_size, cfg.cache_ttl, cache_generate=cfg.cache_generate, max_bytes=cfg.cache_bytes,
             scope=cfg.cache_scope,
         )
+        self.clock = clock  # every time the dispatcher reads (a virtual one in the simulator)
+        self.wall = wall  # POSIX time, for the status document's timestamps
+        self._upstream_factory = upstream_factory or _make_upstream
+        self.policy = policy if policy is not None else PlannerPolicy()
         self.demand = Demand()
-        self.router = Router(
-            make_strategy(cfg.strategy, self.hosts, overflow=cfg.affinity_overflow),
-            self.demand,
-            spread_cold=cfg.strategy != "affinity",
+        self.service: dict[str, Ewma] = {}  # model -> seconds a request holds a slot
+        self.residency = Residency(
+            len(self.hosts),
+            room=[h.config.max_loaded_models for h in self.hosts],
+            slots=[h.config.num_parallel for h in self.hosts],
         )
+        self.router = Router(make_strategy(cfg.strategy, self.hosts, overflow=cfg.affinity_overflow))
         self.accounting = Accounting(on_residency_change=self._refresh_soon)
         self._streams: set[Any] = set()
         self._upstreams: list[Upstream] = []
@@ -155,6 +173,7 @@ class Dispatcher(EmbeddedClient):
         self.refresher: Refresher | None = None
         self.directory: HostDirectory | None = None
         self.admission: Admission | None = None
+        self.scheduler: FleetScheduler | None = None
         self._forwarder: Forwarder | None = None
         self._broadcaster: Broadcaster | None = None
         self._merger: Merger | None = None
@@ -176,11 +195,12 @@ class Dispatcher(EmbeddedClient):
         self._started = True
         cfg = self.config
         hosts = self.hosts
-        self._upstreams = [
-            Upstream(h.url, headers=h.config.headers, capacity=h.capacity, connect_timeout=cfg.connect_timeout)
-            for h in hosts
-        ]
-        self.admission = admission = Admission(hosts, cfg.queue_size)
+        self._upstreams = [self._upstream_factory(h, cfg) for h in hosts]
+        self.admission = admission = Admission(hosts, self.residency, cfg.queue_size, on_queue=self._on_queue)
+        self.scheduler = scheduler = FleetScheduler(
+            hosts, self.residency, admission, self.store, self._upstreams, self.demand, self.service,
+            clock=self.clock, wall=self.wall, policy=self.policy, health=self.health,
+        )
         self.refresher = refresher = Refresher(
             hosts,
             self._upstreams,
@@ -188,24 +208,40 @@ class Dispatcher(EmbeddedClient):
             self.health,
             probe_timeout=cfg.connect_timeout,
             interval=cfg.refresh_interval,
-            on_up=admission.grant_free_slots,
+            on_up=self._on_up,
+            on_refreshed=scheduler.reconcile,
+            clock=self.clock,
         )
         self.directory = directory = HostDirectory(
             hosts, self.store, self._upstreams, refresher, auto_pull=cfg.auto_pull,
-            panic_threshold=cfg.panic_threshold,
+            panic_threshold=cfg.panic_threshold, clock=self.clock,
         )
         self._forwarder = Forwarder(
             cfg, hosts, self.store, self._upstreams, self.router, admission, self.health, self.accounting,
-            self.cache, self._streams, self._refresh_soon,
+            self.cache, self._streams, self._refresh_soon, self.residency, self.service, self.clock,
         )
-        self._broadcaster = Broadcaster(cfg, directory, self._streams, on_model_changed=self.cache.invalidate_model)
+        self._broadcaster = Broadcaster(cfg, directory, self._streams, self.residency,
+                                        on_model_changed=self.cache.invalidate_model)
         self._merger = Merger(cfg, directory, self._broadcaster)
         try:
             await refresher.start()
         except BaseException:
             await self.close()
             raise
+        scheduler.start()
         self._outliers = asyncio.create_task(self._detect_outliers(), name="ollamamax-outliers")
+
+    def _on_queue(self, model: str) -> None:
+        """Requests of ``model`` are waiting: the scheduler may have a copy to load."""
+        if self.scheduler is not None:
+            self.scheduler.nudge(model)
+
+    def _on_up(self, h: HostState) -> None:
+        """``h`` came back: its copies may take waiting requests again."""
+        if self.admission is not None:
+            self.admission.grant_host(h.index)
+        if self.scheduler is not None:
+            self.scheduler.nudge()
 
     async def _detect_outliers(self) -> None:
         """Every detection interval, eject hosts whose failure share stands out."""
@@ -222,6 +258,8 @@ class Dispatcher(EmbeddedClient):
             self.admission.close()
         if self._outliers is not None:
             self._outliers.cancel()
+        if self.scheduler is not None:
+            await self.scheduler.close()
         if self.refresher is not None:
             await self.refresher.stop()
         if self.directory is not None:
@@ -238,6 +276,8 @@ class Dispatcher(EmbeddedClient):
         requests still waiting for its first byte to other hosts."""
         if self.refresher is not None:
             self.refresher.refresh_soon(h)
+        if self.scheduler is not None:
+            self.scheduler.host_down(h)
         if self._forwarder is not None:
             moved = self._forwarder.abandon_waiting(h)
             if moved:
@@ -339,7 +379,7 @@ class Dispatcher(EmbeddedClient):
             return await self._broadcaster.unload(
                 route, name, model, method, path, body, headers, lambda: fwd.no_healthy(route, name, model)
             )
-        req = Request(route, method, path, body, headers, query)
+        req = Request(route, method, path, body, headers, query, self.clock())
         req.obj = obj
         req.name = name
         req.model = model
@@ -372,7 +412,7 @@ class Dispatcher(EmbeddedClient):
             if h.down:  # the directory returned ejected hosts: too few healthy ones (panic)
                 req.panic = True
                 break
-        self.demand.hit(model, time.monotonic())  # only models some host has: bounded
+        self.demand.hit(model, self.clock())  # only models some host has: bounded
         req.key = self._routing_key(req)
         return await fwd.forward(req)
 
@@ -395,16 +435,20 @@ class Dispatcher(EmbeddedClient):
     def status(self) -> dict[str, Any]:
         """The ``/ollamamax/status`` document (see ``dispatch.status``)."""
         adm = self.admission
+        now = self.clock()
         return status_document(
             strategy=self.config.strategy,
             hosts=self.hosts,
             snapshot=self.store.current,
+            residency=self.residency,
             queue_depth=adm.waiting if adm is not None else 0,
             queue_size=self.config.queue_size,
+            queue_by_model=adm.by_model(now) if adm is not None else {},
+            scheduler=self.scheduler.stats() if self.scheduler is not None else {},
             cache_stats=self.cache.stats(),
             metrics=self.metrics_snapshot(),
-            now_mono=time.monotonic(),
-            now_wall=time.time(),
+            now_mono=now,
+            now_wall=self.wall(),
         )
 
     def metrics_snapshot(self) -> dict[str, Any]:

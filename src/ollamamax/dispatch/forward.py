@@ -40,12 +40,13 @@ import asyncio
 import json
 import logging
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..fleet.health import CONNECT, HOST_5XX, RESET, TIMEOUT, Health
 from ..fleet.hosts import HostState
+from ..fleet.learning import Ewma
+from ..fleet.residency import Residency, Resident
 from ..fleet.snapshot import SnapshotStore
 from ..placement.router import Router
 from ..placement.strategies import RoutingKey
@@ -78,7 +79,7 @@ from ..wire.response import (
 from ..wire.routes import Route
 from . import replies
 from .accounting import METRICS_BYTES, Accounting
-from .admission import Admission
+from .admission import Admission, LoadFailed
 from .cache import CachedResponse, ResponseCache
 from .config import DispatcherConfig
 
@@ -108,7 +109,8 @@ class Request:
     )
 
     def __init__(
-        self, route: Route, method: str, path: str, body: bytes, headers: Mapping[str, str] | None, query: str
+        self, route: Route, method: str, path: str, body: bytes, headers: Mapping[str, str] | None, query: str,
+        t0: float,
     ) -> None:
         self.route = route
         self.method = method
@@ -124,7 +126,7 @@ class Request:
         self.cache_header = False
         self.cands: list[HostState] = []
         self.panic = False  # cands include ejected hosts on purpose (see directory)
-        self.t0 = time.perf_counter()
+        self.t0 = t0  # arrival (the dispatcher's clock)
 
 
 # failure kinds beyond fleet.health's host-side ones
@@ -229,12 +231,15 @@ class _Failure:
 class _StreamCtx:
     """What the forwarder needs back when a pass-through stream ends."""
 
-    __slots__ = ("host", "req", "t0", "t_first", "cold", "queue_s", "trace")
+    __slots__ = ("host", "resident", "req", "t0", "t_first", "cold", "queue_s", "trace", "probe")
 
     def __init__(
-        self, host: HostState, req: Request, t0: float, t_first: float, cold: bool, queue_s: float, trace: TraceCtx
+        self, host: HostState, resident: Resident | None, req: Request, t0: float, t_first: float, cold: bool,
+        queue_s: float, trace: TraceCtx, probe: bool,
     ) -> None:
         self.host = host
+        self.resident = resident
+        self.probe = probe
         self.req = req
         self.t0 = t0
         self.t_first = t_first
@@ -261,6 +266,9 @@ class Forwarder:
         cache: ResponseCache,
         streams: set[Any],
         refresh_soon: Callable[[HostState], None],
+        residency: Residency,
+        service: dict[str, Ewma],
+        clock: Callable[[], float],
     ) -> None:
         self.config = config
         self.hosts = hosts
@@ -273,6 +281,11 @@ class Forwarder:
         self.cache = cache
         self.streams = streams
         self.refresh_soon = refresh_soon
+        self.residency = residency
+        self.service = service  # model -> seconds a request holds a slot (EWMA)
+        self.clock = clock
+        # (host index, model) -> time to first byte when a slot was free (probes compare)
+        self._ttft_base: dict[tuple[int, str], Ewma] = {}
         # id(upstream header tuple) -> (that tuple, its end-to-end headers), see _resp_headers
         self._kept_headers: dict[int, tuple[Any, dict[str, str]]] = {}
         # retry budget: requests inside forward(), and their attempts after the first
@@ -287,7 +300,7 @@ class Forwarder:
 
     def no_healthy(self, route: Route, name: str, model: str, **kw: Any) -> DispatchResponse:
         holders = self.store.current.by_model.get(model, ())
-        return replies.no_healthy(route, name, replies.no_healthy_retry(self.hosts, holders, time.monotonic()), **kw)
+        return replies.no_healthy(route, name, replies.no_healthy_retry(self.hosts, holders, self.clock()), **kw)
 
     # -- health bookkeeping --------------------------------------------------------------
     def _charge(self, h: HostState, kind: str, detail: str) -> None:
@@ -311,120 +324,160 @@ class Forwarder:
                 n += 1
         return n
 
+    def _served(self, r: Resident | None, model: str, seconds: float) -> None:
+        """A request of ``model`` held its slot ``seconds``: the planner's service time."""
+        if r is None:
+            return
+        r.served += 1
+        e = self.service.get(model)
+        if e is None:
+            e = self.service[model] = Ewma()
+        e.add(seconds)
+
     def retry_budget(self) -> int:
         """Retries that may be in progress at once now."""
         c = self.config
         return max(c.retry_budget_min, int(c.retry_budget_ratio * self.active))
 
     # -- the request -------------------------------------------------------------------
-    async def _wait_slot(
-        self, pool: list[HostState], wait_on: list[HostState], widen_after: float | None, deadline: float,
-        panic: bool,
-    ) -> tuple[HostState, float]:
-        adm = self.admission
-        t0 = time.monotonic()
-        remaining = deadline - t0
-        if adm.full() or remaining <= 0:
-            raise QueueFull
-        if widen_after is not None and widen_after < remaining:
-            try:
-                h = await adm.wait(wait_on, widen_after, panic)
-                return h, time.monotonic() - t0
-            except (TimeoutError, asyncio.TimeoutError):
-                wait_on = pool  # waited as long as a load would take: accept any host now
-        h = await adm.wait(wait_on, deadline - time.monotonic(), panic)
-        return h, time.monotonic() - t0
-
-
     def _usable(self, h: HostState, panic: bool) -> bool:
         return not h.down or (panic and not h.unreachable)
 
     async def forward(self, req: Request) -> DispatchResponse:
         self.active += 1  # the retry budget scales with the requests in progress
         try:
-            cfg = self.config
-            router = self.router
-            adm = self.admission
-            acc = self.accounting
-            tried: set[int] = set()
-            attempts = 0
-            queue_s = 0.0
-            last: _Failure | None = None
-            suspect: _Failure | None = None  # an unattributed 5xx waiting for a second opinion
-            now = time.monotonic()
-            deadline = now + cfg.queue_timeout
-            key = req.key
-            panic = req.panic
-            assert key is not None
-            while attempts < cfg.max_attempts:
-                retry = attempts > 0
-                budgeted = False
-                if retry:
-                    pool = [h for h in req.cands if h.index not in tried and self._usable(h, panic)]
-                    if not pool and last is not None and last.busy:
-                        pool = [h for h in req.cands if self._usable(h, panic)]
-                    if not pool:
-                        break
-                    budgeted = last is None or last.kind not in _FAILOVER
-                    if budgeted:
-                        if self.active_retries >= self.retry_budget():
-                            acc.retries_denied += 1
-                            log.debug("retry of %s %s denied by the retry budget", req.path, req.model)
-                            break
-                        self.active_retries += 1  # held from here until this attempt ends
-                    now = time.monotonic()
-                else:
-                    pool = req.cands  # just taken from the snapshot: usable, none tried
-                    if not pool:
-                        break
-                try:
-                    h, wait_on, widen_after = router.choose(pool, key, self.store.current, now, panic)
-                    if h is None or not adm.try_acquire(h, panic):
-                        t_wait = time.monotonic()
-                        try:
-                            h, waited = await self._wait_slot(pool, wait_on or pool, widen_after, deadline, panic)
-                        except (QueueFull, TimeoutError, asyncio.TimeoutError):
-                            queue_s += time.monotonic() - t_wait
-                            return self.busy(
-                                req.route, queue_s=queue_s, attempts=attempts, cache="miss" if req.cache_header else None
-                            )
-                        queue_s += waited
-                    attempts += 1
-                    if retry:
-                        acc.retries += 1
-                    result = await self._attempt(h, req, attempts, queue_s)
-                finally:
-                    if budgeted:
-                        self.active_retries -= 1
-                if isinstance(result, DispatchResponse):
-                    if suspect is not None and result.status < 500:
-                        self._charge_unattributed(suspect)  # another host did better
-                    return result
-                tried.add(h.index)
-                kind = result.kind
-                log.debug("attempt %d of %s %s on %s failed (%s): %s", attempts, req.path, req.model, h.name, kind,
-                          result.message or result.status)
-                if kind == LOCAL:
-                    return self.busy(req.route, queue_s=queue_s, attempts=attempts,
-                                     cache="miss" if req.cache_header else None)
-                if kind == UNATTRIBUTED:
-                    if suspect is not None and suspect.host is not h and suspect.same_answer(result):
-                        # two hosts gave the same answer: it is the request's, not theirs
-                        acc.request_faults += 1
-                        self.health.forgive(suspect.host)
-                        self.health.forgive(h)
-                        last = result
-                        break
-                    if suspect is not None:
-                        self._charge_unattributed(suspect)
-                    suspect = result
-                last = result
-                if attempts < cfg.max_attempts:
-                    base = cfg.retry_backoff * (2 ** (attempts - 1))
-                    await asyncio.sleep(base * random.uniform(0.5, 1.5))
-            return self._exhausted(req, last, attempts, queue_s)
+            return await (self._forward_loaded(req) if req.route.loads_model else self._forward_plain(req))
         finally:
             self.active -= 1
+
+    async def _forward_plain(self, req: Request) -> DispatchResponse:
+        """A route that does not load the model (show, push): any healthy host that has it,
+        the least loaded first, retried on another before the first byte."""
+        tried: set[int] = set()
+        last: _Failure | None = None
+        attempts = 0
+        while attempts < self.config.max_attempts:
+            pool = [h for h in req.cands if h.index not in tried and self._usable(h, req.panic)]
+            if not pool:
+                break
+            h = min(pool, key=lambda x: x.in_flight / x.capacity)
+            h.in_flight += 1
+            attempts += 1
+            result = await self._attempt(h, None, req, attempts, 0.0, False)
+            if isinstance(result, DispatchResponse):
+                return result
+            tried.add(h.index)
+            last = result
+            if result.kind == LOCAL:
+                return self.busy(req.route, attempts=attempts)
+        return self._exhausted(req, last, attempts, 0.0)
+
+    async def _forward_loaded(self, req: Request) -> DispatchResponse:
+        """An inference route: a slot on a loaded copy of the model, now or after a wait in
+        the model's queue (while the scheduler loads a copy, if none has room)."""
+        cfg = self.config
+        router = self.router
+        adm = self.admission
+        acc = self.accounting
+        clock = self.clock
+        hosts = self.hosts
+        copies = self.residency.holders
+        tried: frozenset[int] = frozenset()
+        attempts = 0
+        queue_s = 0.0
+        last: _Failure | None = None
+        suspect: _Failure | None = None  # an unattributed 5xx waiting for a second opinion
+        now = clock()
+        deadline = now + cfg.queue_timeout
+        key = req.key
+        model = req.model
+        panic = req.panic
+        assert key is not None
+        while attempts < cfg.max_attempts:
+            retry = attempts > 0
+            budgeted = False
+            if retry:
+                if not any(h.index not in tried and self._usable(h, panic) for h in req.cands):
+                    if last is None or not last.busy:
+                        break
+                    tried = frozenset()  # every host was busy: any may take it now
+                budgeted = last is None or last.kind not in _FAILOVER
+                if budgeted:
+                    if self.active_retries >= self.retry_budget():
+                        acc.retries_denied += 1
+                        log.debug("retry of %s %s denied by the retry budget", req.path, model)
+                        break
+                    self.active_retries += 1  # held from here until this attempt ends
+                now = clock()
+            try:
+                r, probe = router.choose(copies(model), hosts, key, now, panic=panic, exclude=tried)
+                cold = False
+                if r is not None and probe:
+                    adm.take_probe(r)
+                elif r is None or not adm.try_take(r, panic):
+                    t_wait = clock()
+                    if adm.full() or deadline <= t_wait:
+                        return self.busy(req.route, queue_s=queue_s, attempts=attempts,
+                                         cache="miss" if req.cache_header else None)
+                    try:
+                        r = await adm.wait(model, deadline - t_wait, t_wait, exclude=tried, panic=panic)
+                    except (QueueFull, TimeoutError, asyncio.TimeoutError):
+                        queue_s += clock() - t_wait
+                        return self.busy(req.route, queue_s=queue_s, attempts=attempts,
+                                         cache="miss" if req.cache_header else None)
+                    except LoadFailed as exc:
+                        # the load it waited for could not reach its host: that was this
+                        # request's attempt there (the scheduler charged the host)
+                        queue_s += clock() - t_wait
+                        attempts += 1
+                        if retry:
+                            acc.retries += 1
+                        failed = _Failure(hosts[exc.host], exc.kind, message=exc.message)
+                        tried = tried | {exc.host}
+                        last = failed
+                        continue
+                    queue_s += clock() - t_wait
+                    cold = r.since >= t_wait  # it waited for this copy to load: measured, not guessed
+                    if cold:
+                        r.cold_waiters += 1
+                    probe = False
+                h = hosts[r.host]
+                attempts += 1
+                if retry:
+                    acc.retries += 1
+                result = await self._attempt(h, r, req, attempts, queue_s, cold, probe)
+            finally:
+                if budgeted:
+                    self.active_retries -= 1
+            if isinstance(result, DispatchResponse):
+                if suspect is not None and result.status < 500:
+                    self._charge_unattributed(suspect)  # another host did better
+                return result
+            tried = tried | {h.index}
+            kind = result.kind
+            log.debug("attempt %d of %s %s on %s failed (%s): %s", attempts, req.path, model, h.name, kind,
+                      result.message or result.status)
+            if kind == LOCAL:
+                return self.busy(req.route, queue_s=queue_s, attempts=attempts,
+                                 cache="miss" if req.cache_header else None)
+            if kind == MISSING:
+                self.residency.forget(r)  # the host no longer has the model
+            if kind == UNATTRIBUTED:
+                if suspect is not None and suspect.host is not h and suspect.same_answer(result):
+                    # two hosts gave the same answer: it is the request's, not theirs
+                    acc.request_faults += 1
+                    self.health.forgive(suspect.host)
+                    self.health.forgive(h)
+                    last = result
+                    break
+                if suspect is not None:
+                    self._charge_unattributed(suspect)
+                suspect = result
+            last = result
+            if attempts < cfg.max_attempts:
+                base = cfg.retry_backoff * (2 ** (attempts - 1))
+                await asyncio.sleep(base * random.uniform(0.5, 1.5))
+        return self._exhausted(req, last, attempts, queue_s)
 
     def _exhausted(self, req: Request, last: _Failure | None, attempts: int, queue_s: float) -> DispatchResponse:
         route = req.route
@@ -453,20 +506,40 @@ class Forwarder:
         self.health.record_unattributed(h, text)
         return _Failure(h, UNATTRIBUTED, status=status, body=body, message=message, content_type=content_type)
 
-    async def _attempt(self, h: HostState, req: Request, attempts: int, queue_s: float) -> DispatchResponse | _Failure:
-        """One try on host ``h`` (holding one of its slots).  Releases the slot unless a
-        stream is returned (then the stream releases it)."""
+    def _release(self, h: HostState, r: Resident | None, probe: bool = False, ttft: float | None = None) -> None:
+        """Give back the slot an attempt held (a copy's, or only the host's for a route
+        that loads nothing); a probe's first byte says whether the host ran it alongside."""
+        now = self.clock()
+        if r is None:
+            h.in_flight -= 1
+            return
+        if probe and r.probing:
+            r.probe_result(ttft is not None and self._ran_alongside(r, ttft), now)
+            if r.probing is False and r.in_flight <= r.slots:
+                self.admission.grant(r.model)
+        self.admission.release(r, now)
+
+    def _ran_alongside(self, r: Resident, ttft: float) -> bool:
+        """Whether a probe's time to first byte says the host served it with the others
+        (had it queued behind them, it would have waited for one of them to end)."""
+        base = self._ttft_base.get((r.host, r.model))
+        svc = self.service.get(r.model)
+        if base is None or svc is None or svc.value is None:
+            return False
+        return ttft < base.get(0.0) + 0.3 * svc.value
+
+    async def _attempt(self, h: HostState, r: Resident | None, req: Request, attempts: int, queue_s: float,
+                       cold: bool, probe: bool = False) -> DispatchResponse | _Failure:
+        """One try on host ``h``, holding a slot of ``r`` (or only of the host, for a route
+        that loads nothing).  Releases the slot unless a stream is returned (then the stream
+        releases it)."""
         cfg = self.config
         model = req.model
-        view = self.store.current.hosts[h.index]
-        loads = req.route.loads_model  # show/push do not load the model
-        cold = loads and not h.is_loaded(model, view)
-        if loads:
-            h.sent_models[model] = time.monotonic()
         trace = TraceCtx()
         awaiting = self._awaiting[h.index]
         awaiting.add(trace)
-        t0 = time.perf_counter()
+        clock = self.clock
+        t0 = clock()
         resp: RawResponse | None = None
         first = b""
         body = b""
@@ -491,18 +564,16 @@ class Forwarder:
                 first = await resp.readany()
             else:
                 body = await resp.read()
-            t_first = time.perf_counter()
+            t_first = clock()
         except asyncio.CancelledError:
             if resp is not None:
                 resp.close()
-            self.admission.release(h)
+            self._release(h, r, probe)
             raise
         except UPSTREAM_ERRORS as exc:
             if resp is not None:
                 resp.close()
-            self.admission.release(h)
-            if cold:
-                h.sent_models.pop(model, None)
+            self._release(h, r, probe)
             kind = _transport_kind(exc)
             message = describe_error(exc, f"no answer within {cfg.first_byte_timeout:g} s")
             if kind not in (MOVED, LOCAL):
@@ -512,43 +583,53 @@ class Forwarder:
             awaiting.discard(trace)
 
         status = resp.status
+        ttft = t_first - t0
+        if r is not None and not probe and status == 200:
+            base = self._ttft_base.get((h.index, model))
+            if base is None:
+                base = self._ttft_base[(h.index, model)] = Ewma()
+            base.add(ttft)
         if streaming and first.startswith(b'{"error"'):
             # The host failed before producing anything: nothing went to the client yet.
             resp.close()
-            self.admission.release(h)
+            self._release(h, r, probe)
             line = first.split(b"\n", 1)[0]
             return self._failed_5xx(h, 500, line, JSON_CONTENT_TYPE, "error before first token")
         if not streaming:
             resp.release()
-            self.admission.release(h)
             if status >= 500:
                 ctype = resp.headers.get("Content-Type", JSON_CONTENT_TYPE)
+                self._release(h, r, probe)
                 if status == 503:
                     return _Failure(h, BUSY, status=status, body=body, content_type=ctype)
                 return self._failed_5xx(h, status, body, ctype, f"HTTP {status}")
             if status == 404 and req.route.kind == "model":
                 # The snapshot said this host has the model; it no longer does.
+                self._release(h, r, probe)
                 self.refresh_soon(h)
                 return _Failure(
                     h, MISSING, status=404, body=body, content_type=resp.headers.get("Content-Type", JSON_CONTENT_TYPE)
                 )
         headers = self._resp_headers(resp, h, cold, queue_s, attempts, "miss" if req.cache_header else None)
         if not streaming:
+            self._release(h, r, probe, ttft)
             self.health.record_success(h)
+            t_end = clock()
+            self._served(r, model, t_end - t0)
             self.accounting.answered(
                 h, req.path, model, status, t_arrival=req.t0, t_sent=t0, t_first=t_first,
-                t_end=time.perf_counter(), queue_s=queue_s, connect_s=trace.connect_s,
+                t_end=t_end, queue_s=queue_s, connect_s=trace.connect_s,
                 tail=body[-METRICS_BYTES:], cold=cold,
             )
             if status == 200:
                 if req.cache_key is not None:
                     self.cache.put(req.cache_key, CachedResponse(status, _cacheable_headers(headers), body, None))
                 if req.key is not None:
-                    self.router.strategy.observe(req.key, h)
+                    self.router.observe(req.key, h)
             return DispatchResponse(status, headers, body=body)
         if not first:  # empty stream: nothing to pass through
             resp.release()
-            self.admission.release(h)
+            self._release(h, r, probe, ttft)
             self.health.record_success(h)
             return DispatchResponse(status, headers, body=b"")
         st = PassThrough(
@@ -559,7 +640,7 @@ class Forwarder:
             label=f"upstream host {h.name}",
             collect=req.cache_key is not None,
             on_finish=self._finish_stream,
-            ctx=_StreamCtx(h, req, t0, t_first, cold, queue_s, trace),
+            ctx=_StreamCtx(h, r, req, t0, t_first, cold, queue_s, trace, probe),
         )
         self.streams.add(st)
         return DispatchResponse(status, headers, stream=st, _close=st.aclose)
@@ -593,8 +674,8 @@ class Forwarder:
         self.streams.discard(st)
         c: _StreamCtx = st.ctx
         h, req = c.host, c.req
-        self.admission.release(h)
-        t_end = time.perf_counter()
+        self._release(h, c.resident, c.probe, c.t_first - c.t0)
+        t_end = self.clock()
         if ok is None:  # consumer went away
             self.accounting.count(req.path, req.model, h.name, 499)
             return
@@ -614,12 +695,13 @@ class Forwarder:
             self.accounting.count(req.path, req.model, h.name, 500)
             return
         self.health.record_success(h)
+        self._served(c.resident, req.model, t_end - c.t0)
         self.accounting.answered(
             h, req.path, req.model, 200, t_arrival=req.t0, t_sent=c.t0, t_first=c.t_first, t_end=t_end,
             queue_s=c.queue_s, connect_s=c.trace.connect_s, tail=tail[-METRICS_BYTES:], cold=c.cold,
         )
         if req.key is not None:
-            self.router.strategy.observe(req.key, h)
+            self.router.observe(req.key, h)
         if req.cache_key is not None and st.chunks is not None:
             headers = {"Content-Type": st.content_type or NDJSON_CONTENT_TYPE}
             self.cache.put(req.cache_key, CachedResponse(200, headers, None, tuple(st.chunks)))

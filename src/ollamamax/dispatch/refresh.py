@@ -56,6 +56,8 @@ class Refresher:
         probe_timeout: float,
         interval: float,
         on_up: Callable[[HostState], None],
+        on_refreshed: Callable[[HostState, frozenset[str], float], None] = lambda h, loaded, started: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.hosts = list(hosts)
         self.upstreams = upstreams
@@ -64,6 +66,8 @@ class Refresher:
         self.probe_timeout = max(float(probe_timeout), 0.2)
         self.interval = max(float(interval), 0.05)
         self.on_up = on_up
+        self.on_refreshed = on_refreshed
+        self.clock = clock
         self._wake: list[asyncio.Event] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -71,7 +75,7 @@ class Refresher:
         """Refresh one host now; returns True on success."""
         up = self.upstreams[h.index]
         old = self.store.current.hosts[h.index]
-        started = time.monotonic()
+        started = self.clock()
         try:
             want_version = old.version is None
             coros = [up.get_json("/api/tags", self.probe_timeout), up.get_json("/api/ps", self.probe_timeout)]
@@ -120,20 +124,18 @@ class Refresher:
                 refreshed_at=started,
             )
         )
-        # forget what this refresh supersedes: it saw what the host has now
-        sent = h.sent_models
-        if sent:
-            for m in [m for m, t in sent.items() if t < started]:
-                del sent[m]
-        if self.health.reinstate(h):
+        was_down = self.health.reinstate(h)
+        self.on_refreshed(h, loaded, started)  # the residency model learns what the host holds now
+        if was_down:
             self.on_up(h)
         return True
 
     async def _host_loop(self, h: HostState, wake: asyncio.Event) -> None:
         interval = self.interval
-        next_at = time.monotonic() + interval
+        clock = self.clock
+        next_at = clock() + interval
         while True:
-            now = time.monotonic()
+            now = clock()
             due = max(h.ejected_until, now) if h.down else next_at
             if not wake.is_set() and due > now:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
@@ -141,10 +143,10 @@ class Refresher:
                     async with timeout(due - now):
                         await wake.wait()
             wake.clear()
-            if h.down and time.monotonic() < h.ejected_until:
+            if h.down and clock() < h.ejected_until:
                 continue  # woken early (ejection changed the schedule): recompute
             await self.refresh_host(h)
-            next_at = time.monotonic() + interval
+            next_at = clock() + interval
 
     async def start(self) -> None:
         """Initial refresh of every host (bounded by the probe timeout), then the loops."""

@@ -3,10 +3,15 @@
 One producer: :func:`status_document` turns the dispatcher's state into plain JSON data:
 the strategy, the wait queue (depth, size), the cache's stats, retries and ejections, and
 per host its name, URL, health (``ejected_until`` as POSIX time while down), models
-present and loaded, slots in flight against capacity, waiters, version, the error of its
-last failed refresh, request counts (``ok``: 2xx, ``errors``: other answers), and time to
-first byte / total time percentiles (ms, all models merged, and ``by_model``).  Pure: it
-reads what it is given (times included) and builds a dict.
+present and loaded, its **residents** as the gateway's residency model sees them (per
+model: state ``loading``/``loaded``/``unloading``, slots in use against the host's slots
+for it, and for a load its expected progress), its room (models it holds at once, and
+whether that was configured, seen as its limit, or is still being explored), requests
+in flight against the gateway's cap, version, the error of its last failed refresh,
+request counts (``ok``: 2xx, ``errors``: other answers), and time to first byte / total
+time percentiles (ms, all models merged, and ``by_model``); the gateway's queue per model
+(waiting requests, the oldest wait); the scheduler's counts and its last decisions with
+their reasons.  Pure: it reads what it is given (times included) and builds a dict.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 from .._version import __version__
 from ..fleet.hosts import HostState
+from ..fleet.residency import LOADING, Residency
 from ..fleet.snapshot import Snapshot
 
 __all__ = ["status_document"]
@@ -43,8 +49,11 @@ def status_document(
     strategy: str,
     hosts: Sequence[HostState],
     snapshot: Snapshot,
+    residency: Residency,
     queue_depth: int,
     queue_size: int,
+    queue_by_model: dict[str, dict[str, Any]],
+    scheduler: dict[str, Any],
     cache_stats: dict[str, int],
     metrics: dict[str, Any],
     now_mono: float,
@@ -61,6 +70,17 @@ def status_document(
     for h in hosts:
         v = snapshot.hosts[h.index]
         name = h.name
+        residents = []
+        for r in sorted(residency.by_host[h.index].values(), key=lambda r: r.model):
+            doc: dict[str, Any] = {"model": r.model, "state": r.state, "in_flight": r.in_flight,
+                                   "slots": r.slots, "served": r.served}
+            if r.state == LOADING:
+                span = max(r.ready_at - r.since, 1e-9)
+                doc["progress"] = round(min(max((now_mono - r.since) / span, 0.0), 0.99), 2)
+                doc["loading_for_s"] = round(max(now_mono - r.since, 0.0), 3)
+            residents.append(doc)
+        i = h.index
+        room_source = "configured" if residency.room_fixed[i] else ("seen" if residency.room_known[i] else "exploring")
         ttfb = {m: x for (hn, m), x in hists.get("ttfb", {}).items() if hn == name}
         total = {m: x for (hn, m), x in hists.get("total", {}).items() if hn == name}
         out_hosts.append(
@@ -71,10 +91,11 @@ def status_document(
                 "down_cause": h.down_cause or None,
                 "ejected_until": (now_wall + (h.ejected_until - now_mono)) if h.down and h.ejected_until else None,
                 "models": sorted(v.present),
-                "loaded": sorted(m for m in v.present | frozenset(h.sent_models) if h.is_loaded(m, v)),
+                "loaded": sorted(r["model"] for r in residents if r["state"] == "loaded"),
+                "residents": residents,
+                "room": {"models": residency.room[i], "source": room_source},
                 "in_flight": h.in_flight,
                 "capacity": h.capacity,
-                "queued": h.queued,
                 "version": v.version,
                 "error": v.error,
                 "requests": {"ok": ok.get(name, 0), "errors": err.get(name, 0)},
@@ -87,7 +108,8 @@ def status_document(
         )
     return {
         "strategy": strategy,
-        "queue": {"depth": queue_depth, "size": queue_size},
+        "queue": {"depth": queue_depth, "size": queue_size, "by_model": queue_by_model},
+        "scheduler": scheduler,
         "hosts": out_hosts,
         "cache": cache_stats,
         "retries": counters["retries"],

@@ -21,6 +21,11 @@ class HostConfig:
     weight: float = 1.0
     max_concurrency: int | None = None  # None -> DispatcherConfig.max_in_flight_per_host
     headers: Mapping[str, str] = field(default_factory=dict)  # e.g. Authorization
+    # what the host can do, when known (else learned): Ollama's OLLAMA_NUM_PARALLEL (requests
+    # one loaded model serves at once) and how many models it holds loaded at once
+    num_parallel: int | None = None
+    max_loaded_models: int | None = None
+    vram: int | None = None  # bytes the loaded models may take (Ollama evicts by fit too)
 
 
 def host_name_from_url(url: str) -> str:

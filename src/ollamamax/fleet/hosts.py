@@ -4,7 +4,8 @@
 would accept the host), health (down, ejection streak) and learned timings.  Only the event
 loop thread touches it, and never across an ``await`` inside one bookkeeping step, so it
 needs no lock.  What a host *has* (models present and loaded) is not here but in the
-immutable snapshot (``snapshot.py``).  No I/O and no clock reads: callers pass times.
+immutable snapshot (``snapshot.py``) and what it holds loaded in the residency model
+(``residency.py``).  No I/O and no clock reads: callers pass times.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass, field
 
 from .config import HostConfig
 from .learning import DEFAULT_LOAD_COST, Ewma
-from .snapshot import HostView
 
 __all__ = ["HostState"]
 
@@ -28,7 +28,6 @@ class HostState:
     url: str
     capacity: int
     in_flight: int = 0
-    queued: int = 0  # live admission waiters that would accept this host
     # health (see health.py): ``down`` hosts get no requests (but in panic, see
     # ``dispatch.directory``) until a probe succeeds; down = ejected or unreachable
     down: bool = True
@@ -45,18 +44,9 @@ class HostState:
     ttfb: Ewma = field(default_factory=Ewma)
     service: Ewma = field(default_factory=Ewma)
     load_cost: dict[str, Ewma] = field(default_factory=dict)
-    # model -> monotonic time a request for it was last sent here: the host has it loaded
-    # (or is loading it) at least until a refresh that started later says otherwise
-    sent_models: dict[str, float] = field(default_factory=dict)
 
     def has_free_slot(self) -> bool:
         return self.in_flight < self.capacity and not self.down
-
-    def is_loaded(self, model: str, view: HostView) -> bool:
-        if model in view.loaded:
-            return True
-        t = self.sent_models.get(model)
-        return t is not None and t >= view.refreshed_at
 
     def expected_load_cost(self, model: str) -> float:
         e = self.load_cost.get(model)
@@ -64,10 +54,3 @@ class HostState:
 
     def load_ratio(self) -> float:
         return self.in_flight / self.capacity
-
-    def expected_wait(self, default_service: float = 1.0) -> float:
-        """Rough seconds until a slot frees for a new arrival (0 when one is free)."""
-        over = self.in_flight - self.capacity + 1
-        if over <= 0:
-            return 0.0
-        return (over + self.queued) / self.capacity * self.service.get(default_service)

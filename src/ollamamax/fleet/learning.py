@@ -54,20 +54,34 @@ class DecayingRate:
 
 
 class Demand:
-    """Per-model arrival rates (requests per second, decayed over ``tau`` seconds)."""
+    """Per-model arrival rates (requests per second, decayed over ``tau`` seconds).
 
-    __slots__ = ("tau", "rates")
+    Early on, a decayed count underestimates every rate (after ``t`` seconds of traffic it
+    has seen ``1 - exp(-t/tau)`` of what a long history would hold); :meth:`rate` divides
+    that out, counting from the first request of any model (at least ``MIN_WINDOW``
+    seconds), so the first minute's decisions see rates of the right size."""
+
+    __slots__ = ("tau", "rates", "since")
+
+    MIN_WINDOW = 5.0
 
     def __init__(self, tau: float = 60.0) -> None:
         self.tau = tau
         self.rates: dict[str, DecayingRate] = {}
+        self.since: float | None = None  # the first request of any model
 
     def hit(self, model: str, now: float) -> None:
         r = self.rates.get(model)
         if r is None:
             r = self.rates[model] = DecayingRate(now, self.tau)
+            if self.since is None:
+                self.since = now
         r.hit(now)
 
     def rate(self, model: str, now: float) -> float:
         r = self.rates.get(model)
-        return 0.0 if r is None else r.rate(now)
+        if r is None or self.since is None:
+            return 0.0
+        seen = max(now - self.since, self.MIN_WINDOW) / self.tau
+        raw = r.rate(now)
+        return raw / -math.expm1(-seen) if seen < 20.0 else raw

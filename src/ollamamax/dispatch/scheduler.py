@@ -1,0 +1,389 @@
+"""The fleet scheduler: carries out the planner's loads and keeps the residency model true.
+
+It runs the pure planner (``placement.planner``) whenever something changed that may call
+for a load (a model's requests started waiting, a load finished, a slot freed on an idle
+host) and on a short tick, over a :class:`~ollamamax.placement.planner.FleetView` it builds
+from the fleet's state; and it executes each decision:
+
+* **evict** the chosen idle models first, each with Ollama's unload (an empty generate with
+  ``keep_alive: 0``), so the host evicts exactly what the planner chose;
+* **load** with an empty generate (``keep_alive: -1``: a planned model stays loaded while
+  idle; the clients' own ``keep_alive`` values are never changed), or an empty embed for
+  a model that only embeds.  The load is the scheduler's own request: it survives the
+  client that triggered it going away.  Its round trip is the model's load cost on that
+  host, learned for the next decisions;
+* then hand the new copy's slots to the model's waiting requests (all of them, as slots
+  free: one switch serves the whole batch).
+
+The residency model changes the moment a decision is taken (the planner's next pass and
+the router see the copy as loading, the victims as unloading), and every refresh of a host
+reconciles it with ``/api/ps`` (:meth:`FleetScheduler.reconcile`).  The last decisions,
+with their reasons, are kept for the status page; loads, evictions and preloads are
+counted for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..fleet.health import CONNECT, RESET, TIMEOUT, Health
+from ..fleet.hosts import HostState
+from ..fleet.learning import Demand as Rates
+from ..fleet.learning import DEFAULT_LOAD_COST, Ewma
+from ..fleet.residency import LOADED, Residency, Resident
+from ..fleet.snapshot import HostView, SnapshotStore
+from ..placement.planner import Demand, FleetView, HostPlan, Load, PlannerPolicy, ResidentView, plan
+from ..upstream.client import UPSTREAM_ERRORS, Upstream, describe_error, timeout
+from ..upstream.http1 import ConnectFailed, LocalResourceError
+from ..wire.names import normalize_model
+from ..structures.exceptions import QueueFull
+from .admission import Admission, LoadFailed
+
+__all__ = ["FleetScheduler"]
+
+log = logging.getLogger("ollamamax.dispatch")
+
+TICK = 0.25  # seconds between planning passes when nothing else calls for one
+LOAD_TIMEOUT = 600.0  # a load taking longer than this has failed (Ollama's own is 5 min)
+DECISIONS_KEPT = 50
+LOAD_BACKOFF = 1.0  # seconds before a failed load of a model is tried on that host again (doubling)
+LOCAL_BACKOFF = 0.2  # ... when the gateway itself could not send it (out of descriptors)
+
+
+class FleetScheduler:
+    def __init__(
+        self,
+        hosts: Sequence[HostState],
+        residency: Residency,
+        admission: Admission,
+        store: SnapshotStore,
+        upstreams: Sequence[Upstream],
+        rates: Rates,
+        service: dict[str, Ewma],
+        *,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        policy: PlannerPolicy = PlannerPolicy(),
+        health: Health | None = None,
+    ) -> None:
+        self.hosts = list(hosts)
+        self.residency = residency
+        self.admission = admission
+        self.store = store
+        self.upstreams = upstreams
+        self.rates = rates
+        self.service = service
+        self.clock = clock
+        self.wall = wall
+        self.policy = policy
+        self.health = health
+        # (host, model) -> (not before, next backoff): a failed load is not retried at once
+        self._backoff: dict[tuple[int, str], tuple[float, float]] = {}
+        # (host, model) -> (kind, message) of its last load that got no answer
+        self._failed: dict[tuple[int, str], tuple[str, str]] = {}
+        # the pure decision function (the simulator swaps in a clairvoyant one for its bound)
+        self.planner: Callable[[FleetView, PlannerPolicy], list[Load]] = plan
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
+        self.counters: Counter[str] = Counter()  # loads, preloads, evictions, failed_loads
+        self.loads_by: Counter[tuple[str, str]] = Counter()  # (host, model) -> loads started
+        self._pending = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tick: asyncio.Task[None] | None = None
+        self._embed_only: set[str] = set()  # models whose load is an empty embed
+        self._size_cache: dict[int, tuple[Any, dict[str, int]]] = {}
+        self._any_load = Ewma()  # seconds of any load on any host
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._tick = asyncio.get_running_loop().create_task(self._ticker(), name="ollamamax-scheduler")
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._tick, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self.plan_now()
+
+    def nudge(self, model: str | None = None) -> None:
+        """Plan again soon (coalesced: one pass per turn of the event loop)."""
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().call_soon(self.plan_now)
+
+    # -- planning ----------------------------------------------------------------------
+    def view(self, now: float) -> FleetView:
+        res = self.residency
+        adm = self.admission
+        snap = self.store.current
+        # in panic (too few hosts healthy) an ejected host that still answers may load too
+        panic = adm.panicking() if any(h.down for h in self.hosts) else False
+        hosts = []
+        for h in self.hosts:
+            i = h.index
+            v = snap.hosts[i]
+            sizes = self._sizes(v)
+            residents = tuple(
+                ResidentView(r.model, r.state, r.in_flight, r.slots,
+                             0.0 if r.in_flight else max(0.0, now - r.last_used), max(0.0, now - r.since),
+                             sizes.get(r.model, 0))
+                for r in res.by_host[i].values()
+            )
+            costs = {m: e.get(0.0) for m, e in h.load_cost.items() if e.value is not None}
+            present = v.present
+            if self._backoff:
+                barred = {m for (hi, m), (until, _) in self._backoff.items() if hi == i and until > now}
+                if barred:
+                    present = present - barred
+            hosts.append(HostPlan(i, not h.down or (panic and not h.unreachable), res.room[i], residents, present, costs,
+                                  default_load_cost=self._default_load_cost(),
+                                  room_known=res.room_known[i], vram=h.config.vram, sizes=sizes))
+        demand: dict[str, Demand] = {}
+        waiting = set(adm.waiting_models())
+        for m in set(self.rates.rates) | waiting:
+            queued = adm.queued(m) if m in waiting else 0
+            oldest = adm.oldest(m) if queued else None
+            svc = self.service.get(m)
+            demand[m] = Demand(m, queued, 0.0 if oldest is None else max(0.0, now - oldest),
+                               self.rates.rate(m, now), svc.get(1.0) if svc is not None else 1.0,
+                               adm.stranded(m) if queued else 0)
+        return FleetView(now, tuple(hosts), demand)
+
+    def _sizes(self, v: HostView) -> dict[str, int]:
+        """Model -> bytes from a host's ``/api/tags`` (kept per snapshot entry)."""
+        cached = self._size_cache.get(v.index)
+        if cached is not None and cached[0] is v.tags:
+            return cached[1]
+        sizes: dict[str, int] = {}
+        for e in v.tags:
+            name = e.get("name") or e.get("model")
+            size = e.get("size")
+            if isinstance(name, str) and isinstance(size, int):
+                sizes[normalize_model(name)] = size
+        self._size_cache[v.index] = (v.tags, sizes)
+        return sizes
+
+    def _default_load_cost(self) -> float:
+        """Before a host's first load of a model: what loads took anywhere (else 10 s)."""
+        return self._any_load.get(DEFAULT_LOAD_COST)
+
+    def plan_now(self) -> None:
+        self._pending = False
+        if self.admission.closed:
+            return
+        now = self.clock()
+        view = self.view(now)
+        for a in self.planner(view, self.policy):
+            self._execute(a, now)
+        if self._failed:
+            self._fail_fast(view, now)
+
+    def _fail_fast(self, view: FleetView, now: float) -> None:
+        """Waiters with no copy to wait for, whose every host is backing off after a load
+        that got no answer (or is down, or tried by them already), are told now: each
+        counts that failure as its attempt there and tries elsewhere, or gives up with it
+        (instead of waiting out the backoff, or their deadline, for a host that refused)."""
+        adm = self.admission
+        snap = self.store.current
+        for m in adm.waiting_models():
+            barred = [(i, f) for (i, mm), f in self._failed.items()
+                      if mm == m and self._backoff.get((i, m), (0.0, 0.0))[0] > now]
+            if not barred:
+                continue
+            open_hosts = {p.index for p in view.hosts if p.up and m in p.present}
+
+            def error(w: Any, m: str = m, barred: list[tuple[int, tuple[str, str]]] = barred,
+                      open_hosts: set[int] = open_hosts) -> BaseException | None:
+                if open_hosts - w.exclude:
+                    return None  # a host may still load it for this waiter
+                for i, (kind, message) in barred:
+                    if i not in w.exclude and m in snap.hosts[i].present:
+                        return LoadFailed(i, kind, message)
+                return None
+
+            adm.refuse(m, error)
+
+    # -- carrying out ------------------------------------------------------------------
+    def _execute(self, a: Load, now: float) -> None:
+        res = self.residency
+        h = self.hosts[a.host]
+        victims = []
+        for v in a.evict:
+            r = res.get(a.host, v)
+            if r is not None and r.state == LOADED and r.in_flight == 0:
+                res.start_unload(r, now)
+                victims.append(r)
+        r = res.start_load(a.host, a.model, now, h.expected_load_cost(a.model))
+        self.counters["preloads" if a.preload else "loads"] += 1
+        self.counters["evictions"] += len(victims)
+        self.loads_by[(h.name, a.model)] += 1
+        self.decisions.appendleft({"at": self.wall(), "host": h.name, "model": a.model,
+                                   "evict": list(a.evict), "reason": a.reason, "preload": a.preload})
+        log.info("load %s on %s: %s", a.model, h.name, a.reason)
+        t = asyncio.get_running_loop().create_task(self._load(h, r, victims, a.explore))
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _call(self, h: HostState, path: str, payload: dict[str, Any], limit: float) -> tuple[int, bytes]:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        async with timeout(limit):
+            resp = await self.upstreams[h.index].send("POST", path, body)
+            try:
+                data = await resp.read()
+            finally:
+                resp.release()
+        return resp.status, data
+
+    async def _unload(self, h: HostState, r: Resident) -> None:
+        try:
+            path = "/api/embed" if r.model in self._embed_only else "/api/generate"
+            payload: dict[str, Any] = {"model": r.model, "keep_alive": 0}
+            if path == "/api/embed":
+                payload["input"] = []
+            await self._call(h, path, payload, 60.0)
+        except UPSTREAM_ERRORS as exc:
+            log.debug("unload of %s on %s failed: %s", r.model, h.name, exc)
+        if r.state != LOADED:  # a request made it loaded again meanwhile? then keep it
+            self.residency.forget(r)
+
+    async def _load(self, h: HostState, r: Resident, victims: list[Resident], explore: bool = False) -> None:
+        if not explore:
+            for v in victims:
+                await self._unload(h, v)
+        t0 = self.clock()
+        ok = False
+        answered = False  # the host answered the load (even with an error)
+        local = False  # the gateway itself could not send it (out of descriptors)
+        kind, failure = RESET, ""
+        try:
+            path = "/api/embed" if r.model in self._embed_only else "/api/generate"
+            for _ in range(2):
+                payload: dict[str, Any] = {"model": r.model, "keep_alive": -1}
+                if path == "/api/embed":
+                    payload["input"] = []
+                status, data = await self._call(h, path, payload, LOAD_TIMEOUT)
+                if status == 400 and path == "/api/generate" and b"does not support generate" in data:
+                    self._embed_only.add(r.model)
+                    path = "/api/embed"
+                    continue
+                break
+            ok = status == 200
+            answered = True
+            if not ok:
+                log.warning("load of %s on %s failed: %s %s", r.model, h.name, status, data[:200])
+        except LocalResourceError as exc:  # the gateway is out of descriptors: not the host's fault
+            log.warning("load of %s on %s not sent: %s", r.model, h.name, describe_error(exc))
+            local = True
+        except UPSTREAM_ERRORS as exc:
+            failure = describe_error(exc)
+            log.warning("load of %s on %s failed: %s", r.model, h.name, failure)
+            kind = CONNECT if isinstance(exc, ConnectFailed) else TIMEOUT if isinstance(exc, TimeoutError) else RESET
+            if self.health is not None:
+                self.health.record_failure(h, kind, failure)
+        now = self.clock()
+        key = (h.index, r.model)
+        if ok:
+            self._backoff.pop(key, None)
+            self._failed.pop(key, None)
+        elif local:  # not the host's fault: a short pause (no busy loop), no doubling
+            self._backoff[key] = (now + LOCAL_BACKOFF, self._backoff.get(key, (0.0, LOAD_BACKOFF / 2))[1])
+        else:  # not again on this host for a while (doubling, up to a minute)
+            wait = self._backoff.get(key, (0.0, LOAD_BACKOFF / 2))[1] * 2
+            self._backoff[key] = (now + wait, min(wait, 60.0))
+        if ok and self.residency.get(h.index, r.model) is r:
+            took = max(now - t0, 0.0)
+            cost = h.load_cost.get(r.model)
+            if cost is None:
+                cost = h.load_cost[r.model] = Ewma()
+            cost.add(took)
+            self._any_load.add(took)
+            self.residency.loaded(r, now)
+            self.admission.grant(r.model)
+        elif answered and self.residency.get(h.index, r.model) is r:
+            # The host refused the load with an answer (out of memory, busy, a server that
+            # loads on first use...): the waiting requests go there anyway and get the
+            # host's own answer, which the forwarder judges (retry elsewhere, or the error
+            # to the client) -- not a 503 after their whole deadline.  The next refresh
+            # says whether the model is really loaded.
+            self.counters["failed_loads"] += 1
+            self.residency.loaded(r, now)
+            self.admission.grant(r.model)
+        else:
+            self.counters["failed_loads"] += 1
+            self.residency.forget(r)
+            # The waiters no other copy can serve learn it now, not at their deadline: out
+            # of descriptors, they answer 503 busy + Retry-After; else the load counts as
+            # their attempt on this host and they try elsewhere (as a request that could
+            # not connect would).
+            if local:
+                self.admission.refuse(r.model, lambda w: QueueFull())
+            else:
+                self._failed[key] = (kind, failure)
+                self.admission.refuse(r.model, lambda w: LoadFailed(h.index, kind, failure))
+        if explore and victims:
+            await self._explored(h, victims)
+        self.nudge()
+
+    async def _explored(self, h: HostState, victims: list[Resident]) -> None:
+        """After a load sent without unloading first: did the host keep the others?"""
+        try:
+            ps = await self.upstreams[h.index].get_json("/api/ps", 5.0)
+            listed = {normalize_model(str(m.get("name") or m.get("model") or ""))
+                      for m in ps.get("models") or () if isinstance(m, dict)}
+        except (*UPSTREAM_ERRORS, ValueError, AttributeError) as exc:  # type: ignore[misc]
+            log.debug("could not see what %s kept: %s", h.name, exc)
+            for v in victims:
+                self.residency.forget(v)
+            return
+        now = self.clock()
+        res = self.residency
+        held = [x for x in res.by_host[h.index].values() if x.state == LOADED]
+        missing = [x for x in (*victims, *held) if x.model not in listed and x.in_flight == 0]
+        res.room_explored(h.index, held_on=not missing)
+        for x in missing:
+            res.forget(x)
+        for v in victims:
+            if v not in missing and res.get(h.index, v.model) is v:
+                res.loaded(v, now)
+                self.admission.grant(v.model)
+        if not missing:
+            log.info("%s holds %s beside the new model: room for %d", h.name,
+                     ", ".join(v.model for v in victims), res.room[h.index])
+
+    # -- what a refresh saw ---------------------------------------------------------------
+    def reconcile(self, h: HostState, loaded: frozenset[str], refreshed_at: float) -> None:
+        """``/api/ps`` of ``h`` listed ``loaded`` in a refresh that began at ``refreshed_at``."""
+        now = self.clock()
+        res = self.residency
+        before = {m for m, r in res.by_host[h.index].items() if r.state == LOADED}
+        gone = res.reconcile(h.index, loaded, refreshed_at, now)
+        if gone:
+            log.debug("%s no longer holds %s", h.name, ", ".join(gone))
+        for m in loaded - before:
+            self.admission.grant(m)
+        if gone or loaded - before:
+            self.nudge()
+
+    def host_down(self, h: HostState) -> None:
+        """A host went down: its copies are not counted on until it is back (its refresh
+        will say what it still holds)."""
+        self.nudge()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "loads": self.counters["loads"],
+            "preloads": self.counters["preloads"],
+            "evictions": self.counters["evictions"],
+            "failed_loads": self.counters["failed_loads"],
+            "decisions": list(self.decisions),
+        }
+
