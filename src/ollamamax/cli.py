@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("ollamamax.ops.serve", "run the gateway in front of Ollama hosts"),
     "mock": ("ollamamax.testing.cli", "run an emulated Ollama host (for tests, demos, benchmarks)"),
     "bench": ("ollamamax.bench", "load-test any Ollama API endpoint at several concurrency levels"),
+    "simulate": ("ollamamax.testing.simcli",
+                 "replay a seeded fleet workload through the scheduler and simple routers in virtual time"),
 }
 
 

@@ -1,7 +1,6 @@
 """Figures and markdown tables of a fleet benchmark run.
 
-Owns :func:`percentile` (linear interpolation between order statistics, numpy's default),
-:func:`target_figures` (one target's outcomes and its hosts' ``/_mock/stats`` -> the
+Owns :func:`target_figures` (one target's outcomes and its hosts' ``/_mock/stats`` -> the
 figures the issue asks for) and the markdown tables :func:`main_table`,
 :func:`model_table` and :func:`spread_table`. Latency figures cover successful requests
 only; errors are counted beside them. It measures nothing and starts nothing.
@@ -9,22 +8,13 @@ only; errors are counted beside them. It measures nothing and starts nothing.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from ollamamax.testing.workload import percentile
+
 from .replay import Outcome
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    pos = (len(v) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
 def dist(values: Sequence[float]) -> dict[str, Any]:

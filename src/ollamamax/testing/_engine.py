@@ -139,6 +139,34 @@ class Engine:
             if info is not None:
                 self.scheduler.preload(info)
 
+    def model_stats(self) -> tuple[dict[str, Any], dict[str, int]]:
+        """Per model and in total: requests ``in_flight`` and ``queued`` now; ``served``,
+        ``rejected_503``, ``failed``; ``loads`` (every load that started, once, even if it
+        was cancelled) and ``evictions`` (unloads to make room for another model; not
+        keep-alive expiry, not an explicit unload or delete)."""
+        sched = self.scheduler
+        per: dict[str, Any] = {}
+        tot = {"in_flight": 0, "queued": 0, "served": 0, "rejected_503": 0, "loads": 0, "evictions": 0, "failed": 0}
+        for key in sorted(set(sched.stats) | set(sched.runners)):
+            r = sched.runners.get(key)
+            st = sched.stat(key)
+            info = r.info if r is not None else self.models.get(key)
+            name = info.display if info is not None else key
+            row = {
+                "in_flight": r.in_flight if r else 0,
+                "queued": len(r.waiters) if r else 0,
+                "served": st.served,
+                "rejected_503": st.rejected_503,
+                "loads": st.loads,
+                "evictions": st.evictions,
+                "failed": st.failed,
+                "loaded": bool(r and r.loaded),
+            }
+            per[name] = row
+            for k in tot:
+                tot[k] += row[k]
+        return per, tot
+
     def loaded_models(self) -> list[str]:
         return [r.info.display for r in self.scheduler.runners.values() if r.loaded]
 

@@ -34,7 +34,7 @@ from ._httphost import CT_TEXT, HttpHost
 
 MAX_BODY = 1 << 40  # no practical limit, as Ollama
 
-__all__ = ["FakeOllama"]
+__all__ = ["FakeOllama", "answer"]
 
 Handler = Callable[["FakeOllama", web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -68,6 +68,34 @@ _ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/v1/embeddings"): _openai.embeddings,
     ("GET", "/v1/models"): _openai.list_models,
 }
+
+
+async def answer(host: Any, request: Any) -> web.StreamResponse:
+    """Route one request to its handler and turn an :class:`HttpError` (or a bug) into
+    Ollama's or OpenAI's error body: what the server does with every request, shared with
+    the fleet simulator, which hands requests to a host without sockets."""
+    path = request.path
+    handler = _ROUTES.get((request.method, path))
+    if handler is None:
+        handler = _prefix_route(request.method, path)
+        if handler is None:
+            return host.raw(404, NOT_FOUND_PAGE, CT_TEXT)
+    try:
+        return await handler(host, request)
+    except HttpError as exc:
+        status, message = exc.status, exc.message
+    except ConnectionError:
+        # the client went away while we were writing: end quietly, as for a disconnect
+        raise asyncio.CancelledError() from None
+    except Exception as exc:  # noqa: BLE001 - a bug here must still look like Ollama
+        if id(request) in host.streamed:
+            raise  # headers already sent: let the server drop the connection
+        status, message = 500, f"{type(exc).__name__}: {exc}"
+    finally:
+        host.streamed.discard(id(request))
+    if path.startswith("/v1/"):
+        return _openai.error_response(host, status, message)
+    return host.error(status, message)
 
 
 def _prefix_route(method: str, path: str) -> Handler | None:
@@ -226,28 +254,7 @@ class FakeOllama(HttpHost):
         ``rejected_503``, ``failed``; ``loads`` (every load that started, once, even if it
         was cancelled) and ``evictions`` (unloads to make room for another model; not
         keep-alive expiry, not an explicit unload or delete). Counters survive restarts."""
-        sched = self.scheduler
-        per: dict[str, Any] = {}
-        tot = {"in_flight": 0, "queued": 0, "served": 0, "rejected_503": 0, "loads": 0, "evictions": 0, "failed": 0}
-        keys = set(sched.stats) | set(sched.runners)
-        for key in sorted(keys):
-            r = sched.runners.get(key)
-            st = sched.stat(key)
-            info = r.info if r is not None else self.models.get(key)
-            name = info.display if info is not None else key
-            row = {
-                "in_flight": r.in_flight if r else 0,
-                "queued": len(r.waiters) if r else 0,
-                "served": st.served,
-                "rejected_503": st.rejected_503,
-                "loads": st.loads,
-                "evictions": st.evictions,
-                "failed": st.failed,
-                "loaded": bool(r and r.loaded),
-            }
-            per[name] = row
-            for k in tot:
-                tot[k] += row[k]
+        per, tot = self.model_stats()
         return {
             "host_id": self.host_id,
             "models": per,
@@ -347,28 +354,7 @@ class FakeOllama(HttpHost):
         self.requests_total += 1
         if self._hanging:
             await self._hang(request)
-        path = request.path
-        handler = _ROUTES.get((request.method, path))
-        if handler is None:
-            handler = _prefix_route(request.method, path)
-            if handler is None:
-                return self.raw(404, NOT_FOUND_PAGE, CT_TEXT)
-        try:
-            return await handler(self, request)
-        except HttpError as exc:
-            status, message = exc.status, exc.message
-        except ConnectionError:
-            # the client went away while we were writing: end quietly, as for a disconnect
-            raise asyncio.CancelledError() from None
-        except Exception as exc:  # noqa: BLE001 - a bug here must still look like Ollama
-            if id(request) in self.streamed:
-                raise  # headers already sent: let aiohttp drop the connection
-            status, message = 500, f"{type(exc).__name__}: {exc}"
-        finally:
-            self.streamed.discard(id(request))
-        if path.startswith("/v1/"):
-            return _openai.error_response(self, status, message)
-        return self.error(status, message)
+        return await answer(self, request)
 
     async def _hang(self, request: web.BaseRequest) -> None:
         with contextlib.suppress(Exception):

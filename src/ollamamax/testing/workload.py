@@ -60,6 +60,7 @@ __all__ = [
     "make_trace",
     "model_shares",
     "parse_scenario",
+    "percentile",
     "popularity_order",
     "rate_at",
     "summary",
@@ -543,3 +544,15 @@ def summary(trace: Sequence[TraceRequest]) -> dict[str, Any]:
         "span_s": (trace[-1].at - trace[0].at) if n else 0.0,
         "per_model": dict(sorted(per.items(), key=lambda kv: -kv[1]["requests"])),
     }
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) by linear interpolation between order
+    statistics (numpy's default); None when empty."""
+    if not values:
+        return None
+    v = sorted(values)
+    pos = (len(v) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
