@@ -397,13 +397,13 @@ async def test_chaos_no_slot_leaks() -> None:
     import random
 
     rng = random.Random(5)
-    spec = {"preload": ["llama3.2"], "tokens_per_sec": 400, "response_tokens": (4, 12)}
+    spec = {"preload": ["llama3.2"], "tokens_per_sec": 400, "response_tokens": (4, 12), "num_parallel": 3}
     async with fleet(spec, spec, spec) as hosts:
         for h in hosts:
             h.fail_rate = 0.15
             h.midstream_fail_rate = 0.1
         async with Dispatcher(
-            [HostConfig(h.url, max_concurrency=3) for h in hosts],
+            [HostConfig(h.url, max_concurrency=3, num_parallel=3) for h in hosts],
             retry_backoff=0.005,
             eject_cooldown=0.05,
             refresh_interval=0.2,

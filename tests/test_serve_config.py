@@ -95,6 +95,9 @@ TOML = """
     weight = 2
     max_concurrency = 16
     headers = { Authorization = "Bearer upstream" }
+    num_parallel = 4
+    max_loaded_models = 2
+    vram = "24GiB"
 """
 
 
@@ -104,6 +107,9 @@ def test_toml_over_defaults(tmp_path):
     gpu1 = cfg.hosts[1]
     assert (gpu1.name, gpu1.weight, gpu1.max_concurrency, dict(gpu1.headers)) == (
         "gpu1", 2.0, 16, {"Authorization": "Bearer upstream"})
+    # what the fleet scheduler would otherwise learn (bug caught: the keys parsed and dropped)
+    assert (gpu1.num_parallel, gpu1.max_loaded_models, gpu1.vram) == (4, 2, 24 << 30)
+    assert cfg.hosts[0].num_parallel is None  # not told: learned
     d = cfg.dispatcher
     assert (d.strategy, d.queue_size, d.first_byte_timeout, d.cache_size, d.cache_ttl,
             d.session_header) == ("round-robin", 11, 12.5, 0, 60.0, "X-Conv")
@@ -175,6 +181,9 @@ def test_example_config_file_loads():
     ('[[hosts]]\nname = "x"\n', "'url' is required"),
     ('[[hosts]]\nurl = "http://a:1"\nweight = 0\n', "weight.*> 0"),
     ('[[hosts]]\nurl = "http://a:1"\nheaders = { A = 1 }\n', "headers must be a table of strings"),
+    ('[[hosts]]\nurl = "http://a:1"\nnum_parallel = 0\n', "num_parallel.*>= 1"),
+    ('[[hosts]]\nurl = "http://a:1"\nmax_loaded_models = "two"\n', "max_loaded_models.*integer"),
+    ('[[hosts]]\nurl = "http://a:1"\nvram = "lots"\n', "vram"),
     ('backends = ["http://a:1"]\nworkers = "two"\n', "workers.*integer"),
     ('backends = ["http://a:1"]\nworkers = 0\n', "workers.*>= 1"),
     ('backends = ["http://a:1"]\nauto_pull = "maybe"\n', "auto_pull.*true/false"),

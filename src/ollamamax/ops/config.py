@@ -358,7 +358,7 @@ _DISPATCHER_ALIASES = {
 }
 CACHE_SCOPES = ("tenant", "shared")
 _DISPATCHER_FIELDS = {f.name: f for f in dataclasses.fields(DispatcherConfig)}
-_HOST_KEYS = ("url", "name", "weight", "max_concurrency", "headers")
+_HOST_KEYS = ("url", "name", "weight", "max_concurrency", "headers", "num_parallel", "max_loaded_models", "vram")
 
 
 def _convert(key: str, value: object, where: str) -> object:
@@ -459,12 +459,20 @@ def _parse_host_entry(entry: object, index: int) -> HostConfig:
     mc = entry.get("max_concurrency")
     if mc is not None:
         mc = _parse_int(mc, f"{where} max_concurrency", minimum=1)
+    # what the host can do (else the scheduler learns it): OLLAMA_NUM_PARALLEL,
+    # OLLAMA_MAX_LOADED_MODELS, and the memory its models may take
+    known: dict[str, int | None] = {}
+    for key in ("num_parallel", "max_loaded_models"):
+        v = entry.get(key)
+        known[key] = None if v is None else _parse_int(v, f"{where} {key}", minimum=1)
+    vram = entry.get("vram")
+    known["vram"] = None if vram is None else parse_size(vram, what=f"{where} vram")
     headers = entry.get("headers", {})
     if not isinstance(headers, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         raise ConfigError(f"{where}: headers must be a table of strings, got {headers!r}")
-    return HostConfig(url=url, name=name, weight=weight, max_concurrency=mc, headers=dict(headers))
+    return HostConfig(url=url, name=name, weight=weight, max_concurrency=mc, headers=dict(headers), **known)
 
 
 def _url_key(url: str) -> str:

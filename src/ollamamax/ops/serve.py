@@ -47,7 +47,7 @@ precedence: command line > environment > TOML file (--config) > defaults.
 Every setting has an environment variable OLLAMAMAX_<SETTING> (e.g. OLLAMAMAX_STRATEGY,
 OLLAMAMAX_BACKENDS=url1,url2, OLLAMAMAX_API_KEYS=k1,k2) and a TOML key of the same name
 with underscores; [[hosts]] tables in the file add per-host url, name, weight,
-max_concurrency and headers.  See examples/ollamamax.toml.  Bad configuration exits 2.
+max_concurrency, headers, num_parallel, max_loaded_models and vram.  See examples/ollamamax.toml.  Bad configuration exits 2.
 """
 
 
