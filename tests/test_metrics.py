@@ -572,3 +572,25 @@ async def test_auth_applies_when_installed_before_the_gateway_catch_all():
                     assert r.status == 200
         finally:
             await server.close()
+
+
+async def test_scheduler_loads_and_queue_per_model_are_exported():
+    """Bug caught: the fleet scheduler's loads, evictions and deferred switches invisible to
+    Prometheus, or counted against the wrong host or model."""
+    # one host, room for one model: the second model's requests wait for a switch
+    async with obs_stack((["llama3.2", "qwen3:0.6b"],), host_kw=[{"max_loaded_models": 1, "load_delay": 0.05}],
+                         ) as s, aiohttp.ClientSession() as session:
+        for model in ("llama3.2", "qwen3:0.6b"):
+            async with session.post(s.url + "/api/chat", json={
+                    "model": model, "stream": False, "messages": [{"role": "user", "content": "hi"}]}) as r:
+                assert r.status == 200, await r.text()
+        fams = await scrape(session, s.url)
+        host = s.d.hosts[0].name
+        loads = {(smp.labels["host"], smp.labels["model"]): smp.value
+                 for smp in samples(fams["ollamamax_model_loads"], "_total")}
+        assert loads == {(host, "llama3.2:latest"): 1.0, (host, "qwen3:0.6b"): 1.0}
+        assert samples(fams["ollamamax_scheduler_evictions"], "_total")[0].value == 1.0
+        assert samples(fams["ollamamax_scheduler_failed_loads"], "_total")[0].value == 0.0
+        assert "ollamamax_scheduler_switches_deferred" in fams and "ollamamax_scheduler_preloads" in fams
+        assert fams["ollamamax_model_queue_depth"].type == "gauge"
+        assert fams["ollamamax_model_queue_depth"].samples == []  # nothing waits now

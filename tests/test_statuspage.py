@@ -118,6 +118,27 @@ def test_render_shows_hosts_health_models_and_latency_without_js():
     assert "REFRESH = 2000" in page and "{{" not in page
 
 
+def test_render_shows_residents_slots_loads_queue_per_model_and_decisions():
+    # bug caught: the scheduler's picture (slots in use, a load under way, who waits, why a
+    # model was loaded where) missing from the page operators look at
+    st = sample_status(
+        queue={"depth": 4, "size": 1024, "by_model": {"phi4:latest": {"waiting": 4, "oldest_s": 2.1}}},
+        scheduler={"loads": 7, "preloads": 1, "evictions": 5, "failed_loads": 0, "switches_deferred": 3,
+                   "decisions": [{"at": 1_700_000_000.0, "host": "gpu1", "model": "phi4:latest",
+                                  "reason": "4 waiting (oldest 2.1 s), no copy loaded; evicts idle gemma3"}]})
+    st["hosts"][0]["residents"] = [
+        {"model": "llama3.2:latest", "state": "loaded", "in_flight": 1, "slots": 2},
+        {"model": "phi4:latest", "state": "loading", "in_flight": 0, "slots": 1, "progress": 0.4}]
+    st["hosts"][0]["loaded"] = ["llama3.2:latest"]
+    c = check_html(render_status_page(st))
+    text = " ".join(" ".join(c.text).split())
+    for s in ("llama3.2:latest 1/2", "phi4:latest 40%", "phi4:latest 4 waiting, oldest 2.1 s",
+              "loads 7", "evictions 5", "switches deferred 3", "evicts idle gemma3"):
+        assert s in text, s
+    chips = [a["class"] for tag, a in c.tags if tag == "span" and "chip" in (a.get("class") or "")]
+    assert chips[:3] == ["chip loaded", "chip loading", "chip"]
+
+
 def test_render_escapes_everything_from_hosts():
     evil = '<script>alert("x")</script>'
     st = sample_status()
@@ -314,6 +335,7 @@ async def test_status_page_in_headless_chromium(chromium, tmp_path):
     for m in ("llama3.2:latest", "qwen3:8b", "nomic-embed-text:latest"):
         assert m in dom
     assert 'class="chip loaded"' in dom and "live, every 2 s" in dom
+    assert "last load decisions" in dom and "no copy loaded" in dom  # the scheduler loaded nomic-embed-text
 
     data = png.read_bytes()
     assert len(data) > 10_000

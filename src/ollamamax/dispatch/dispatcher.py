@@ -457,7 +457,8 @@ class Dispatcher(EmbeddedClient):
         adm = self.admission
         fwd = self._forwarder
         health = self.health
-        return self.accounting.snapshot(
+        sched = self.scheduler
+        snap = self.accounting.snapshot(
             self.hosts,
             adm.waiting if adm is not None else 0,
             self.cache.hits,
@@ -467,3 +468,11 @@ class Dispatcher(EmbeddedClient):
             retry_budget=fwd.retry_budget() if fwd is not None else 0,
             retries_in_progress=fwd.active_retries if fwd is not None else 0,
         )
+        # the fleet scheduler: loads it started per (host, model), its other counts, and
+        # the requests waiting per model
+        snap["scheduler"] = {
+            "loads": dict(sched.loads_by) if sched is not None else {},
+            "counters": {k: v for k, v in sched.stats().items() if k != "decisions"} if sched is not None else {},
+        }
+        snap["queue_by_model"] = {m: q["waiting"] for m, q in adm.by_model(self.clock()).items()} if adm else {}
+        return snap

@@ -89,7 +89,9 @@ class FleetScheduler:
         # the pure decision function (the simulator swaps in a clairvoyant one for its bound)
         self.planner: Callable[[FleetView, PlannerPolicy], list[Load]] = plan
         self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
-        self.counters: Counter[str] = Counter()  # loads, preloads, evictions, failed_loads
+        # loads, preloads, evictions, failed_loads, switches_deferred
+        self.counters: Counter[str] = Counter()
+        self._deferred: set[str] = set()  # cold models whose switch is deferred (batching) now
         self.loads_by: Counter[tuple[str, str]] = Counter()  # (host, model) -> loads started
         self._pending = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -182,10 +184,22 @@ class FleetScheduler:
             return
         now = self.clock()
         view = self.view(now)
-        for a in self.planner(view, self.policy):
+        loads = self.planner(view, self.policy)
+        for a in loads:
             self._execute(a, now)
+        self._count_deferred(view, {a.model for a in loads})
         if self._failed:
             self._fail_fast(view, now)
+
+    def _count_deferred(self, view: FleetView, loading: set[str]) -> None:
+        """Count each episode of a cold model with waiting requests and no load decided
+        for it: a switch deferred (its requests batch until they pay for an eviction, or
+        no host can take it).  Once per episode, not per planning pass."""
+        res = self.residency
+        cold = {m for m, d in view.demand.items()
+                if d.queued and m not in loading and not any(True for _ in res.holders(m))}
+        self.counters["switches_deferred"] += len(cold - self._deferred)
+        self._deferred = cold
 
     def _fail_fast(self, view: FleetView, now: float) -> None:
         """Waiters with no copy to wait for, whose every host is backing off after a load
@@ -384,6 +398,7 @@ class FleetScheduler:
             "preloads": self.counters["preloads"],
             "evictions": self.counters["evictions"],
             "failed_loads": self.counters["failed_loads"],
+            "switches_deferred": self.counters["switches_deferred"],
             "decisions": list(self.decisions),
         }
 

@@ -19,6 +19,10 @@ time (``Dispatcher.metrics_snapshot()``); nothing is counted twice.  Exported fa
     retry_budget, retries_in_progress                                   gauges
     host_in_flight{host}, host_capacity{host}, host_healthy{host}       gauges
     queue_depth, queue_capacity, cache_entries, info{version,strategy}  gauges
+    model_queue_depth{model}                  gauge    requests waiting in the gateway per model
+    model_loads_total{host,model}             counter  loads the fleet scheduler started
+    scheduler_preloads_total, scheduler_evictions_total, scheduler_failed_loads_total,
+    scheduler_switches_deferred_total                                    counters
     cache_bytes                               gauge    bytes held by the response cache
     queue_wait_seconds{host,model}            histogram  wait for a host slot
     upstream_connect_seconds{host,model}      histogram  new TCP connections only
@@ -278,6 +282,26 @@ class _CollectorMixin:
                 f"{p}_cache_bytes",
                 "Bytes held by the response cache (keys, values, overhead), at most its budget.",
                 value=stats["bytes"])
+        sched = snap.get("scheduler") or {}
+        loads = core.CounterMetricFamily(
+            f"{p}_model_loads", "Model loads the fleet scheduler started, by host and model "
+            "(preloads included).", labels=["host", "model"])
+        for (host, model), n in sorted((sched.get("loads") or {}).items()):
+            loads.add_metric([host, model], n)
+        yield loads
+        sc = sched.get("counters") or {}
+        for key, doc in (
+                ("preloads", "Loads the scheduler started ahead of need (no request waiting)."),
+                ("evictions", "Models the scheduler unloaded to make room for another."),
+                ("failed_loads", "Loads that failed or that the host refused."),
+                ("switches_deferred", "Times a cold model's requests waited for a switch the planner "
+                                      "deferred (batching until they pay for an eviction; once per episode).")):
+            yield core.CounterMetricFamily(f"{p}_scheduler_{key}", doc, value=sc.get(key, 0))
+        by_model = core.GaugeMetricFamily(f"{p}_model_queue_depth", "Requests waiting in the gateway, by model.",
+                                          labels=["model"])
+        for model, n in sorted((snap.get("queue_by_model") or {}).items()):
+            by_model.add_metric([model], n)
+        yield by_model
         from .._version import __version__
 
         info = core.GaugeMetricFamily(f"{p}_info", "ollamamax version and balancing strategy.",

@@ -59,13 +59,7 @@ def _host_row(h: dict[str, Any]) -> str:
     cap = max(int(h.get("capacity") or 0), 1)
     infl = int(h.get("in_flight") or 0)
     pct = min(100, round(100 * infl / cap))
-    loaded = set(h.get("loaded") or ())
-    models = sorted(set(h.get("models") or ()) | loaded)
-    chips = "".join(
-        f'<span class="chip{" loaded" if m in loaded else ""}" title="{"loaded" if m in loaded else "present"}">'
-        f"{_e(m)}</span>"
-        for m in models
-    ) or '<span class="none">no models</span>'
+    chips = "".join(_chip(m, r) for m, r in _models(h)) or '<span class="none">no models</span>'
     err = f'<div class="err" title="{_e(h["error"])}">{_e(h["error"])}</div>' if h.get("error") else ""
     req = h.get("requests") or {}
     ttfb = h.get("ttfb") or {}
@@ -83,6 +77,50 @@ def _host_row(h: dict[str, Any]) -> str:
         f'<td class="r">{int(req.get("ok") or 0)}{errs}</td>'
         f'<td class="models">{chips}</td></tr>'
     )
+
+
+def _models(h: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+    """Every model of a host, with its resident entry (state, slots) when it holds it."""
+    res: dict[str, dict[str, Any]] = {str(r.get("model")): r for r in h.get("residents") or ()
+                                      if isinstance(r, dict)}
+    for m in h.get("loaded") or ():
+        res.setdefault(m, {"model": m, "state": "loaded"})
+    return [(m, res.get(m)) for m in sorted(set(h.get("models") or ()) | set(res))]
+
+
+def _chip(m: str, r: dict[str, Any] | None) -> str:
+    """A model chip: present, or resident (loaded with its slots in use, loading with its
+    progress, unloading)."""
+    if r is None:
+        return f'<span class="chip" title="present">{_e(m)}</span>'
+    state = str(r.get("state") or "loaded")
+    extra = ""
+    if state == "loaded" and r.get("slots"):
+        extra = f' <b title="slots in use">{int(r.get("in_flight") or 0)}/{int(r["slots"])}</b>'
+    elif state == "loading":
+        extra = f" <b>{round(100 * float(r.get('progress') or 0))}%</b>"
+    return f'<span class="chip {_e(state)}" title="{_e(state)}">{_e(m)}{extra}</span>'
+
+
+def _scheduler(st: dict[str, Any]) -> str:
+    """The fleet scheduler's card: the queue per model and the last decisions."""
+    q = (st.get("queue") or {}).get("by_model") or {}
+    waits = "".join(
+        f'<span class="chip loading">{_e(m)} <b>{int(v.get("waiting") or 0)} waiting, '
+        f'oldest {float(v.get("oldest_s") or 0):.1f} s</b></span>'
+        for m, v in sorted(q.items()) if isinstance(v, dict)) or '<span class="none">no request waits</span>'
+    sched = st.get("scheduler") or {}
+    rows = "".join(
+        f'<tr><td>{_e(_clock(d.get("at")))}</td><td>{_e(d.get("host"))}</td><td>{_e(d.get("model"))}</td>'
+        f'<td>{_e(d.get("reason"))}</td></tr>'
+        for d in (sched.get("decisions") or ())[:10] if isinstance(d, dict)
+    ) or '<tr><td colspan="4" class="none">no load decided yet</td></tr>'
+    counts = " · ".join(f"{k.replace('_', ' ')} <b>{int(sched.get(k) or 0)}</b>"
+                        for k in ("loads", "preloads", "evictions", "failed_loads", "switches_deferred"))
+    return (f'<div class="sub">waiting per model</div><div class="models">{waits}</div>'
+            f'<div class="sub">last load decisions · {counts}</div>'
+            f'<table><thead><tr><th>At</th><th>Host</th><th>Model</th><th>Why</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
 
 
 def _tiles(st: dict[str, Any]) -> str:
@@ -133,6 +171,7 @@ def render_status_page(status: dict[str, Any], *, refresh_seconds: float = 2.0) 
         "{{TILES}}": _tiles(status),
         "{{ROWS}}": rows or '<tr><td colspan="8" class="none">no hosts configured</td></tr>',
         "{{FOOTER}}": _footer(status),
+        "{{SCHEDULER}}": _scheduler(status),
         "{{UPDATED}}": _e(_clock(status.get("generated_at"))),
     }
     out = PAGE_TEMPLATE
@@ -191,6 +230,10 @@ display:-webkit-box;-webkit-line-clamp:2;-webkit-box-orient:vertical;overflow:hi
 border:1px solid var(--line);color:var(--mute);background:#fff;font-family:ui-monospace,Menlo,Consolas,monospace}
 .chip.loaded{border-color:#b9e3c9;background:var(--okbg);color:#17683b}
 .chip.loaded::before{content:"\\25CF  ";font-size:9px;vertical-align:1px}
+.chip.loading{border-color:#f0d9a8;background:var(--warnbg);color:var(--warn)}
+.chip.unloading{color:var(--mute);text-decoration:line-through}
+.card.sched{margin-top:14px;padding:10px 14px}
+.card.sched .sub{margin:6px 0 4px}
 .none{color:var(--mute)}
 footer{color:var(--mute);font-size:12px;margin-top:14px}
 footer a{color:var(--acc)}
@@ -210,6 +253,7 @@ footer a{color:var(--acc)}
 <tbody id="hosts">{{ROWS}}</tbody>
 </table>
 </div>
+<div class="card sched" id="sched">{{SCHEDULER}}</div>
 <footer><span id="foot">{{FOOTER}}</span> · <a href="status">status JSON</a> ·
 <a href="../metrics">metrics</a> · <span id="mode">refreshes every {{META_REFRESH}} s (no JavaScript)</span></footer>
 </main>
@@ -238,14 +282,12 @@ footer a{color:var(--acc)}
   function row(h) {
     var hc = health(h), cap = Math.max(h.capacity || 0, 1), infl = h.in_flight || 0;
     var pct = Math.min(100, Math.round(100 * infl / cap));
-    var loaded = {}, all = {};
-    (h.loaded || []).forEach(function (m) { loaded[m] = all[m] = 1; });
+    var res = {}, all = {};
+    (h.residents || []).forEach(function (r) { res[r.model] = r; all[r.model] = 1; });
+    (h.loaded || []).forEach(function (m) { if (!res[m]) res[m] = {model: m, state: "loaded"}; all[m] = 1; });
     (h.models || []).forEach(function (m) { all[m] = 1; });
-    var chips = Object.keys(all).sort().map(function (m) {
-      var l = loaded[m] === 1;
-      return '<span class="chip' + (l ? " loaded" : "") + '" title="' + (l ? "loaded" : "present") + '">' +
-        e(m) + "</span>";
-    }).join("") || '<span class="none">no models</span>';
+    var chips = Object.keys(all).sort().map(function (m) { return chip(m, res[m]); }).join("") ||
+      '<span class="none">no models</span>';
     var req = h.requests || {}, ttfb = h.ttfb || {}, total = h.total || {}, errs = req.errors || 0;
     return '<tr data-host="' + e(h.name) + '">' +
       '<td><div class="name">' + e(h.name) + '</div><div class="sub">' + e(h.url || "") + "</div></td>" +
@@ -257,6 +299,31 @@ footer a{color:var(--acc)}
       '<td class="r">' + ms(total.p99_ms) + "</td>" +
       '<td class="r">' + (req.ok || 0) + (errs ? ' <span class="errn">/ ' + errs + " err</span>" : "") + "</td>" +
       '<td class="models">' + chips + "</td></tr>";
+  }
+  function chip(m, r) {
+    if (!r) return '<span class="chip" title="present">' + e(m) + "</span>";
+    var st = r.state || "loaded", extra = "";
+    if (st === "loaded" && r.slots) extra = ' <b title="slots in use">' + (r.in_flight || 0) + "/" + r.slots + "</b>";
+    else if (st === "loading") extra = " <b>" + Math.round(100 * (r.progress || 0)) + "%</b>";
+    return '<span class="chip ' + e(st) + '" title="' + e(st) + '">' + e(m) + extra + "</span>";
+  }
+  function sched(st) {
+    var q = (st.queue || {}).by_model || {}, s = st.scheduler || {};
+    var waits = Object.keys(q).sort().map(function (m) {
+      return '<span class="chip loading">' + e(m) + " <b>" + (q[m].waiting || 0) + " waiting, oldest " +
+        Number(q[m].oldest_s || 0).toFixed(1) + " s</b></span>";
+    }).join("") || '<span class="none">no request waits</span>';
+    var rows = (s.decisions || []).slice(0, 10).map(function (d) {
+      return "<tr><td>" + e(clock(d.at)) + "</td><td>" + e(d.host) + "</td><td>" + e(d.model) + "</td><td>" +
+        e(d.reason) + "</td></tr>";
+    }).join("") || '<tr><td colspan="4" class="none">no load decided yet</td></tr>';
+    var counts = ["loads", "preloads", "evictions", "failed_loads", "switches_deferred"].map(function (k) {
+      return k.replace("_", " ") + " <b>" + (s[k] || 0) + "</b>";
+    }).join(" \u00b7 ");
+    return '<div class="sub">waiting per model</div><div class="models">' + waits + "</div>" +
+      '<div class="sub">last load decisions \u00b7 ' + counts + "</div>" +
+      "<table><thead><tr><th>At</th><th>Host</th><th>Model</th><th>Why</th></tr></thead><tbody>" + rows +
+      "</tbody></table>";
   }
   function tiles(st) {
     var hosts = st.hosts || [], healthy = 0, infl = 0, cap = 0, ok = 0, errs = 0;
@@ -285,6 +352,7 @@ footer a{color:var(--acc)}
   }
   function render(st) {
     document.getElementById("tiles").innerHTML = tiles(st);
+    document.getElementById("sched").innerHTML = sched(st);
     var rows = (st.hosts || []).map(row).join("");
     document.getElementById("hosts").innerHTML =
       rows || '<tr><td colspan="8" class="none">no hosts configured</td></tr>';

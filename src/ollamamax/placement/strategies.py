@@ -1,12 +1,12 @@
 """Balancing strategies behind one small protocol.
 
-A strategy only *orders* candidate hosts; the router (``router.py``) does the rest: it
-narrows the candidates with the model-aware "expected time to first token" rule (hosts
-with the model loaded first; load it elsewhere only when the wait at the loaded hosts
-exceeds the expected load cost), asks the strategy to order a tier, and picks the first
-host with a free slot; the dispatcher's admission then takes that slot.  Strategies do no
-I/O; ``round-robin`` and ``p2c`` keep their own rotation / random state, ``affinity``
-remembers which host served a conversation (``observe``).
+A strategy only *orders* hosts; the router (``router.py``) decides the rest: a request
+runs only on a loaded copy of its model with a free slot (the fleet scheduler decides
+which host loads which model), and among several such copies the router prefers the one
+holding the conversation's prompt cache, then the strategy's order; the dispatcher's
+admission then takes that slot.  Strategies do no I/O; ``round-robin`` and ``p2c`` keep
+their own rotation / random state, ``affinity`` remembers which host served a
+conversation (``observe``).
 
 Protocol::
 
