@@ -388,8 +388,15 @@ class FleetScheduler:
             self.nudge()
 
     def host_down(self, h: HostState) -> None:
-        """A host went down: its copies are not counted on until it is back (its refresh
-        will say what it still holds)."""
+        """A host went down.  Ejected (it failed requests), its copies stay: it still holds
+        them.  Unreachable (its probe failed: the process died, or hangs), its idle copies
+        are forgotten: a restarted Ollama holds nothing, and the first refresh that reaches
+        it again says what it does hold (found loaded, it is taken back as is)."""
+        if h.unreachable:
+            res = self.residency
+            for r in list(res.by_host[h.index].values()):
+                if r.state == LOADED and r.in_flight == 0:
+                    res.forget(r)
         self.nudge()
 
     def stats(self) -> dict[str, Any]:
