@@ -113,10 +113,14 @@ async def test_dispatcher_overhead_vs_plain_client(host_url: str, stream: bool) 
     )
 
 
-async def test_dispatcher_logic_cost_without_http() -> None:
-    """CPU cost of the dispatcher's own logic per request: the host's HTTP answer is a stub,
-    so parsing, selection, admission, headers and accounting are all that is measured.
-    Reference: the same number of bare ``json.loads`` of the request body."""
+@pytest.mark.parametrize("n_hosts", [1, 8, 64, 256])
+async def test_dispatcher_logic_cost_without_http(n_hosts: int) -> None:
+    """CPU cost of the dispatcher's own logic per request, with ``n_hosts`` hosts in the
+    fleet (the model on every host's disk, loaded on two of them, or on every host: the
+    router's worst case): the host's HTTP answer is a stub, so parsing, routing, admission,
+    headers and accounting are all that is measured.  Also the scheduler's planning pass
+    over the whole fleet (it runs on a 250 ms tick, not per request).  Reference: the same
+    number of bare ``json.loads`` of the request body."""
     from multidict import CIMultiDict
 
     from ollamamax.fleet.snapshot import HostView
@@ -145,34 +149,40 @@ async def test_dispatcher_logic_cost_without_http() -> None:
     async def stub_send(*args: object, **kwargs: object) -> StubResponse:
         return StubResponse()
 
-    async with Dispatcher(["http://127.0.0.1:9"], connect_timeout=0.2) as d:
-        h = d.hosts[0]
-        d.store.publish(
-            HostView(
-                0,
-                h.name,
-                h.url,
-                healthy=True,
-                present=frozenset({"llama3.2:latest"}),
-                loaded=frozenset({"llama3.2:latest"}),
-            )
+    model = "llama3.2:latest"
+    figures = []
+    for loaded_on in sorted({min(2, n_hosts), n_hosts}):
+        urls = [f"http://127.0.0.{1 + i // 60000}:{1024 + i}" for i in range(n_hosts)]
+        async with Dispatcher(urls, connect_timeout=0.2, refresh_interval=3600) as d:
+            for h in d.hosts:
+                holds = frozenset({model}) if h.index < loaded_on else frozenset()
+                d.store.publish(HostView(h.index, h.name, h.url, healthy=True, present=frozenset({model}),
+                                         loaded=holds))
+                h.down = h.unreachable = False
+                assert d.scheduler is not None
+                d.scheduler.reconcile(h, holds, d.clock())
+                d.upstream(h).send = stub_send  # type: ignore[method-assign,assignment]
+            hdrs = {"Content-Type": "application/json"}
+            n = 20000
+            for _ in range(1000):
+                await d.handle("POST", "/api/chat", body, hdrs)
+            c0 = time.process_time()
+            for _ in range(n):
+                r = await d.handle("POST", "/api/chat", body, hdrs)
+            ours = (time.process_time() - c0) / n * 1e6
+            assert r.status == 200
+            c0 = time.process_time()
+            for _ in range(200):
+                d.scheduler.plan_now()
+            plan_us = (time.process_time() - c0) / 200 * 1e6
+            figures.append((loaded_on, ours, plan_us))
+    c0 = time.process_time()
+    for _ in range(20000):
+        json.loads(body)
+    ref = (time.process_time() - c0) / 20000 * 1e6
+    for loaded_on, ours, plan_us in figures:
+        print(
+            f"\n[dispatch bench, logic] {n_hosts} hosts, model loaded on {loaded_on}: {ours:.1f} us CPU per "
+            f"request ({1e6 / ours:.0f} req/s per core; bare json.loads {ref:.2f} us, ratio {ours / ref:.0f}x); "
+            f"a planning pass {plan_us:.0f} us ({plan_us / 2500:.2f}% of a core at 4 passes/s)"
         )
-        h.down = h.unreachable = False
-        d.upstream(h).send = stub_send  # type: ignore[method-assign,assignment]
-        hdrs = {"Content-Type": "application/json"}
-        n = 20000
-        for _ in range(1000):
-            await d.handle("POST", "/api/chat", body, hdrs)
-        c0 = time.process_time()
-        for _ in range(n):
-            r = await d.handle("POST", "/api/chat", body, hdrs)
-        ours = (time.process_time() - c0) / n * 1e6
-        assert r.status == 200
-        c0 = time.process_time()
-        for _ in range(n):
-            json.loads(body)
-        ref = (time.process_time() - c0) / n * 1e6
-    print(
-        f"\n[dispatch bench, logic] {n} sequential non-streaming chat requests with a stubbed host: "
-        f"{ours:.1f} us CPU per request (bare json.loads of the body: {ref:.2f} us, ratio {ours / ref:.0f}x)"
-    )

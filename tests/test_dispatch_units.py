@@ -368,3 +368,24 @@ def test_path_parameters_are_validated() -> None:
     assert _MODEL_IN_PATH.fullmatch("me/model:7b")
     for bad in ("../api/tags", "a/../b", "x?y", "..", "a/./b"):
         assert not _MODEL_IN_PATH.fullmatch(bad), bad
+
+
+@pytest.mark.parametrize("name", ["least-loaded", "p2c", "round-robin", "latency", "affinity"])
+def test_a_strategys_first_is_the_head_of_its_order(name: str) -> None:
+    """The router asks ``first`` (no full sort); ``order`` is the definition.  Bug caught:
+    a ``first`` shortcut that disagrees with ``order`` (e.g. max instead of min, weights
+    dropped, ties broken the other way)."""
+    import random
+
+    hosts = [HostState(index=i, config=HostConfig(f"http://10.0.0.{i}:11434", weight=1 + i % 3),
+                       name=f"h{i}", url=f"http://10.0.0.{i}:11434", capacity=8) for i in range(7)]
+    rng = random.Random(4)
+    for _ in range(200):
+        for h in hosts:
+            h.in_flight = rng.randrange(9)
+        cands = rng.sample(hosts, rng.randrange(1, len(hosts) + 1))
+        key = RoutingKey("m", prefixes=[bytes([rng.randrange(4)])] * 3)
+        a, b = make_strategy(name, hosts), make_strategy(name, hosts)
+        if name == "p2c":  # the same random draws for both
+            a.rng, b.rng = random.Random(9), random.Random(9)  # type: ignore[attr-defined]
+        assert a.first(list(cands), key) is b.order(list(cands), key)[0]

@@ -38,6 +38,7 @@ class HostDirectory:
         auto_pull: bool = False,
         panic_threshold: float = 50.0,
         clock: Callable[[], float] = time.monotonic,
+        health_epoch: Callable[[], int] | None = None,
     ) -> None:
         self.hosts = list(hosts)
         self.by_name = {h.name: h for h in self.hosts}
@@ -50,6 +51,12 @@ class HostDirectory:
         self._miss_refresh: asyncio.Task[None] | None = None
         self._miss_refresh_at = 0.0
         self._auto_pulls: dict[str, asyncio.Task[bool]] = {}
+        # model -> (candidates, panic), valid for one snapshot and one health epoch: the
+        # request path then costs the same with 2 hosts or 256 (without an epoch source,
+        # nothing is cached)
+        self.health_epoch = health_epoch
+        self._cands: dict[str, tuple[list[HostState] | None, bool]] = {}
+        self._cands_at: tuple[object, int] | None = None
 
     def up(self) -> list[HostState]:
         return [h for h in self.hosts if not h.down]
@@ -66,6 +73,25 @@ class HostDirectory:
         """Healthy hosts whose snapshot lists ``model`` (normalised)."""
         hosts = self.hosts
         return [hosts[i] for i in self.store.current.by_model.get(model, ()) if not hosts[i].down]
+
+    def lookup(self, model: str) -> tuple[list[HostState] | None, bool]:
+        """:meth:`candidates` and whether they include ejected hosts (panic), cached until
+        the snapshot or a host's health changes."""
+        epoch = self.health_epoch
+        if epoch is None:
+            cands = self.candidates(model)
+            return cands, bool(cands) and any(h.down for h in cands)
+        at = (self.store.current, epoch())
+        if self._cands_at is None or self._cands_at[0] is not at[0] or self._cands_at[1] != at[1]:
+            self._cands.clear()
+            self._cands_at = at
+        hit = self._cands.get(model)
+        if hit is None:
+            cands = self.candidates(model)
+            hit = (cands, bool(cands) and any(h.down for h in cands))
+            if cands is not None:  # only models some host has: bounded
+                self._cands[model] = hit
+        return hit
 
     def candidates(self, model: str) -> list[HostState] | None:
         """Healthy hosts that have ``model``; [] when only down hosts have it; None when no

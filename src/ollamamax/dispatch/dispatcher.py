@@ -214,7 +214,7 @@ class Dispatcher(EmbeddedClient):
         )
         self.directory = directory = HostDirectory(
             hosts, self.store, self._upstreams, refresher, auto_pull=cfg.auto_pull,
-            panic_threshold=cfg.panic_threshold, clock=self.clock,
+            panic_threshold=cfg.panic_threshold, clock=self.clock, health_epoch=lambda: self.health.epoch,
         )
         self._forwarder = Forwarder(
             cfg, hosts, self.store, self._upstreams, self.router, admission, self.health, self.accounting,
@@ -396,9 +396,10 @@ class Dispatcher(EmbeddedClient):
                 if hit is not None:
                     return replies.replay(hit)
         directory = self.directory
-        cands = directory.candidates(model)
+        cands, panic = directory.lookup(model)
         if cands is None:  # not in the snapshot: refresh (and maybe pull) first
             cands = await directory.candidates_or_fetch(model)
+            panic = bool(cands) and any(h.down for h in cands)
         if cands is None:
             return replies.error(route, 404, replies.notfound_message(route, name), cache=cache_tag)
         if not cands:
@@ -408,10 +409,7 @@ class Dispatcher(EmbeddedClient):
                 route, model, obj, tenant=tenant, digest=self.store.current.digests.get(model, "")
             )
         req.cands = cands
-        for h in cands:
-            if h.down:  # the directory returned ejected hosts: too few healthy ones (panic)
-                req.panic = True
-                break
+        req.panic = panic  # the directory returned ejected hosts: too few healthy ones
         self.demand.hit(model, self.clock())  # only models some host has: bounded
         req.key = self._routing_key(req)
         return await fwd.forward(req)

@@ -102,6 +102,9 @@ class Health:
         self.ejections: Counter[tuple[str, str]] = Counter()  # (host, cause) -> ejections
         self.skipped: Counter[str] = Counter()  # host -> ejections the bound prevented
         self.last_evaluated = clock()
+        # bumped whenever a host goes down or comes back: whoever caches a decision over
+        # the hosts' health (the directory's candidates) checks it
+        self.epoch = 0
 
     # -- what happened ----------------------------------------------------------------
     def record_success(self, h: HostState) -> None:
@@ -201,6 +204,8 @@ class Health:
     def reinstate(self, h: HostState) -> bool:
         """A probe succeeded.  Returns True if the host was down before."""
         was_down = h.down
+        if was_down or h.unreachable or h.ejected:
+            self.epoch += 1
         h.down = h.ejected = h.unreachable = False
         h.down_cause = ""
         h.ejected_until = 0.0
@@ -220,6 +225,7 @@ class Health:
         return now
 
     def _went_down(self, h: HostState, cause: str) -> None:
+        self.epoch += 1
         h.down = True
         h.down_cause = cause
         if self.on_down is not None:

@@ -73,9 +73,11 @@ class Router:
                 for r in free:
                     if r.host == remembered:
                         return Choice(r, False)
-        by_host = {r.host: r for r in free}
-        ordered = self.strategy.order([hosts[r.host] for r in free], key)
-        return Choice(by_host[ordered[0].index], False)
+        best = self.strategy.first([hosts[r.host] for r in free], key)
+        for r in free:
+            if r.host == best.index:
+                return Choice(r, False)
+        raise AssertionError("the strategy chose a host it was not given")  # pragma: no cover
 
     def observe(self, key: RoutingKey, host: HostState) -> None:
         """A request of this conversation was answered by ``host``: its KV cache is there."""

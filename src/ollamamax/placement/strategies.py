@@ -13,6 +13,7 @@ Protocol::
     class Strategy:
         name: str
         def order(self, cands: list[HostState], pick: RoutingKey) -> list[HostState]: ...
+        def first(self, cands: list[HostState], pick: RoutingKey) -> HostState: ...  # order()[0]
         def observe(self, pick: RoutingKey, host: HostState) -> None: ...   # after a success
 
 Strategies
@@ -108,6 +109,8 @@ class Strategy(Protocol):
 
     def order(self, cands: list[HostState], pick: RoutingKey) -> list[HostState]: ...
 
+    def first(self, cands: list[HostState], pick: RoutingKey) -> HostState: ...
+
     def observe(self, pick: RoutingKey, host: HostState) -> None: ...
 
 
@@ -116,6 +119,11 @@ class _Base:
 
     def order(self, cands: list[HostState], pick: RoutingKey) -> list[HostState]:  # pragma: no cover
         raise NotImplementedError
+
+    def first(self, cands: list[HostState], pick: RoutingKey) -> HostState:
+        """``order(cands, pick)[0]`` (``cands`` not empty); a strategy overrides it when
+        it can pick the first without ordering them all."""
+        return self.order(cands, pick)[0]
 
     def observe(self, pick: RoutingKey, host: HostState) -> None:
         return None
@@ -133,6 +141,9 @@ class LeastLoadedStrategy(_Base):
             return cands
         return sorted(cands, key=_load_key)
 
+    def first(self, cands: list[HostState], pick: RoutingKey) -> HostState:
+        return min(cands, key=_load_key)  # the first of the sorted order (min is stable too)
+
 
 class P2CStrategy(_Base):
     name = "p2c"
@@ -149,6 +160,13 @@ class P2CStrategy(_Base):
         first, second = (a, b) if _load_key(a) <= _load_key(b) else (b, a)
         rest = sorted((c for k, c in enumerate(cands) if k != i and k != j), key=_load_key)
         return [first, second, *rest]
+
+    def first(self, cands: list[HostState], pick: RoutingKey) -> HostState:
+        if len(cands) <= 1:
+            return cands[0]
+        i, j = self.rng.sample(range(len(cands)), 2)
+        a, b = cands[i], cands[j]
+        return a if _load_key(a) <= _load_key(b) else b
 
 
 class RoundRobinStrategy(_Base):
