@@ -80,7 +80,7 @@ class HostDirectory:
         epoch = self.health_epoch
         if epoch is None:
             cands = self.candidates(model)
-            return cands, bool(cands) and any(h.down for h in cands)
+            return cands, cands is not None and any(h.down for h in cands)
         at = (self.store.current, epoch())
         if self._cands_at is None or self._cands_at[0] is not at[0] or self._cands_at[1] != at[1]:
             self._cands.clear()
@@ -88,7 +88,7 @@ class HostDirectory:
         hit = self._cands.get(model)
         if hit is None:
             cands = self.candidates(model)
-            hit = (cands, bool(cands) and any(h.down for h in cands))
+            hit = (cands, cands is not None and any(h.down for h in cands))
             if cands is not None:  # only models some host has: bounded
                 self._cands[model] = hit
         return hit

@@ -399,7 +399,7 @@ class Dispatcher(EmbeddedClient):
         cands, panic = directory.lookup(model)
         if cands is None:  # not in the snapshot: refresh (and maybe pull) first
             cands = await directory.candidates_or_fetch(model)
-            panic = bool(cands) and any(h.down for h in cands)
+            panic = cands is not None and any(h.down for h in cands)
         if cands is None:
             return replies.error(route, 404, replies.notfound_message(route, name), cache=cache_tag)
         if not cands:
