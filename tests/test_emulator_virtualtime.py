@@ -105,3 +105,28 @@ def test_virtual_loop_jumps_to_timers_and_refuses_to_wait_forever():
             loop.run_until_complete(forever())
     finally:
         loop.close()
+
+
+def test_cold_loads_of_different_models_run_one_at_a_time():
+    """Ollama loads one model at a time (processPending takes one pending request, and
+    load() returns only once llama.Load has the runner up: server/sched.go).  Bug caught:
+    the emulator loading every cold model at once, which makes a router that sends many
+    cold models to one host look cheaper than it is on a real server."""
+
+    async def load_of(eng: Engine, name: str) -> float:
+        info = eng.lookup(name)
+        assert info is not None
+        t0 = eng.now()
+        plan = eng.plan(info, text="hi", last_user="hi", last_role="user", think=False, fmt=None, tools=None,
+                        options=None, prompt_tokens=chat_tokens([("user", "hi")]))  # fmt: skip
+        runner, _ = await eng.acquire(info, None, plan)
+        t = eng.now() - t0
+        eng.release(runner, True, plan)
+        return t
+
+    async def main() -> list[float]:
+        eng = Engine(["llama3.2", "qwen3:0.6b", "mistral"], load_delay=LOAD, tokens_per_sec=TPS,
+                     max_loaded_models=3, seed=1)  # fmt: skip
+        return list(await asyncio.gather(*(load_of(eng, m) for m in ("llama3.2", "qwen3:0.6b", "mistral"))))
+
+    assert run_virtual(main()) == [LOAD, 2 * LOAD, 3 * LOAD]

@@ -14,6 +14,9 @@ names below are from ``server/sched.go``):
   that arrives for a model that is loading waits for that one load (shared cold load).
 * At most ``num_parallel`` requests per loaded model hold a slot; the rest wait FIFO.
   Embedding-only models get one slot (Ollama forces parallel 1 for them, ``load()``).
+* One load at a time: a cold model waits while another model loads (Ollama's
+  ``processPending`` takes one pending request at a time, and ``load()`` returns only
+  after ``llama.Load`` has brought the runner up).
 * Residency: a cold model loads when fewer than ``max_loaded_models`` models are resident
   (loaded or loading) *and* its memory (``ModelInfo.size``) fits in ``vram`` beside them
   (``vram=0``: no memory limit). Otherwise it evicts the least recently used *idle* model
@@ -343,13 +346,17 @@ class Scheduler:
                         continue
                     self._take(r)
                     fut.set_result(None)
-        # 2. start loads in order, evicting idle LRU models until the next one has room
+        # 2. start the next load in order, evicting idle LRU models until it has room; one
+        #    load at a time (Ollama's processPending handles one pending request at a time,
+        #    and its load() waits in llama.Load until the runner is up: server/sched.go)
         while self._load_queue:
             r = self._load_queue[0]
             if r.resident or not r.waiters:
                 self._load_queue.popleft()
                 r.want_load = False
                 continue
+            if any(x.load_task is not None for x in self.runners.values()):
+                break  # another model is loading: the rest wait their turn
             if not self._make_room(r):
                 break  # wait (in order) until a resident model becomes idle
             self._load_queue.popleft()
