@@ -76,6 +76,27 @@ def test_never_worse_than_consistent_hashing_at_p99_across_a_family_of_fleets() 
     assert sum(r < 1.0 for r, _ in ratios) >= len(ratios) - 2, ratios  # and ahead nearly everywhere
 
 
+@pytest.mark.parametrize("spec", [
+    "hosts=8,models=16,max_loaded_models=2,rate=20",
+    "hosts=2,models=12,max_loaded_models=4,popularity=flat,rate=5",
+    "hosts=4,models=12,max_loaded_models=2,rate=10",
+])
+def test_told_nothing_it_learns_the_room_and_then_beats_hashing(spec: str) -> None:
+    """Hosts that hold 2-4 models, the gateway told nothing: it learns each host's room by
+    exploring (a switch sent without unloading first).  Over a whole 30 s trace the warm-up
+    costs it p99 against hash (README); once learned (after 15 s) it must win.  Bug caught:
+    room never learned (every host stays at one model), or exploring that thrashes."""
+    from ollamamax.testing.simulator import percentile
+    from ollamamax.testing.workload import parse_scenario
+
+    s = parse_scenario(f"{spec},duration=60,seed=0")
+    ours, hashed = simulate(s, "ollamamax"), simulate(s, "hash")
+    after = lambda o: o.at >= 15  # noqa: E731
+    p_ours, p_hash = percentile(ours.ttfts(after), 0.99), percentile(hashed.ttfts(after), 0.99)
+    assert ours.summary()["errors"] == 0
+    assert p_ours is not None and p_hash is not None and p_ours < p_hash, (p_ours, p_hash)
+
+
 def test_continued_conversations_stay_where_their_prompt_is_cached() -> None:
     """Prompt evaluation at 300 tokens/s with each slot's cache: continued turns on the host
     that served their history skip re-reading it."""
