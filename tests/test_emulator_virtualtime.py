@@ -70,7 +70,7 @@ def test_load_and_generation_take_exact_virtual_time_and_no_real_time():
     assert warm["load"] == 0 and warm["cached"] == 4 and warm["prompt"] == 1 / PROMPT_TPS
     assert warm["total"] == 1 / PROMPT_TPS + ANSWER / TPS
     assert loaded_before == ["llama3.2:latest"] and loaded_after == []
-    assert wall < 1.0  # 303 virtual seconds; a few milliseconds in practice
+    assert wall < 30.0  # 303 virtual seconds did not sleep in real time (a few ms in practice; no speed goal)
 
 
 def test_concurrent_requests_share_one_cold_load_in_virtual_time():
