@@ -407,7 +407,7 @@ async def test_chaos_no_slot_leaks() -> None:
             retry_backoff=0.005,
             eject_cooldown=0.05,
             refresh_interval=0.2,
-            queue_size=64,
+            queue_size=128,  # every request may wait: the 503s left come from the faults
             queue_timeout=5,
         ) as d:
             statuses: list[int] = []
@@ -428,7 +428,7 @@ async def test_chaos_no_slot_leaks() -> None:
             await asyncio.gather(*tasks)
             await hosts[0].restart()
             assert all(s in (200, 500, 502, 503) for s in statuses)
-            assert statuses.count(200) > 60
+            assert statuses.count(200) > 60, sorted(statuses)
             assert all(h.in_flight == 0 for h in d.hosts)
             assert d.admission.waiting == 0
             assert not d._streams
