@@ -38,7 +38,7 @@ class HostDirectory:
         auto_pull: bool = False,
         panic_threshold: float = 50.0,
         clock: Callable[[], float] = time.monotonic,
-        health_epoch: Callable[[], int] | None = None,
+        health_epoch: Callable[[], int] = lambda: 0,
     ) -> None:
         self.hosts = list(hosts)
         self.by_name = {h.name: h for h in self.hosts}
@@ -52,8 +52,7 @@ class HostDirectory:
         self._miss_refresh_at = 0.0
         self._auto_pulls: dict[str, asyncio.Task[bool]] = {}
         # model -> (candidates, panic), valid for one snapshot and one health epoch: the
-        # request path then costs the same with 2 hosts or 256 (without an epoch source,
-        # nothing is cached)
+        # request path then costs the same with 2 hosts or 256
         self.health_epoch = health_epoch
         self._cands: dict[str, tuple[list[HostState] | None, bool]] = {}
         self._cands_at: tuple[object, int] | None = None
@@ -77,11 +76,7 @@ class HostDirectory:
     def lookup(self, model: str) -> tuple[list[HostState] | None, bool]:
         """:meth:`candidates` and whether they include ejected hosts (panic), cached until
         the snapshot or a host's health changes."""
-        epoch = self.health_epoch
-        if epoch is None:
-            cands = self.candidates(model)
-            return cands, cands is not None and any(h.down for h in cands)
-        at = (self.store.current, epoch())
+        at = (self.store.current, self.health_epoch())
         if self._cands_at is None or self._cands_at[0] is not at[0] or self._cands_at[1] != at[1]:
             self._cands.clear()
             self._cands_at = at

@@ -234,7 +234,7 @@ class Dispatcher(EmbeddedClient):
     def _on_queue(self, model: str) -> None:
         """Requests of ``model`` are waiting: the scheduler may have a copy to load."""
         if self.scheduler is not None:
-            self.scheduler.nudge(model)
+            self.scheduler.nudge()
 
     def _on_up(self, h: HostState) -> None:
         """``h`` came back: its copies may take waiting requests again."""
@@ -398,8 +398,8 @@ class Dispatcher(EmbeddedClient):
         directory = self.directory
         cands, panic = directory.lookup(model)
         if cands is None:  # not in the snapshot: refresh (and maybe pull) first
-            cands = await directory.candidates_or_fetch(model)
-            panic = cands is not None and any(h.down for h in cands)
+            await directory.candidates_or_fetch(model)
+            cands, panic = directory.lookup(model)
         if cands is None:
             return replies.error(route, 404, replies.notfound_message(route, name), cache=cache_tag)
         if not cands:
@@ -470,7 +470,7 @@ class Dispatcher(EmbeddedClient):
         # the requests waiting per model
         snap["scheduler"] = {
             "loads": dict(sched.loads_by) if sched is not None else {},
-            "counters": {k: v for k, v in sched.stats().items() if k != "decisions"} if sched is not None else {},
+            "counters": dict(sched.counters) if sched is not None else {},
         }
         snap["queue_by_model"] = {m: q["waiting"] for m, q in adm.by_model(self.clock()).items()} if adm else {}
         return snap

@@ -360,7 +360,7 @@ class Forwarder:
             pool = [h for h in req.cands if h.index not in tried and self._usable(h, req.panic)]
             if not pool:
                 break
-            h = min(pool, key=lambda x: x.in_flight / x.capacity)
+            h = min(pool, key=HostState.load_ratio)
             h.in_flight += 1
             attempts += 1
             result = await self._attempt(h, None, req, attempts, 0.0, False)
@@ -432,14 +432,11 @@ class Forwarder:
                         attempts += 1
                         if retry:
                             acc.retries += 1
-                        failed = _Failure(hosts[exc.host], exc.kind, message=exc.message)
                         tried = tried | {exc.host}
-                        last = failed
+                        last = _Failure(hosts[exc.host], exc.kind, message=exc.message)
                         continue
                     queue_s += clock() - t_wait
                     cold = r.since >= t_wait  # it waited for this copy to load: measured, not guessed
-                    if cold:
-                        r.cold_waiters += 1
                     probe = False
                 h = hosts[r.host]
                 attempts += 1
@@ -515,7 +512,7 @@ class Forwarder:
             return
         if probe and r.probing:
             r.probe_result(ttft is not None and self._ran_alongside(r, ttft), now)
-            if r.probing is False and r.in_flight <= r.slots:
+            if r.in_flight <= r.slots:
                 self.admission.grant(r.model)
         self.admission.release(r, now)
 

@@ -116,7 +116,7 @@ class FleetScheduler:
             await asyncio.sleep(TICK)
             self.plan_now()
 
-    def nudge(self, model: str | None = None) -> None:
+    def nudge(self) -> None:
         """Plan again soon (coalesced: one pass per turn of the event loop)."""
         if not self._pending:
             self._pending = True
@@ -195,9 +195,8 @@ class FleetScheduler:
         """Count each episode of a cold model with waiting requests and no load decided
         for it: a switch deferred (its requests batch until they pay for an eviction, or
         no host can take it).  Once per episode, not per planning pass."""
-        res = self.residency
-        cold = {m for m, d in view.demand.items()
-                if d.queued and m not in loading and not any(True for _ in res.holders(m))}
+        held = self.residency.by_model
+        cold = {m for m, d in view.demand.items() if d.queued and m not in loading and m not in held}
         self.counters["switches_deferred"] += len(cold - self._deferred)
         self._deferred = cold
 

@@ -45,9 +45,6 @@ class HostState:
     service: Ewma = field(default_factory=Ewma)
     load_cost: dict[str, Ewma] = field(default_factory=dict)
 
-    def has_free_slot(self) -> bool:
-        return self.in_flight < self.capacity and not self.down
-
     def expected_load_cost(self, model: str) -> float:
         e = self.load_cost.get(model)
         return DEFAULT_LOAD_COST if e is None else e.get(DEFAULT_LOAD_COST)

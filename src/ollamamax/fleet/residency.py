@@ -50,7 +50,6 @@ class Resident:
         "probe_after",
         "last_used",
         "served",
-        "cold_waiters",
     )
 
     def __init__(self, host: int, model: str, state: str, now: float, *, slots: int = 1,
@@ -67,14 +66,6 @@ class Resident:
         self.probe_after = now  # no probe before this
         self.last_used = now
         self.served = 0  # requests answered here since it was loaded
-        self.cold_waiters = 0  # requests that waited for this load
-
-    @property
-    def routable(self) -> bool:
-        return self.state == LOADED
-
-    def has_free_slot(self) -> bool:
-        return self.state == LOADED and self.in_flight < self.slots
 
     def may_probe(self, now: float) -> bool:
         """Whether one request above ``slots`` may go out to learn the host's parallelism."""
@@ -119,10 +110,6 @@ class Residency:
 
     def get(self, host: int, model: str) -> Resident | None:
         return self.by_host[host].get(model)
-
-    def held(self, host: int) -> int:
-        """Models the host holds or is loading (not those being unloaded)."""
-        return sum(1 for r in self.by_host[host].values() if r.state != UNLOADING)
 
     # -- what the scheduler decides -----------------------------------------------------
     def add(self, host: int, model: str, state: str, now: float) -> Resident:
@@ -171,11 +158,6 @@ class Residency:
             self.room[host] += 1
         else:
             self.room_known[host] = True
-
-    def forget_host(self, host: int) -> None:
-        """The host restarted or is gone: it holds nothing any more."""
-        for r in list(self.by_host[host].values()):
-            self.forget(r)
 
     # -- what a refresh saw --------------------------------------------------------------
     def reconcile(self, host: int, observed: Iterable[str], refreshed_at: float, now: float) -> list[str]:

@@ -52,7 +52,7 @@ class Router:
                 and (not h.down or (panic and not h.unreachable)))
 
     def choose(self, copies: Iterable[Resident], hosts: Sequence[HostState], key: RoutingKey, now: float,
-               *, panic: bool = False, exclude: frozenset[int] = frozenset(), probe_ok: bool = True) -> Choice:
+               *, panic: bool = False, exclude: frozenset[int] = frozenset()) -> Choice:
         free: list[Resident] = []
         probe: Resident | None = None
         for r in copies:
@@ -61,7 +61,7 @@ class Router:
                 continue
             if r.in_flight < r.slots:
                 free.append(r)
-            elif probe is None and probe_ok and r.may_probe(now):
+            elif probe is None and r.may_probe(now):
                 probe = r
         if not free:
             return _WAIT if probe is None else Choice(probe, True)
