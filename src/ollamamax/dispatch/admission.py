@@ -27,7 +27,8 @@ Cost
 
 Admission takes and hands over slots; which copy a request should run on is placement's
 decision (``placement.router``), and which host loads what is the scheduler's
-(``dispatch.scheduler``): :meth:`Admission.on_queue` tells it a model has waiters.
+(``dispatch.scheduler``): ``on_queue`` tells it a model has waiters no copy can serve, or
+that a copy went idle while requests wait.
 """
 
 from __future__ import annotations
@@ -243,12 +244,19 @@ class Admission:
         self.waiting += 1
         try:
             # a copy may have a free slot already (freed between the caller's check and now)
+            served = False  # some copy, loaded or loading, will take this waiter in time
             for r in list(self.residency.holders(model)):
-                if fut.done():
-                    break
-                if w.accepts(r, self.hosts[r.host]) and self.try_take(r, panic):
+                h = self.hosts[r.host]
+                if r.state == UNLOADING or not w.accepts(r, h):
+                    continue
+                served = True
+                if self.try_take(r, panic):
                     fut.set_result(r)
-            if not fut.done():
+                    break
+            if not served:
+                # only a new copy serves it: plan now.  A waiter queued behind busy copies
+                # does not (that is every request of a saturated fleet, and a planning pass
+                # walks the whole fleet): the scheduler's tick weighs replicating them.
                 self.on_queue(model)
             async with _timeout(max(timeout, 0.0)):
                 return await fut
