@@ -164,8 +164,9 @@ async def test_unload_reaches_every_host_with_model_loaded() -> None:
             r = await d.handle("POST", "/api/generate", js({"model": "llama3.2", "keep_alive": 0}), {})
             assert r.status == 200
             assert json.loads(r.body)["done_reason"] == "unload"
+            # every host that has the model (c too: the gateway's idea of what is loaded may be stale)
             hosts = set(r.headers[HEADER_HOST].split(","))
-            assert hosts == {d.hosts[0].name, d.hosts[1].name}
+            assert hosts == {h.name for h in d.hosts}
             assert a.loaded_models() == [] and b.loaded_models() == []
             # chat form with empty messages
             for h in (a, b):
@@ -175,7 +176,7 @@ async def test_unload_reaches_every_host_with_model_loaded() -> None:
             r = await d.handle("POST", "/api/chat", js({"model": "llama3.2", "messages": [], "keep_alive": "0"}), {})
             assert r.status == 200
             assert a.loaded_models() == [] and b.loaded_models() == []
-            # loaded nowhere: answered by one host that has it
+            # loaded nowhere: still answered, by the hosts that have it
             r = await d.handle("POST", "/api/generate", js({"model": "llama3.2", "keep_alive": 0}), {})
             assert r.status == 200
             r = await d.handle("POST", "/api/generate", js({"model": "nosuch", "keep_alive": 0}), {})
@@ -201,7 +202,7 @@ async def test_pull_to_all_hosts_and_named_hosts() -> None:
             lines = [json.loads(x) for x in (await r.read()).splitlines()]
             assert lines[-1] == {"status": "success"}
             assert sum(x.get("status") == "success" for x in lines) == 1
-            assert sum(x.get("status") == "pulling manifest" for x in lines) == 2  # one per host
+            assert sum(x.get("status") == "pulling manifest" for x in lines) == 1  # one stream, not one per host
             assert all("gemma3:latest" in h["models"] for h in d.status()["hosts"])
             r = await d.handle("POST", "/api/chat", js({"model": "gemma3", "messages": [], "stream": False}), {})
             assert r.status == 200

@@ -401,6 +401,9 @@ class Dispatcher(EmbeddedClient):
             await directory.candidates_or_fetch(model)
             cands, panic = directory.lookup(model)
         if cands is None:
+            if route.path == "/api/push" and self._broadcaster is not None:
+                # Ollama streams an in-band error here, not a 404 (Broadcaster.push_missing)
+                return await self._broadcaster.push_missing(route, obj, path, body, headers)
             return replies.error(route, 404, replies.notfound_message(route, name), cache=cache_tag)
         if not cands:
             return fwd.no_healthy(route, name, model, cache=cache_tag)
@@ -444,6 +447,7 @@ class Dispatcher(EmbeddedClient):
             queue_by_model=adm.by_model(now) if adm is not None else {},
             scheduler=self.scheduler.stats() if self.scheduler is not None else {},
             cache_stats=self.cache.stats(),
+            fanout_failures=self._broadcaster.last_failures if self._broadcaster is not None else (),
             metrics=self.metrics_snapshot(),
             now_mono=now,
             now_wall=self.wall(),

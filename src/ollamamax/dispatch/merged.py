@@ -5,8 +5,8 @@ merged, each model once (tags: newest ``modified_at`` wins; ps: latest ``expires
 wins, sorted longest-remaining first; a host that does not answer ``/api/tags`` now
 contributes what its last refresh saw).  ``/api/version``: the *lowest* version among
 reachable hosts, so a client that gates features on the version never uses one a host
-lacks; ollamamax's own version when no host is reachable.  ``/v1/models/{model}``: asked
-of the least-loaded host that has the model.
+lacks; a 503 when no host is reachable (see :meth:`Merger.version`).
+``/v1/models/{model}``: asked of the least-loaded host that has the model.
 
 Reads only; it changes nothing on the hosts or in the fleet's state.
 """
@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from .._version import __version__
 from ..fleet.hosts import HostState
 from ..upstream.client import UPSTREAM_ERRORS
 from ..wire.names import normalize_model
@@ -119,12 +118,19 @@ class Merger:
         return replies.json_reply(200, merge_models(lists, "expires_at"))
 
     def version(self) -> DispatchResponse:
-        """The lowest version among reachable hosts (clients gate features on it), or
-        ollamamax's own version when no host is reachable."""
+        """The lowest version among reachable hosts (clients gate features on it).
+
+        With no reachable host (or none that has told its version yet) the answer is
+        **503** ``{"error": "no healthy host available"}`` with ``Retry-After``, not a
+        version: ollamamax's own version number would be read as an Ollama version (it is
+        not one), and a stale version of a host that is gone would tell a client "Ollama
+        is running" when nothing can serve it.  A client that probes ``/api/version`` to
+        see whether Ollama is up (the CLI, UIs) so sees that it is not."""
         hosts = self.directory.hosts
         versions = [v.version for v in self.directory.store.current.hosts if v.version and not hosts[v.index].down]
-        version = min(versions, key=version_key) if versions else __version__
-        return replies.json_reply(200, {"version": version})
+        if not versions:
+            return replies.error(None, 503, "no healthy host available", extra={"Retry-After": "1"})
+        return replies.json_reply(200, {"version": min(versions, key=version_key)})
 
     async def v1_models(self) -> DispatchResponse:
         merged: dict[str, dict[str, Any]] = {}
@@ -147,4 +153,4 @@ class Merger:
         h = min(cands, key=lambda x: x.load_ratio())
         b = self.broadcaster
         r = await b.simple(h, "GET", "/v1/models/" + name, None, headers)
-        return b.combine(V1_MODEL, [h], [r])
+        return b.combine(V1_MODEL, [h], [r], name, record=False)

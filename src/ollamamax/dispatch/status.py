@@ -11,7 +11,10 @@ in flight against the gateway's cap, version, the error of its last failed refre
 request counts (``ok``: 2xx, ``errors``: other answers), and time to first byte / total
 time percentiles (ms, all models merged, and ``by_model``); the gateway's queue per model
 (waiting requests, the oldest wait); the scheduler's counts and its last decisions with
-their reasons.  Pure: it reads what it is given (times included) and builds a dict.
+their reasons; ``last_fanout_failures``: the latest pulls, pushes, creates, copies,
+deletes, blob uploads and unloads that failed on some host (route, model, when, what the
+client was told, and per host its name, URL and error; see ``Broadcaster.last_failures``).
+Pure: it reads what it is given (times included) and builds a dict.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def status_document(
     metrics: dict[str, Any],
     now_mono: float,
     now_wall: float,
+    fanout_failures: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     hists = metrics["histograms"]
     counters = metrics["counters"]
@@ -116,6 +120,7 @@ def status_document(
         "retries_denied": counters["retries_denied"],
         "request_faults": counters["request_faults"],
         "ejections": dict(counters["ejections"]),
+        "last_fanout_failures": [dict(f, hosts=[dict(h) for h in f.get("hosts", ())]) for f in fanout_failures],
         "version": __version__,
         "generated_at": now_wall,
     }
