@@ -337,7 +337,9 @@ async def test_in_band_and_500_errors():
                              openai=True))[0]
     assert s.ok == 0 and set(s.error_kinds) == {"in-band"} and "unexpected EOF" in s.error_samples["in-band"]
     assert p.ok == 0 and set(p.error_kinds) == {"http 500"}
-    assert o.ok == 0 and set(o.error_kinds) == {"in-band"}
+    # /v1: Ollama's OpenAI layer drops the error text and ends the stream without [DONE]
+    # (an empty delta), so the bench sees an unfinished stream, not an in-band error
+    assert o.ok == 0 and set(o.error_kinds) == {"protocol"}
 
 
 async def test_timeout_errors_on_a_hanging_host():

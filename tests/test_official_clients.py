@@ -236,8 +236,10 @@ def test_openai_errors(oai, threaded):
         threaded.call(lambda e: setattr(e, "busy", False))
     threaded.call(lambda e: setattr(e, "midstream_fail_rate", 1.0))
     try:
-        with pytest.raises(openai.APIError):
-            list(oai.chat.completions.create(model="llama3.2", messages=USER, stream=True))
+        # Ollama's OpenAI layer turns a mid-stream failure into an empty delta and ends the
+        # stream without [DONE]: the SDK raises nothing, the answer is just cut short
+        chunks = list(oai.chat.completions.create(model="llama3.2", messages=USER, stream=True))
+        assert chunks[-1].choices[0].delta.content == "" and chunks[-1].choices[0].finish_reason is None
     finally:
         threaded.call(lambda e: setattr(e, "midstream_fail_rate", 0.0))
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..wire.ollama import BUSY_MESSAGE
 from ._errors import FAIL_MSG, NO_VISION_MSG, HttpError
-from ._generation import Plan, plan_generation, seed_for
+from ._generation import TOOL_CALL_MODES, Plan, plan_generation, seed_for
 from ._goformat import go_dumps, parse_keep_alive
 from ._models import ModelInfo, ModelName, make_model, parse_name
 from ._promptcache import reply_tokens, take_slot
@@ -61,6 +61,7 @@ class Engine:
         pull_delay: float = 0.0,
         prompt_eval_tps: float = 0.0,
         vram: int = 0,
+        tool_calls: str = "always",
     ) -> None:
         if isinstance(models, str):
             models = [m.strip() for m in models.split(",") if m.strip()]
@@ -83,6 +84,9 @@ class Engine:
             raise ValueError("prompt_eval_tps must be >= 0")
         self.prompt_eval_tps = float(prompt_eval_tps)  # 0: no prompt cache, the old timing
         self.vram = int(vram)
+        if tool_calls not in TOOL_CALL_MODES:
+            raise ValueError(f"tool_calls must be one of {', '.join(TOOL_CALL_MODES)}, not {tool_calls!r}")
+        self.tool_calls = tool_calls  # when a model offered tools calls one (_generation.TOOL_CALL_MODES)
         self.capabilities = dict(capabilities) if capabilities else None
         self.busy = False
         self._rng = random.Random(seed)
@@ -343,6 +347,7 @@ class Engine:
             num_predict=num_predict,
             stop=[s for s in stop if isinstance(s, str)] if stop else None,
             response_tokens=self.response_tokens,
+            tool_calls_mode=self.tool_calls,
         )
         plan.model_key = info.key
         if prompt_tokens is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,21 @@ from typing import Any
 
 from ._models import VOCAB
 
-__all__ = ["TOKENS_JSON", "Plan", "plan_generation", "schema_value", "seed_for", "tool_call_id"]
+__all__ = [
+    "TOKENS_JSON",
+    "TOOL_CALL_MODES",
+    "Plan",
+    "plan_generation",
+    "schema_value",
+    "seed_for",
+    "tool_arguments",
+    "tool_call_id",
+]
+
+# When a model offered tools calls one (the last message being the user's): "always" (the
+# default) calls the tools the message names, else the first tool; "named" only the tools
+# the message names; "never" answers in text.
+TOOL_CALL_MODES = ("always", "named", "never")
 
 THINK_VOCAB: tuple[str, ...] = (
     "Okay,", "let", "me", "think", "about", "this.", "The", "user", "wants", "a", "short",
@@ -157,22 +172,150 @@ def tool_call_id(rng: random.Random) -> str:
     return "call_" + "".join(rng.choice(_ID_CHARS) for _ in range(8))
 
 
-def _pick_tools(tools: Sequence[Any], text: str) -> list[Mapping[str, Any]]:
-    low = text.lower()
-    picked = []
+def _tool_functions(tools: Sequence[Any]) -> list[Mapping[str, Any]]:
+    """The ``function`` objects of the offered tools that have a name, in order."""
+    out = []
     for t in tools:
         if not isinstance(t, Mapping):
             continue
         fn = t.get("function")
-        if not isinstance(fn, Mapping):
-            continue
-        name = fn.get("name")
-        if not isinstance(name, str) or not name:
-            continue
-        n = name.lower()
-        if n in low or n.replace("_", " ") in low:
-            picked.append(fn)
+        if isinstance(fn, Mapping) and isinstance(fn.get("name"), str) and fn["name"]:
+            out.append(fn)
+    return out
+
+
+def _pick_tools(tools: Sequence[Any], text: str, mode: str) -> list[Mapping[str, Any]]:
+    """The tools the model calls: those ``text`` names (``get_weather`` or ``get weather``,
+    case-insensitive); with none named, the first tool in mode ``always``."""
+    if mode == "never":
+        return []
+    fns = _tool_functions(tools)
+    low = text.lower()
+    picked = [fn for fn in fns if fn["name"].lower() in low or fn["name"].lower().replace("_", " ") in low]
+    if not picked and mode == "always" and fns:
+        picked = fns[:1]
     return picked
+
+
+_NUMBER_RE = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?!\w)")
+_WORD_RE = re.compile(r"[A-Za-z][\w'-]*|[.!?]")
+
+
+class _Hints:
+    """Values a model would take from the user's message: its numbers and its proper names
+    (capitalised words that do not start a sentence), e.g. ``Boston`` in "What's the
+    weather in Boston?" and ``3`` in "What is the value of magic_function(3)?"."""
+
+    def __init__(self, text: str, tool_names: Sequence[str]) -> None:
+        skip = {n.lower() for n in tool_names}
+        self.numbers = [float(m.group()) for m in _NUMBER_RE.finditer(text)]
+        self.names: list[str] = []
+        start = True
+        for m in _WORD_RE.finditer(text):
+            w = m.group()
+            if w in ".!?":
+                start = True
+                continue
+            if not start and w[0].isupper() and w.lower() not in skip and w not in self.names:
+                self.names.append(w)
+            start = False
+
+    def number(self, lo: float | None, hi: float | None, integer: bool) -> float | None:
+        """The first number of the message inside [lo, hi] (a whole one for an integer)."""
+        for v in self.numbers:
+            if (lo is None or v >= lo) and (hi is None or v <= hi) and (v.is_integer() or not integer):
+                return v
+        return None
+
+
+def _bound(schema: Mapping[str, Any], key: str) -> float | None:
+    v = schema.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _arg_number(schema: Mapping[str, Any], hints: _Hints, integer: bool) -> int | float:
+    """A number from the message inside the schema's bounds, else 1 (or the bound nearest to it)."""
+    lo, hi = _bound(schema, "minimum"), _bound(schema, "maximum")
+    v = hints.number(lo, hi, integer)
+    if v is None:
+        v = 1.0
+        if lo is not None and v < lo:
+            v = math.ceil(lo) if integer else lo
+        elif hi is not None and v > hi:
+            v = math.floor(hi) if integer else hi
+    return int(v) if integer else float(v)
+
+
+def _arg_value(schema: Any, rng: random.Random, defs: Mapping[str, Any], hints: _Hints, depth: int = 0) -> Any:
+    """A plausible value of ``schema`` for a tool argument."""
+    if not isinstance(schema, Mapping) or depth > 8:
+        return "value"
+    if isinstance(schema.get("$ref"), str):
+        return _arg_value(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), rng, defs, hints, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if "default" in schema:
+        return schema["default"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        alts = schema.get(key)
+        if isinstance(alts, list) and alts:
+            non_null = [a for a in alts if not (isinstance(a, Mapping) and a.get("type") == "null")]
+            return _arg_value((non_null or alts)[0], rng, defs, hints, depth + 1)
+    typ = schema.get("type")
+    if isinstance(typ, list):
+        typ = next((t for t in typ if t != "null"), "null")
+    if typ is None:
+        typ = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    if typ == "object":
+        return _arg_object(schema, rng, defs, hints, depth)
+    if typ == "array":
+        lo = schema.get("minItems")
+        count = lo if isinstance(lo, int) and not isinstance(lo, bool) and lo > 0 else 1
+        return [_arg_value(schema.get("items", {}), rng, defs, hints, depth + 1) for _ in range(min(count, 8))]
+    if typ in ("integer", "number"):
+        return _arg_number(schema, hints, typ == "integer")
+    if typ == "boolean":
+        return True
+    if typ == "null":
+        return None
+    fmt = schema.get("format")
+    if fmt == "date":
+        return "2026-01-15"
+    if fmt == "date-time":
+        return "2026-01-15T12:00:00Z"
+    if fmt == "email":
+        return "user@example.com"
+    if fmt in ("uri", "url"):
+        return "https://example.com"
+    if hints.names:
+        return hints.names[0]
+    return VOCAB[rng.randrange(len(VOCAB))]
+
+
+def _arg_object(schema: Mapping[str, Any], rng: random.Random, defs: Mapping[str, Any], hints: _Hints, depth: int) -> dict[str, Any]:
+    """Values for the required properties (for every property when none is listed as required)."""
+    props = schema.get("properties")
+    props = props if isinstance(props, Mapping) else {}
+    req = schema.get("required")
+    names = [k for k in req if isinstance(k, str)] if isinstance(req, list) else list(props)
+    return {k: _arg_value(props.get(k, {"type": "string"}), rng, defs, hints, depth + 1) for k in names}
+
+
+def tool_arguments(parameters: Any, rng: random.Random, message: str = "", tool_names: Sequence[str] = ()) -> dict[str, Any]:
+    """The ``arguments`` object of a call to a tool whose ``parameters`` schema is given: its
+    required properties filled by type. Strings take a proper name from ``message`` (else
+    a word), numbers a number from it within the schema's bounds (else 1), ``enum`` its
+    first value, booleans true, arrays ``minItems`` (at least one) items, objects their
+    own required properties; ``const`` and ``default`` win."""
+    if not isinstance(parameters, Mapping):
+        return {}
+    defs: dict[str, Any] = {}
+    for k in ("$defs", "definitions"):
+        if isinstance(parameters.get(k), Mapping):
+            defs.update(parameters[k])
+    return _arg_object(parameters, rng, defs, _Hints(message, tool_names), 0)
 
 
 def plan_generation(
@@ -188,12 +331,14 @@ def plan_generation(
     num_predict: int | None,
     stop: Sequence[str] | None,
     response_tokens: tuple[int, int],
+    tool_calls_mode: str = "always",
 ) -> Plan:
     """Decide the tokens of one answer.
 
-    Tool calls: when ``tools`` are given and the *last* message is a user message that
-    mentions a tool's name (``get_weather`` or ``get weather``, case-insensitive), the
-    model calls every mentioned tool (arguments built from its parameter schema) and
+    Tool calls: when ``tools`` are given and the *last* message is a user message, the
+    model calls every tool that message names (``get_weather`` or ``get weather``,
+    case-insensitive), or else the first tool (``tool_calls_mode`` "always"; "named" calls
+    only named tools, "never" none), with arguments from :func:`tool_arguments`, and
     writes no text. After a ``tool`` message it answers in text.
     """
     h = seed_for(seed, model_key, text)
@@ -210,10 +355,12 @@ def plan_generation(
     tool_calls: list[dict[str, Any]] = []
     content_idx: list[int] | None = None
     if tools and last_role == "user" and last_user:
-        for i, fn in enumerate(_pick_tools(tools, last_user)):
-            args = schema_value(fn.get("parameters") or {}, rng)
-            if not isinstance(args, dict):
-                args = {}
+        # The shape is Ollama's api.ToolCall (api/types.go: id, function.index/name/arguments
+        # as an object); the /v1 routes convert it as openai/openai.go ToToolCalls does
+        # (arguments as a JSON string, finish_reason "tool_calls": ToChatCompletion, ToChunks).
+        names = [fn["name"] for fn in _tool_functions(tools)]
+        for i, fn in enumerate(_pick_tools(tools, last_user, tool_calls_mode)):
+            args = tool_arguments(fn.get("parameters"), rng, last_user, names)
             tool_calls.append({"id": tool_call_id(rng), "function": {"index": i, "name": fn["name"], "arguments": args}})
     if tool_calls:
         content: list[str] = []

@@ -30,8 +30,9 @@ from ._promptcache import chat_tokens, generate_tokens
 from ._render import (
     CHAT_DELTA,
     CHAT_DELTA_END,
-    MIDSTREAM_SSE,
+    chat_cut_chunk,
     chunk_head,
+    completion_cut_chunk,
     events_of,
     finish_reason,
     openai_tool_calls,
@@ -221,7 +222,9 @@ async def chat_completions(host: HttpHost, request: web.BaseRequest) -> web.Stre
             return start + '},"finish_reason":"' + finish_reason(plan) + '"}]}\n\n' + sse_end(head, plan, include_usage)
 
         n = len(events)
-        return await host.stream_batches(request, t_gen, n, host.midstream_fail_at(n, plan), render, final, MIDSTREAM_SSE, CT_SSE)
+        # a failure after the first chunk: Ollama's cut (see _render.chat_cut_chunk), no [DONE]
+        cut = chat_cut_chunk(cid, created)
+        return await host.stream_batches(request, t_gen, n, host.midstream_fail_at(n, plan), render, final, cut, CT_SSE)
 
     return await _run(host, info, keep_alive, plan, "chatcmpl", reply)
 
@@ -281,7 +284,8 @@ async def completions(host: HttpHost, request: web.BaseRequest) -> web.StreamRes
             fin = f'{start}"","index":0,"finish_reason":{fin_reason}}}]}}\n\n' if n == 0 else ""
             return fin + sse_end(head, plan, include_usage)
 
-        return await host.stream_batches(request, t_gen, n, fail_at, render, final, MIDSTREAM_SSE, CT_SSE)
+        cut = completion_cut_chunk(cid, created, include_usage)  # Ollama's cut, no [DONE]
+        return await host.stream_batches(request, t_gen, n, fail_at, render, final, cut, CT_SSE)
 
     return await _run(host, info, keep_alive, plan, "cmpl", reply)
 

@@ -24,9 +24,10 @@ __all__ = [
     "CHAT_DELTA_END",
     "GENERATE",
     "MIDSTREAM_NDJSON",
-    "MIDSTREAM_SSE",
     "Shape",
+    "chat_cut_chunk",
     "chunk_head",
+    "completion_cut_chunk",
     "events_of",
     "finish_reason",
     "openai_tool_calls",
@@ -125,7 +126,30 @@ def sse_error(message: str) -> bytes:
     return ("data: " + go_dumps({"error": {"message": message, "type": "api_error", "param": None, "code": None}}) + "\n\n").encode()
 
 
-MIDSTREAM_SSE = sse_error(MIDSTREAM_MSG)
+def chat_cut_chunk(cid: str, created: int) -> bytes:
+    """What ends a ``/v1/chat/completions`` stream that fails after its first chunk: one
+    chunk with an empty delta, ``"model":""`` and no finish reason; no ``[DONE]``, no error
+    object. Ollama's ``streamResponse`` (server/routes.go) writes the in-band
+    ``{"error":...}`` line through the OpenAI middleware's ``ChatWriter.Write``
+    (middleware/openai.go); the status is already 200, so ``writeResponse`` decodes the line
+    as an ``api.ChatResponse`` (all fields zero: no model, not done) and ``openai.ToChunks``
+    (openai/openai.go) turns it into this chunk; ``Done`` is false, so no ``[DONE]``
+    follows. The error text is lost."""
+    return ("data: " + chunk_head(cid, "chat.completion.chunk", created, "")
+            + '[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n').encode()  # fmt: skip
+
+
+def completion_cut_chunk(cid: str, created: int, include_usage: bool) -> bytes:
+    """The same for ``/v1/completions``: ``CompleteWriter.writeResponse`` (middleware/openai.go)
+    decodes the error line as an empty ``api.GenerateResponse`` and ``openai.ToCompleteChunk``
+    makes a chunk with empty text and no finish reason (field order of Go's
+    ``CompletionChunk``: choices before model; with ``include_usage`` every chunk carries a
+    zero ``usage``); no ``[DONE]``."""
+    tail = ',"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}' if include_usage else "}"
+    return ('data: {"id":"' + cid + '","object":"text_completion","created":' + str(created)
+            + ',"choices":[{"text":"","index":0,"finish_reason":null}],"model":"","system_fingerprint":"fp_ollama"'
+            + tail + "\n\n").encode()  # fmt: skip
+
 # delta prefixes of a chat chunk by event kind: thinking, content, tool calls
 CHAT_DELTA = ('"content":"","reasoning":', '"content":', '"content":"","tool_calls":')
 CHAT_DELTA_END = '},"finish_reason":null}]}\n\n'

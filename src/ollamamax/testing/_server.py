@@ -137,7 +137,9 @@ class FakeOllama(HttpHost):
       larger than ``vram`` loads alone, with ``size_vram = vram`` in ``/api/ps``.
     * ``fail_rate`` (*): probability of a 500 before the first byte;
       ``midstream_fail_rate`` (*): probability that a reply stops after some chunks with an
-      in-band ``{"error": ...}`` line (a 500 for ``stream: false``).
+      in-band ``{"error": ...}`` line (a 500 for ``stream: false``). On ``/v1`` streams, as
+      Ollama's OpenAI layer, the error becomes one chunk with an empty delta and the stream
+      ends without ``data: [DONE]`` (see ``_render.chat_cut_chunk``).
     * ``busy`` (*): every inference request gets the 503 "server busy" error at once.
     * ``hanging`` (*): requests are read but never answered until it is set back to False.
     * ``host_id``: the ``X-Ollama-Host-Id`` header on every response (default ``mock-PORT``).
@@ -146,9 +148,14 @@ class FakeOllama(HttpHost):
 
     Decisions the real server leaves to the model:
 
-    * Tool calls: with ``tools`` given and the last message from the user, the model calls
-      each tool whose name appears in that message (``get_weather`` or ``get weather``),
-      arguments generated from the tool's JSON schema; otherwise it answers in text.
+    * Tool calls (``tool_calls`` (*), default ``"always"``): with ``tools`` given and the
+      last message from the user, the model calls each tool whose name appears in that
+      message (``get_weather`` or ``get weather``), or else the first tool, as a
+      tool-trained model asked "What's the weather in Boston?" does. Arguments fill the
+      tool schema's required properties by type (a proper name or number from the message
+      when it has one, ``enum`` its first value). ``"named"``: only named tools are called;
+      ``"never"``: the model always answers in text. After a ``tool`` message it answers
+      in text.
     * ``format``: ``"json"`` gives a small JSON object, a schema gives a value of that
       schema (properties, types, enums, arrays, ``$ref`` into ``$defs``).
     * Registry: pulling succeeds for well-known families (llama*, qwen*, mistral, gemma*,
@@ -187,6 +194,7 @@ class FakeOllama(HttpHost):
         pull_delay: float = 0.0,
         prompt_eval_tps: float = 0.0,
         vram: int = 0,
+        tool_calls: str = "always",
     ) -> None:
         super().__init__(
             models,
@@ -205,6 +213,7 @@ class FakeOllama(HttpHost):
             pull_delay=pull_delay,
             prompt_eval_tps=prompt_eval_tps,
             vram=vram,
+            tool_calls=tool_calls,
         )
         self._bind_host = host
         self._port = port

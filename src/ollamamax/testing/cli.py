@@ -46,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--midstream-fail-rate", type=float, default=0.0, help="probability of an in-band error mid-stream")
     parser.add_argument("--response-tokens", default="8,24", help="min,max tokens per answer (default 8,24)")
     parser.add_argument("--host-id", default=None, help="value of the X-Ollama-Host-Id header (default mock-PORT)")
+    parser.add_argument(
+        "--tool-calls",
+        choices=("always", "named", "never"),
+        default="always",
+        help="when a model offered tools calls one: always (default; the tool the last user message names, "
+        "else the first), named (only a tool the message names), never",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for generated text and fault decisions")
     parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop even if uvloop is installed")
 
@@ -115,6 +122,7 @@ def main(args: argparse.Namespace) -> int:
                 response_tokens=(lo, hi),
                 prompt_eval_tps=args.prompt_eval_tps,
                 vram=vram,
+                tool_calls=args.tool_calls,
             )
         except ValueError as exc:
             print(f"ollamamax mock: {exc}", file=sys.stderr)
