@@ -481,3 +481,19 @@ async def test_soak_mixed_faults_invariants() -> None:
             assert ok > 1200
             assert all(h.in_flight == 0 for h in d.hosts)
             assert d.admission.waiting == 0 and not d._streams
+
+
+async def test_v1_stream_that_ends_without_done_counts_as_a_host_failure() -> None:
+    """Ollama's OpenAI layer ends a failed /v1 stream with an empty delta and no ``[DONE]``
+    (no error line): the gateway passes it through as is, but counts the host's failure
+    (a 500 in ``requests_total``), not a success."""
+    async with fleet({"preload": ["llama3.2"], "response_tokens": (30, 30)}) as (a,):
+        async with Dispatcher([a.url], eject_after_failures=100) as d:
+            a.midstream_fail_rate = 1.0
+            body = json.dumps({"model": "llama3.2", "stream": True,
+                               "messages": [{"role": "user", "content": "hi"}]}).encode()
+            r = await d.handle("POST", "/v1/chat/completions", body, {})
+            data = await r.read()
+            assert r.status == 200 and b"[DONE]" not in data and b'"error"' not in data
+            counts = {k[3]: n for k, n in d.accounting.requests.items() if k[0] == "/v1/chat/completions"}
+            assert counts == {500: 1}

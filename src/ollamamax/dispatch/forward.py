@@ -679,6 +679,10 @@ class Forwarder:
         tail = st.tail
         last_line = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
         host_error = last_line.startswith(b'{"error"') or last_line.startswith(b'data: {"error"')
+        if ok and st.sse and not host_error and not tail.endswith(b"data: [DONE]\n\n"):
+            # Ollama's OpenAI layer ends a failed stream with an empty delta and no [DONE]
+            # (middleware/openai.go ChatWriter.writeResponse): the host failed, quietly
+            host_error, last_line = True, b'{"error":"the host ended the stream without [DONE]"}'
         if not ok:  # the host's connection failed or fell silent mid-stream
             self._charge(h, RESET, error)
             self.accounting.count(req.path, req.model, h.name, 502)

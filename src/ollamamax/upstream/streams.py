@@ -150,6 +150,11 @@ class PassThrough:
         complete and nothing is left): a front end can send it with the end marker."""
         return not self._done and self._first is None and self._resp.at_eof()
 
+    @property
+    def sse(self) -> bool:
+        """Whether this is an OpenAI-style SSE stream (``/v1``)."""
+        return self._sse
+
     def _error_chunk(self, message: str) -> bytes:
         return stream_error_line(self._sse, message, self.tail)
 
