@@ -4,7 +4,8 @@ One gateway per front end for the whole module (a real Dispatcher over emulated 
 a background loop), with one user key and one admin key.  Each cell of
 route x {no key, wrong key, user key, admin key} x front is its own test:
 
-* no key or a wrong key -> 401, on every route (observability and unknown paths too);
+* no key or a wrong key -> 401, on every route (observability and unknown paths too)
+  except the liveness probes ``GET /`` and ``HEAD /``, which never need a key;
 * the user key on a model-management route (pull, push, create, copy, delete, blob
   upload) -> 403; on any other route -> neither 401 nor 403;
 * the admin key -> never 401 or 403.
@@ -68,6 +69,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("DELETE", "/api/delete", {"model": "matrix-copy"}),
     ("POST", f"/api/blobs/{DIGEST}", BLOB),
 ]
+PUBLIC_ROUTES = {("GET", "/"), ("HEAD", "/")}  # liveness probes: no key needed
 ADMIN_ROUTES = {
     ("POST", "/api/pull"),
     ("POST", "/api/push"),
@@ -130,7 +132,10 @@ def test_auth(gateways, front, route, key):
     method, path, body = route
     status, headers, data = _request(gateways[front], method, path, body, AUTH[key])
     admin_route = (method, path) in ADMIN_ROUTES
-    if key in ("no-key", "wrong-key"):
+    if (method, path) in PUBLIC_ROUTES:
+        assert status == 200, (status, data)
+        assert data == (b"" if method == "HEAD" else b"Ollama is running")
+    elif key in ("no-key", "wrong-key"):
         assert status == 401, (status, data)
         assert headers.get("www-authenticate") == "Bearer"
         if method != "HEAD":

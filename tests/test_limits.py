@@ -27,7 +27,7 @@ from test_gateway_common import HOST_KW, new_host, wait_until
 
 from ollamamax import create_app
 from ollamamax.dispatch import Dispatcher, DispatcherConfig, HostConfig
-from ollamamax.frontends import fastpath
+from ollamamax.frontends import connections, fastpath
 from ollamamax.frontends.fastpath import start_server
 from ollamamax.wire.response import DispatchResponse
 
@@ -229,7 +229,7 @@ async def test_a_client_that_never_reads_a_large_answer_is_disconnected(front, m
     """Not only streams: a complete answer the client does not read would hold the connection
     (and its descriptor) forever.  The fast path's sweep aborts an idle connection whose unsent
     bytes do not shrink; on aiohttp the answer is written under the send watch."""
-    monkeypatch.setattr(fastpath, "SWEEP_INTERVAL", 0.2)
+    monkeypatch.setattr(connections, "SWEEP_INTERVAL", 0.2)
     server = await start_server(create_app(BigAnswer(), send_timeout=0.5), "127.0.0.1", 0)
     loop = asyncio.get_running_loop()
     sock = await raw_connect(server.port, rcvbuf=4096)

@@ -374,7 +374,7 @@ async def _request(port: int, raw: bytes, timeout: float = 10.0) -> bytes:
 
 
 async def _status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> dict:
-    writer.write(b"GET /ollamamax/status HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /ollamamax/status HTTP/1.1\r\nHost: localhost\r\n\r\n")
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
     return json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
@@ -394,7 +394,7 @@ async def test_idle_connections_cannot_exhaust_descriptors_or_eject_hosts():
     srv = await Serve(*args, "--listen", "127.0.0.1:0", nofile=(256, 256)).start()
     port = int(srv.url.rsplit(":", 1)[1])
     generate = json.dumps({"model": "llama3.2", "prompt": "hi", "stream": False}).encode()
-    post = (b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    post = (b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % len(generate)) + generate
     idle: list[asyncio.StreamWriter] = []
     try:

@@ -47,7 +47,7 @@ def test_defaults():
     assert cfg.dispatcher == DispatcherConfig()
     assert (cfg.listen_host, cfg.listen_port) == ("127.0.0.1", 11434)
     assert cfg.workers == 1 and cfg.api_keys == () and cfg.admin_keys == ()
-    assert cfg.max_body_size == 32 * 1024 * 1024
+    assert cfg.max_body_size == 1024 * 1024 * 1024
     assert cfg.grace_period == 30.0 and cfg.log_level == "info" and cfg.loop == "auto"
     assert cfg.url() == "http://127.0.0.1:11434"
 

@@ -18,8 +18,15 @@ auth and size rules are ``rules.py``, shared with the fast path):
   after collapsing ``//``, ``.``/``..`` segments, a trailing slash and case, so no spelling
   of an admin route slips through).  Keys are compared in
   constant time; the gateway's ``Authorization`` header is not passed to the dispatcher
-  (upstream credentials belong in ``HostConfig.headers``).  Keys apply to ``GET /`` too, so
-  an unauthenticated health probe should use TCP checks or a key.
+  (upstream credentials belong in ``HostConfig.headers``).  ``GET /`` and ``HEAD /`` need
+  no key (liveness probes); ``/api/version`` does (see ``GatewayRules.refusal``).
+* **Browsers** (``rules.py``, as Ollama).  CORS: an ``Origin`` that is not allowed gets 403
+  on any method; a preflight (``OPTIONS`` from an allowed origin) gets 204 with the
+  ``Access-Control-Allow-*`` headers; any other request from an allowed origin is served and
+  every answer to it (errors included) carries ``Access-Control-Allow-Origin``.  Host check:
+  on a loopback listener a request whose ``Host`` is not local gets 403 (DNS rebinding).
+  Both come first, before the key check, in a middleware, so they cover the routes added to
+  the app later (``/metrics``) and work the same when the app is mounted.
 * **Body size**.  A ``Content-Length`` over ``max_body_size`` is refused with 413 before
   anything is read; a chunked body is counted while it is read and refused the moment it
   passes the limit (this works the same when mounted, where the parent's
@@ -56,12 +63,15 @@ from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
 from ..wire.response import HOP_BY_HOP, DispatchResponse
+from .accesslog import MODEL_KEY, PREPARED_KEY, model_from_body, request_key
+from .request_head import head_problem
 from .rules import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_SEND_TIMEOUT,
     ERROR_HEADERS,
     GatewayRules,
+    OriginPolicy,
     gateway_error_body,
     shutdown_message,
 )
@@ -69,6 +79,8 @@ from .rules import (
 __all__ = ["GATEWAY_KEY", "Gateway", "build_app"]
 
 log = logging.getLogger("ollamamax.gateway")
+
+_CORS_KEY = request_key("ollamamax_cors")  # the CORS headers every answer to it carries
 
 
 class _BodyTimeout(Exception):
@@ -88,12 +100,15 @@ class Gateway:
         disconnect_check_interval: float = 0.25,
         send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
         body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
+        origins: OriginPolicy | str | Iterable[str] | None = None,
+        listener_loopback: bool | None = None,
     ) -> None:
         if disconnect_check_interval <= 0:
             raise ValueError("disconnect_check_interval must be positive")
         self.rules = rules = GatewayRules(
             dispatcher, api_keys=api_keys, admin_keys=admin_keys, max_body_size=max_body_size,
-            send_timeout=send_timeout, body_timeout=body_timeout,
+            send_timeout=send_timeout, body_timeout=body_timeout, origins=origins,
+            listener_loopback=listener_loopback,
         )
         self.dispatcher = dispatcher
         self.auth_enabled = rules.auth_enabled
@@ -183,6 +198,53 @@ class Gateway:
         tail = request.match_info.get("tail")
         return "/" + tail if tail is not None else request.path
 
+    def guard(self, request: web.Request) -> web.Response | None:
+        """CORS and the Host check, before anything else (Ollama runs gin-cors, then
+        ``allowedHostsMiddleware``): 403 for an origin not allowed or a Host not local, 204
+        for a preflight; for an allowed cross-origin request, notes the headers every answer
+        to it gets (added by :meth:`on_response_prepare`).  ``None``: go on."""
+        headers = request.headers
+        host = headers.get("Host")
+        problem = head_problem(f"{request.version.major}.{request.version.minor}", host)
+        if problem is not None:  # HTTP/2.0 in an HTTP/1 request line; HTTP/1.1 without Host
+            resp = self.error_response(self._path(request), problem[0], problem[1])
+            resp.force_close()
+            return resp
+        rules = self.rules
+        decision = rules.cors(request.method, headers.get("Origin"), host)
+        action = decision.action
+        if action == "refuse":
+            return self._forbidden(request, "forbidden: origin not allowed")
+        if action == "preflight":
+            return web.Response(status=204, headers=decision.headers)
+        if action == "allow":
+            request[_CORS_KEY] = decision.headers
+        if not rules.host_allowed(host):
+            return self._forbidden(request, "forbidden: host not allowed")
+        return None
+
+    def _forbidden(self, request: web.Request, message: str) -> web.Response:
+        resp = self.error_response(self._path(request), 403, message)
+        if request.body_exists:
+            resp.force_close()  # do not wait for (or read) a body we refuse
+        return resp
+
+    async def on_response_prepare(self, request: web.BaseRequest,
+                                  response: web.StreamResponse) -> None:
+        """Every answer to an allowed cross-origin request carries the CORS headers; the
+        access log learns when the status line went out."""
+        cors = request.get(_CORS_KEY)
+        if cors:
+            response.headers.update(cors)
+        request[PREPARED_KEY] = asyncio.get_running_loop().time()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        refused = self.guard(request)
+        if refused is not None:
+            return refused
+        return await handler(request)
+
     def precheck(self, request: web.BaseRequest, path: str) -> web.Response | None:
         """401 / 403 / 413 decided from the request head alone, or ``None`` to go on."""
         refused = self.rules.refusal(request.method, path, request.headers.get("Authorization"))
@@ -199,7 +261,7 @@ class Gateway:
 
     async def expect_handler(self, request: web.Request) -> web.Response | None:
         """``Expect: 100-continue``: refuse (401/403/413) before the client sends the body."""
-        refused = self.precheck(request, self._path(request))
+        refused = self.guard(request) or self.precheck(request, self._path(request))
         if refused is not None:
             return refused
         if request.version == HttpVersion11:
@@ -237,6 +299,7 @@ class Gateway:
                 return resp408
             if body is None:
                 return self._too_large(path, "body")
+            request[MODEL_KEY] = model_from_body(body)
             try:
                 resp = await self.dispatcher.handle(
                     method, path, body, headers, query=request.rel_url.raw_query_string,
@@ -444,6 +507,8 @@ def build_app(
     disconnect_check_interval: float = 0.25,
     send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
     body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
+    origins: OriginPolicy | str | Iterable[str] | None = None,
+    listener_loopback: bool | None = None,
 ) -> web.Application:
     """An aiohttp application serving the Ollama and OpenAI APIs through ``dispatcher``
     (a started :class:`~ollamamax.dispatch.Dispatcher`, or anything with the same
@@ -454,14 +519,23 @@ def build_app(
 
     ``send_timeout``: a client that accepts no bytes of its answer for this many seconds is
     disconnected (its request is cancelled, its host slot freed); ``body_timeout``: a request
-    body must have arrived this many seconds after its head, else 408.  None: no limit."""
+    body must have arrived this many seconds after its head, else 408.  None: no limit.
+
+    ``origins``: origins browsers may call from besides Ollama's defaults (a list, a
+    comma-separated string or an ``OriginPolicy``; None: the defaults plus
+    ``OLLAMA_ORIGINS`` from the environment, as Ollama).  ``listener_loopback``: whether
+    the server listens on a loopback address, which turns on Ollama's Host check (None:
+    not known, no check; ``ollamamax serve`` passes it; pass True when mounting the app in
+    a service that listens on 127.0.0.1 or ::1)."""
     gateway = Gateway(dispatcher, api_keys=api_keys, admin_keys=admin_keys,
                       max_body_size=max_body_size,
                       disconnect_check_interval=disconnect_check_interval,
-                      send_timeout=send_timeout, body_timeout=body_timeout)
+                      send_timeout=send_timeout, body_timeout=body_timeout,
+                      origins=origins, listener_loopback=listener_loopback)
     # client_max_size only matters if someone calls request.read(); the gateway counts itself.
-    app = web.Application(client_max_size=max_body_size)
+    app = web.Application(client_max_size=max_body_size, middlewares=[gateway.middleware])
     app[GATEWAY_KEY] = gateway
     app.on_shutdown.append(gateway.on_shutdown)
+    app.on_response_prepare.append(gateway.on_response_prepare)
     app.router.add_route("*", "/{tail:.*}", gateway.handle, expect_handler=gateway.expect_handler)
     return app

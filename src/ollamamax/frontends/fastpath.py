@@ -48,9 +48,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import time
-from collections.abc import Callable, Mapping
-from email.utils import formatdate
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -58,8 +56,11 @@ from multidict import CIMultiDict
 
 from ..wire.response import HOP_BY_HOP
 from .aiohttp_app import GATEWAY_KEY, Gateway
-from .request_head import parse_request_head
-from .rules import ERROR_HEADERS, GatewayRules, gateway_error_body, shutdown_message
+from .accesslog import format_access, model_from_body
+from .badrequests import quiet_malformed_requests
+from .request_head import MAX_LINE, BadHead, hopeless, parse_request_head
+from .connections import FastStats, ServerState
+from .rules import ERROR_HEADERS, GatewayRules, Refusal, gateway_error_body, shutdown_message
 
 __all__ = ["GatewayServer", "start_server", "FastStats"]
 
@@ -67,8 +68,8 @@ log = logging.getLogger("ollamamax.gateway")
 
 MAX_HEAD = 16 * 1024  # a longer request head is handed to aiohttp (which answers 431/400)
 BIG_BODY = 64 * 1024  # a body at least this long is received in place (see _fill)
+PREALLOCATE = 16 * 1024 * 1024  # ... into one buffer of its size up to this; a larger one grows
 PAUSE_BUFFER = 256 * 1024  # pipelined bytes buffered while a request runs before reading pauses
-SWEEP_INTERVAL = 5.0  # seconds between idle-connection sweeps
 REJECT_WAIT = 1.0  # a connection over the cap: how long to wait for its request line
 REJECT_LINGER = 1.0  # ... and, once answered 503, to read (and drop) what it still sends
 REJECT_BACKLOG = 32  # connections being refused at once; beyond that, aborted when accepted
@@ -77,117 +78,12 @@ _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _TERMINATOR = b"0\r\n\r\n"
 
 
-class FastStats:
-    """Counters of one server: requests served on the fast path, connections accepted,
-    handed over and refused (over ``max_connections``), connections open on the fast path
-    (exported in ``/metrics``)."""
-
-    __slots__ = ("fast_requests", "handed_over", "connections", "rejected", "_conns")
-
-    def __init__(self, conns: set[Any] | None = None) -> None:
-        self.fast_requests = 0
-        self.handed_over = 0
-        self.connections = 0
-        self.rejected = 0
-        self._conns = conns if conns is not None else set()
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._conns)
-
-    def as_dict(self) -> dict[str, int]:
-        return {"fast_requests": self.fast_requests, "handed_over": self.handed_over,
-                "connections": self.connections, "rejected": self.rejected,
-                "open_connections": self.open_connections}
-
-
-class _ServerState:
-    """What every connection of one server shares."""
-
-    __slots__ = ("rules", "fallback", "extra", "keepalive", "conns", "stats", "loop", "access",
-                 "_date_sec", "_date", "_sweep", "closing", "max_connections", "handed",
-                 "_pruned", "rejecting", "end_message")
-
-    def __init__(self, rules: GatewayRules, fallback: Callable[[], asyncio.BaseProtocol],
-                 extra_headers: Mapping[str, str], keepalive_timeout: float,
-                 access: logging.Logger | None, max_connections: int | None = None) -> None:
-        self.rules = rules
-        self.fallback = fallback
-        self.extra = "".join(f"{k}: {v}\r\n" for k, v in extra_headers.items()).encode()
-        self.keepalive = keepalive_timeout
-        self.conns: set[_FastProtocol] = set()
-        self.stats = FastStats(self.conns)
-        self.loop = asyncio.get_running_loop()
-        self.access = access
-        self._date_sec = -1
-        self._date = b""
-        self._sweep: asyncio.TimerHandle | None = None
-        self.closing = False
-        self.max_connections = max_connections or None
-        # transports handed to aiohttp (they count against max_connections until closed;
-        # closed ones are pruned by the sweep, or at once when the cap is reached)
-        self.handed: set[asyncio.Transport] = set()
-        self._pruned = 0.0
-        self.rejecting = 0  # connections over the cap being answered 503 right now
-        self.end_message: str | None = None  # set when the grace period is over
-
-    def date(self) -> bytes:
-        now = int(time.time())
-        if now != self._date_sec:
-            self._date_sec = now
-            self._date = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-        return self._date
-
-    def add(self, conn: _FastProtocol) -> None:
-        self.conns.add(conn)
-        self.stats.connections += 1
-        if self._sweep is None and not self.closing:
-            self._sweep = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
-
-    def _prune_handed(self) -> None:
-        self._pruned = self.loop.time()
-        self.handed = {t for t in self.handed if not t.is_closing()}
-
-    def full(self) -> bool:
-        """True when another client connection would pass ``max_connections``."""
-        cap = self.max_connections
-        if cap is None or len(self.conns) + len(self.handed) < cap:
-            return False
-        if self.handed and self.loop.time() - self._pruned > 0.05:  # at most 20 scans a second
-            self._prune_handed()
-        return len(self.conns) + len(self.handed) >= cap
-
-    def sweep(self) -> None:
-        """Close connections with no request running that have been idle too long; abort
-        those whose unsent answer has not shrunk for ``send_timeout``."""
-        self._sweep = None
-        now = self.loop.time()
-        deadline = now - self.keepalive
-        send_timeout = self.rules.send_timeout
-        for conn in [c for c in self.conns if c.task is None]:
-            if send_timeout is not None and conn.stuck(now, send_timeout):
-                log.info("client accepted no bytes for %g s; disconnecting it", send_timeout)
-                conn.abort()
-            elif conn.last < deadline:
-                conn.close()
-        if self.handed:
-            self._prune_handed()
-        if self.conns and not self.closing:
-            self._sweep = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
-
-    def stop_sweeping(self) -> None:
-        self.closing = True
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
-
-
 class _FastProtocol(asyncio.Protocol):
     __slots__ = ("_s", "_transport", "_buf", "task", "last", "_paused", "_drain", "_reading",
                  "_gone", "_timer", "_rejecting", "_unsent", "_unsent_since", "_send_timer",
-                 "_drain_unsent", "_body", "_filled", "_pending")
+                 "_drain_unsent", "_body", "_filled", "_pending", "_sent", "_first_write", "_want")
 
-    def __init__(self, shared: _ServerState) -> None:
+    def __init__(self, shared: ServerState) -> None:
         self._s = shared
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
@@ -201,6 +97,7 @@ class _FastProtocol(asyncio.Protocol):
         # head parsing per chunk); _pending is the request it belongs to
         self._body: bytearray | None = None
         self._filled = 0
+        self._want = 0  # its announced size
         self._pending: tuple[str, str, str, CIMultiDict[str], str | None, bool] | None = None
         self._timer: asyncio.TimerHandle | None = None  # body timeout, or refusing (over the cap)
         self._rejecting = 0  # 1: over the cap, waiting for the request line; 2: answered 503
@@ -208,6 +105,8 @@ class _FastProtocol(asyncio.Protocol):
         self._unsent_since = 0.0  # ... and since when it has been that size
         self._send_timer: asyncio.TimerHandle | None = None  # while a write waits to drain
         self._drain_unsent = 0  # write buffer size when that timer was armed
+        self._sent = 0  # bytes written for the request running (for the access log)
+        self._first_write: float | None = None  # ... and when the first of them went out
 
     # ------------------------------------------------------------------ transport events
 
@@ -223,6 +122,7 @@ class _FastProtocol(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._gone = True
         self._cancel_timer()
+        self._drop_body()
         if self._rejecting:
             self._rejecting = 0
             self._s.rejecting -= 1
@@ -370,13 +270,21 @@ class _FastProtocol(asyncio.Protocol):
             return
         buf = self._buf
         end = buf.find(b"\r\n\r\n")
+        if len(buf) > MAX_LINE and buf.find(b"\r\n", 0, MAX_LINE + 2) < 0:
+            self._refuse_head(BadHead(414, f"request line longer than {MAX_LINE} bytes", "/"))
+            return
         if end < 0 or end > MAX_HEAD:
-            if end > MAX_HEAD or len(buf) > MAX_HEAD:
+            if end > MAX_HEAD or len(buf) > MAX_HEAD or hopeless(bytes(buf)):
+                # too long for us, or it can never become a request (TLS bytes, bare line
+                # feeds): aiohttp answers now rather than the sweep in 75 s
                 self._handover()
             return
         head = parse_request_head(bytes(buf[:end]), self._s.rules.max_body_size)
         if head is None:
             self._handover()  # a request shape aiohttp's rules decide (see request_head.py)
+            return
+        if isinstance(head, BadHead):
+            self._refuse_head(head)
             return
         method, path, query, headers, length, close = head
         total = end + 4 + length
@@ -385,7 +293,7 @@ class _FastProtocol(asyncio.Protocol):
         if len(buf) < total:
             self.last = s.loop.time()  # the body is still arriving: not idle
             rules = s.rules
-            if rules.auth_enabled and rules.refusal(method, path, authorization) is not None:
+            if _refusal(rules, method, path, headers, authorization) is not None:
                 # refuse on the head alone: a body nobody may send is never read
                 del buf[:end + 4]
                 self.task = s.loop.create_task(
@@ -394,12 +302,21 @@ class _FastProtocol(asyncio.Protocol):
             if self._timer is None and rules.body_timeout is not None:
                 self._timer = s.loop.call_later(rules.body_timeout, self._body_timed_out, path)
             if length >= BIG_BODY:
-                # receive the rest in place: one buffer of the announced size
-                body = bytearray(length)
+                # receive the rest in place: one buffer of the announced size, within the
+                # bytes all connections may hold in bodies being received at once
+                if s.receiving + length > s.max_receiving:
+                    del buf[:end + 4]
+                    self._refuse_busy(path)
+                    return
+                s.receiving += length
                 have = len(buf) - end - 4
-                body[:have] = memoryview(buf)[end + 4:]
+                if length <= PREALLOCATE:
+                    body = bytearray(length)
+                    body[:have] = memoryview(buf)[end + 4:]
+                else:  # grown as it arrives: an announced size is not memory taken at once
+                    body = bytearray(memoryview(buf)[end + 4:])
                 del buf[:]
-                self._body, self._filled = body, have
+                self._body, self._filled, self._want = body, have, length
                 self._pending = (method, path, query, headers, authorization, close)
             return
         if self._timer is not None:
@@ -411,20 +328,64 @@ class _FastProtocol(asyncio.Protocol):
     def _fill(self, body: bytearray, data: bytes) -> bytes:
         """Copy ``data`` into the large body being received; return what is left over (the
         next pipelined request's bytes), after starting the request once the body is whole."""
-        n = min(len(data), len(body) - self._filled)
-        body[self._filled:self._filled + n] = memoryview(data)[:n] if n < len(data) else data
+        want = self._want
+        n = min(len(data), want - self._filled)
+        part = memoryview(data)[:n] if n < len(data) else data
+        if len(body) == want:  # preallocated
+            body[self._filled:self._filled + n] = part
+        else:
+            body += part
         self._filled += n
-        if self._filled < len(body):
+        if self._filled < want:
             self.last = self._s.loop.time()
             return b""
         pending = self._pending
         assert pending is not None
-        self._body = self._pending = None
+        self._drop_body()
         if self._timer is not None:
             self._cancel_timer()
         method, path, query, headers, authorization, close = pending
         self._start(method, path, query, headers, body, authorization, close)
         return data[n:]
+
+    def _drop_body(self) -> None:
+        """Forget the large body being received (its bytes leave the shared budget)."""
+        if self._body is not None:
+            self._s.receiving -= self._want
+        self._body = self._pending = None
+
+    def _refuse_head(self, bad: BadHead) -> None:
+        """Answer a head that is wrong whoever parses it (see request_head.py), and close."""
+        self._buf = bytearray()
+        log.debug("refused a request head: %d %s", bad.status, bad.message)
+        try:
+            self._write_error(bad.path, bad.status, bad.message, None, None, True)
+        except ConnectionError:
+            pass
+        self._gone_after_answer()
+
+    def _refuse_busy(self, path: str) -> None:
+        """Too many large bodies are being received at once: 503 with Retry-After before
+        reading this one (the connection closes, as its body is not read)."""
+        s = self._s
+        log.info("request bodies being received hold %d bytes (limit %d); refusing one more",
+                 s.receiving, s.max_receiving)
+        self._buf = bytearray()
+        try:
+            self._write_error(path, 503, "ollamamax gateway is receiving too many large request "
+                              "bodies at once; retry later", None, {"Retry-After": "1"}, True)
+        except ConnectionError:
+            pass
+        self._gone_after_answer()
+
+    def _gone_after_answer(self) -> None:
+        """Close after the answer just written; read nothing more from this client."""
+        self._s.conns.discard(self)
+        self._gone = True
+        self._cancel_timer()
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.close()
 
     def _start(self, method: str, path: str, query: str, headers: CIMultiDict[str], body: bytes | bytearray,
                authorization: str | None, close: bool) -> None:
@@ -441,7 +402,7 @@ class _FastProtocol(asyncio.Protocol):
         if self._gone or self.task is not None:
             return
         self._buf = bytearray()
-        self._body = self._pending = None
+        self._drop_body()
         rules = self._s.rules
         log.info("request body did not arrive within %g s; closing the connection",
                  rules.body_timeout)
@@ -458,8 +419,10 @@ class _FastProtocol(asyncio.Protocol):
         started = s.loop.time()
         status = 0
         answered = False
+        self._sent, self._first_write = 0, None
+        resp_headers: Mapping[str, str] | None = None
         try:
-            refused = rules.refusal(method, path, authorization) if rules.auth_enabled else None
+            refused = _refusal(rules, method, path, headers, authorization)
             if refused is not None:
                 status = refused.status
                 self._write_error(path, refused.status, refused.message, refused.code,
@@ -476,6 +439,7 @@ class _FastProtocol(asyncio.Protocol):
                 return
             try:
                 status = resp.status
+                resp_headers = resp.headers
                 close = close or s.closing  # shutting down: this is the last answer
                 answered = True
                 await self._respond(resp, close, path)
@@ -502,8 +466,10 @@ class _FastProtocol(asyncio.Protocol):
             self.task = None
             self.last = s.loop.time()
             if s.access is not None:
-                s.access.info('"%s %s HTTP/1.1" %d %.3f s (fast path)', method, path, status,
-                              self.last - started)
+                first = self._first_write
+                s.access.info(format_access(
+                    method, path, status, resp_headers, None if first is None else first - started,
+                    self.last - started, self._sent, _peer(self._transport), model_from_body(body)))
             if close or s.closing:
                 self.close()
             elif not self._gone:
@@ -536,6 +502,9 @@ class _FastProtocol(asyncio.Protocol):
         if self._gone or t is None or t.is_closing():
             raise ConnectionResetError("client disconnected")
         t.write(data)
+        self._sent += len(data)
+        if self._first_write is None:
+            self._first_write = self._s.loop.time()
 
     async def _drained(self) -> None:
         """Wait until the transport takes writes again (called when paused); a client that
@@ -616,6 +585,19 @@ class _FastProtocol(asyncio.Protocol):
         self._write(_TERMINATOR if pending is None else pending + _TERMINATOR)
 
 
+def _refusal(rules: GatewayRules, method: str, path: str, headers: CIMultiDict[str],
+             authorization: str | None) -> Refusal | None:
+    """What the head alone refuses, in Ollama's order: a Host that is not local on a loopback
+    listener (403, DNS rebinding; ``rules.host_allowed``), then the key (401/403)."""
+    if not rules.host_allowed(headers.get("Host")):
+        return Refusal(403, "forbidden: host not allowed", None, None)
+    return rules.refusal(method, path, authorization) if rules.auth_enabled else None
+
+
+def _peer(transport: asyncio.Transport | None) -> Any:
+    return transport.get_extra_info("peername") if transport is not None else None
+
+
 def _uncancel() -> None:
     """A cancellation handled for good (Python >= 3.11 counts them per task)."""
     task = asyncio.current_task()
@@ -626,7 +608,7 @@ def _uncancel() -> None:
 class GatewayServer:
     """A listening gateway: the fast path plus the aiohttp application behind it."""
 
-    def __init__(self, runner: web.AppRunner, server: asyncio.Server, shared: _ServerState,
+    def __init__(self, runner: web.AppRunner, server: asyncio.Server, shared: ServerState,
                  gateway: Gateway | None = None) -> None:
         self.runner = runner
         self.server = server
@@ -728,6 +710,7 @@ async def start_server(app: web.Application, host: str | None, port: int, *,
     gateway = app.get(GATEWAY_KEY)
     if gateway is None:
         raise ValueError("start_server needs an application made by create_app()")
+    quiet_malformed_requests()
     runner_kw.setdefault("handler_cancellation", True)
     runner_kw.setdefault("keepalive_timeout", keepalive_timeout)
     runner = web.AppRunner(app, access_log=access_log, **runner_kw)
@@ -735,7 +718,7 @@ async def start_server(app: web.Application, host: str | None, port: int, *,
     try:
         fallback = runner.server  # aiohttp's protocol factory (web.Server), set by setup()
         assert fallback is not None
-        shared = _ServerState(gateway.rules, fallback, extra_headers or {}, keepalive_timeout,
+        shared = ServerState(gateway.rules, fallback, extra_headers or {}, keepalive_timeout,
                               access_log, max_connections)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: _FastProtocol(shared), host, port,

@@ -1,12 +1,28 @@
-"""Which request heads the fast path serves itself, parsed: :func:`parse_request_head`.
+"""Which request heads the fast path serves itself, parsed with llhttp: :func:`parse_request_head`.
 
-The fast path (``fastpath.py``) serves the common request shape -- ``GET``/``POST``/``DELETE``
-over HTTP/1.1, a plain absolute path with an optional query, ``name: value`` header lines
-of printable ASCII, a ``Content-Length`` body (or none) within the size limit -- and hands
-every other connection to aiohttp, whose rules then decide (431/400/413, normalising
-``%``-escapes and dot segments, chunked bodies, ``Expect``, ``Upgrade``, repeated headers,
-HTTP/1.0, the observability routes).  This module is that decision and the parse; it does
-no I/O and never answers a request itself.
+The head is parsed by llhttp (Node's HTTP parser, through ``httptools``, as uvicorn does):
+framing, token and value characters, ``Content-Length`` syntax and overflow, duplicate
+``Content-Length``, ``Content-Length`` with ``Transfer-Encoding``, obsolete line folding and
+bare line feeds are its decisions, not a hand-written grammar's.
+
+What it accepts, the fast path serves -- ``GET``/``POST``/``DELETE`` over HTTP/1.1, a plain
+absolute path with an optional query, ASCII header lines no longer than aiohttp's limit, no
+repeated header name, a ``Content-Length`` body (or none) within the size limit -- and every
+other connection goes to aiohttp, whose rules then decide (400/413/431, ``%``-escapes and dot
+segments, chunked bodies, ``Expect``, ``Upgrade``, repeated headers, HTTP/1.0, the
+observability routes).  A few heads are wrong whoever answers them; for those the result is
+a :class:`BadHead` that both front ends answer the same way (:func:`head_problem`):
+
+* HTTP/1.1 without ``Host``: 400 (RFC 9112 section 3.2);
+* an HTTP version other than 1.0 and 1.1: 505 (``HTTP/2.0`` in a request line is not
+  HTTP/2: it is an HTTP/1 framing error, and answering it ``HTTP/2.0 200`` would be wrong);
+* a request line longer than :data:`MAX_LINE`: 414.
+
+Repeated names are found case-insensitively on the parsed names themselves, whatever the
+installed ``multidict`` does with case (before 6.3 its ``keys() & keys()`` is
+case-sensitive, which once let ``Content-Length`` + ``content-length`` through).
+
+This module does no I/O and never answers a request itself.
 """
 
 from __future__ import annotations
@@ -14,25 +30,21 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+import httptools
 from multidict import CIMultiDict
 
-__all__ = ["RequestHead", "parse_request_head"]
+__all__ = ["BadHead", "MAX_LINE", "RequestHead", "head_problem", "parse_request_head", "hopeless"]
 
-_FAST_METHODS = frozenset({"GET", "POST", "DELETE"})
-# Request headers whose presence means "let aiohttp handle this connection" (the check is
-# against a CIMultiDict's keys, which keep the client's spelling: list the common ones).
-_HANDOVER_HEADERS = CIMultiDict(
-    (k, "") for k in ("Transfer-Encoding", "Expect", "Upgrade")).keys()
+_FAST_METHODS = frozenset({b"GET", b"POST", b"DELETE"})
+# framing headers, and Origin: a browser's request, whose CORS answer is the app's
+_HANDOVER = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"origin"})
 # A target served as is: absolute path of plain characters, optional query; no "%" (needs
-# decoding), no "//" or "/." (needs normalising), no fragment, no spaces or controls.
+# decoding), no "//" or "/." (needs normalising), no fragment.
 _PLAIN_TARGET = re.compile(
-    r"/(?:[A-Za-z0-9\-_~!$&'()*+,;=:@]+(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@]+)*/?)?(?:\?[\x21-\x7e]*)?")
-# One header line: CRLF, a token, a colon, optional blanks, the value (to the line's end:
-# trailing blanks are stripped afterwards, only in the rare head that has any).
-_HEADER = re.compile(r"\r\n([!#$&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*)")
-_OBSERVABILITY = ("/metrics", "/ollamamax")
-# Anything but tab and printable ASCII (searched after removing the CRLF line ends).
-_NOT_TEXT = re.compile(r"[^\t\x20-\x7e]")
+    rb"/(?:[A-Za-z0-9\-_~!$&'()*+,;=:@]+(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@]+)*/?)?(?:\?[\x21-\x7e]*)?")
+_OBSERVABILITY = (b"/metrics", b"/ollamamax")
+MAX_LINE = 8190  # aiohttp's max_line_size and max_field_size: longer lines are its to refuse
+PROBE_LIMIT = 2048  # an unfinished head is checked for framing errors while it is this short
 
 
 class RequestHead(NamedTuple):
@@ -44,47 +56,108 @@ class RequestHead(NamedTuple):
     close: bool  # the client asked for Connection: close
 
 
-def parse_request_head(raw: bytes, max_body_size: int) -> RequestHead | None:
-    """The head (without its final blank line) of a request the fast path serves, or None
-    when the connection must go to aiohttp."""
-    head = raw.decode("latin-1")
-    if _NOT_TEXT.search(head.replace("\r\n", "")):
-        return None  # control bytes, a bare CR or LF, non-ASCII: aiohttp's rules apply
-    line_end = head.find("\r\n")
-    if line_end < 0:
-        line_end = len(head)
-    parts = head[:line_end].split(" ")
-    if len(parts) != 3 or parts[2] != "HTTP/1.1" or parts[0] not in _FAST_METHODS:
+class BadHead(NamedTuple):
+    """A head both front ends refuse with ``status`` (the connection is closed after)."""
+
+    status: int
+    message: str
+    path: str
+
+
+class _Collect:
+    """llhttp callbacks: the target and the header lines, as bytes."""
+
+    __slots__ = ("url", "pairs")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.pairs: list[tuple[bytes, bytes]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.pairs.append((name, value))
+
+
+def head_problem(version: str, host: str | None) -> tuple[int, str] | None:
+    """What is wrong with a request whoever parses it: an HTTP version other than 1.x (505),
+    or HTTP/1.1 with no ``Host`` (400); None when nothing is."""
+    if version not in ("1.1", "1.0"):
+        return 505, f"HTTP version {version} is not supported: this server speaks HTTP/1.1"
+    if host is None and version == "1.1":
+        return 400, "an HTTP/1.1 request must carry a Host header"
+    return None
+
+
+def hopeless(partial: bytes) -> bool:
+    """Whether an unfinished head can already never become a request (TLS bytes, bare line
+    feeds, a bad method): then it goes to aiohttp at once, which answers 400, rather than
+    waiting for a blank line that never comes.  Only short heads are checked (the check
+    reparses from the start)."""
+    if len(partial) > PROBE_LIMIT:
+        return False
+    try:
+        httptools.HttpRequestParser(_Collect()).feed_data(partial)
+    except httptools.HttpParserUpgrade:
+        return False
+    except httptools.HttpParserError:
+        return True
+    return False
+
+
+def parse_request_head(raw: bytes, max_body_size: int) -> RequestHead | BadHead | None:
+    """The head (without its final blank line) of a request the fast path serves, a
+    :class:`BadHead` to refuse, or None when the connection must go to aiohttp."""
+    line_end = raw.find(b"\r\n")
+    if line_end > MAX_LINE or (line_end < 0 and len(raw) > MAX_LINE):
+        parts = raw[:256].split(b" ", 2)
+        return BadHead(414, f"request line longer than {MAX_LINE} bytes",
+                       _path_of(parts[1] if len(parts) > 1 else b"/"))
+    if not raw.isascii():
+        return None  # non-ASCII in a name, a value or the target: aiohttp's rules apply
+    c = _Collect()
+    p = httptools.HttpRequestParser(c)
+    try:
+        p.feed_data(raw + b"\r\n\r\n")
+    except httptools.HttpParserUpgrade:
+        return None  # Upgrade, CONNECT
+    except httptools.HttpParserError:
+        return None  # malformed: aiohttp answers 400
+    target = c.url
+    version = p.get_http_version()
+    pairs = c.pairs
+    names = {n.lower() for n, _ in pairs}
+    if len(names) != len(pairs) or not _HANDOVER.isdisjoint(names):
+        # a repeated name (aiohttp refuses repeated Host, Content-Type, ... as smuggling
+        # attempts, and merges others) or a framing header: aiohttp decides
         return None
-    target = parts[1]
-    if not _PLAIN_TARGET.fullmatch(target):
-        return None  # %-escapes, dot segments, "//", fragments: aiohttp normalises
-    path, _, query = target.partition("?")
-    if path.startswith(_OBSERVABILITY):
-        return None
-    pairs = _HEADER.findall(head, line_end)
-    if len(pairs) != head.count("\r\n"):
-        return None  # a line that is not "name: value" (or an obsolete fold)
-    if " \r\n" in head or "\t\r\n" in head or head.endswith((" ", "\t")):
-        pairs = [(k, v.rstrip(" \t")) for k, v in pairs]
-    headers = CIMultiDict(pairs)
-    if not _HANDOVER_HEADERS.isdisjoint(headers) or len(headers.keys() & headers.keys()) != len(pairs):
-        # framing headers, or a repeated name (aiohttp refuses repeated Host, Content-Type,
-        # User-Agent, ... as smuggling attempts, and merges others): aiohttp decides
-        return None
+    if version != "1.1":
+        problem = head_problem(version, "")
+        if problem is None or not _PLAIN_TARGET.fullmatch(target):
+            return None  # HTTP/1.0, or a target aiohttp refuses first: aiohttp's
+        return BadHead(problem[0], problem[1], _path_of(target))
+    method = p.get_method()
+    if method not in _FAST_METHODS or not _PLAIN_TARGET.fullmatch(target) or target.startswith(_OBSERVABILITY):
+        return None  # %-escapes, dot segments, "//", fragments, other methods: aiohttp normalises
+    if len(raw) > MAX_LINE and any(len(n) + len(v) + 2 > MAX_LINE for n, v in pairs):
+        return None  # aiohttp answers 431
+    path, _, query = target.decode("ascii").partition("?")
+    if b"host" not in names:
+        return BadHead(400, "an HTTP/1.1 request must carry a Host header", path)
+    if any(v.endswith((b" ", b"\t")) for _, v in pairs):
+        return None  # trailing blanks: kept or stripped depending on the aiohttp release
+    headers = CIMultiDict([(n.decode("ascii"), v.decode("ascii")) for n, v in pairs])
     length = 0
-    cl = headers.get("Content-Length")
-    if cl is not None:
-        if not cl.isdigit():
-            return None
-        length = int(cl)
+    if b"content-length" in names:
+        length = int(headers["Content-Length"])  # llhttp checked: digits, no overflow
         if length > max_body_size:
             return None  # aiohttp answers 413 (and closes)
-    close = False
-    conn = headers.get("Connection")
-    if conn is not None:
-        tokens = {t.strip().lower() for t in conn.split(",")}
-        if "upgrade" in tokens:
-            return None
-        close = "close" in tokens
-    return RequestHead(parts[0], path, query, headers, length, close)
+    close = not p.should_keep_alive()
+    if b"connection" in names and "upgrade" in headers["Connection"].lower():
+        return None
+    return RequestHead(method.decode("ascii"), path, query, headers, length, close)
+
+
+def _path_of(target: bytes) -> str:
+    return target.decode("latin-1").partition("?")[0] or "/"

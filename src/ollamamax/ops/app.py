@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..frontends.badrequests import quiet_malformed_requests
 from ..frontends.aiohttp_app import build_app
 from ..frontends.rules import (
     DEFAULT_BODY_TIMEOUT,
@@ -34,6 +35,8 @@ def create_app(
     body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
     observability: bool = True,
     public_observability: bool = False,
+    origins: Iterable[str] | str | None = None,
+    listener_loopback: bool | None = None,
 ) -> web.Application:
     """An aiohttp application serving the Ollama and OpenAI APIs through ``dispatcher``.
 
@@ -51,10 +54,17 @@ def create_app(
     long is disconnected, its request cancelled and its host slot freed.  ``body_timeout``
     (default 60 s): a request body not fully arrived this long after its head gets 408.
     Both apply on either front end; None turns one off.
+
+    ``origins``: origins browsers may call from, added to Ollama's defaults (None: the
+    defaults plus ``OLLAMA_ORIGINS``); ``listener_loopback``: whether the server listens on
+    a loopback address (the Host check then refuses a non-local ``Host`` with 403; None: not
+    known, no check).  See ``frontends.rules``.
     """
+    quiet_malformed_requests()
     app = build_app(dispatcher, api_keys=api_keys, admin_keys=admin_keys, max_body_size=max_body_size,
                     disconnect_check_interval=disconnect_check_interval,
-                    send_timeout=send_timeout, body_timeout=body_timeout)
+                    send_timeout=send_timeout, body_timeout=body_timeout,
+                    origins=origins, listener_loopback=listener_loopback)
     if observability:
         install_observability(app, dispatcher, public=public_observability)
     return app

@@ -17,7 +17,7 @@ workers            1                           processes sharing the port (SO_RE
 api_keys           none                        accepted ``Authorization: Bearer`` keys; when any
                                                key (api or admin) is set, every route needs one
 admin_keys         none                        keys that may also pull/push/create/copy/delete
-max_body_size      ``32MiB``                   request body limit (bytes, or ``512KiB``/``10MB``)
+max_body_size      ``1GiB``                    request body limit (bytes, or ``512KiB``/``10MB``)
 grace_period       30                          seconds in-flight requests get after SIGTERM;
                                                then a stream ends with an in-band error
                                                line, an unanswered request gets 503
@@ -46,6 +46,14 @@ max_connections    0 (from the fd limit)       client connections per process (b
                                                connections, at least a quarter of the limit
 cache_bytes        ``256MiB``                  response cache budget (keys and values)
 cache_scope        ``tenant``                  tenant: API keys never share cache hits; shared
+origins            none                        origins browsers may call from, added to
+                                               Ollama's defaults (localhost, 127.0.0.1,
+                                               0.0.0.0 on any port; app://, file://, tauri://,
+                                               vscode-webview://, vscode-file://); ``*``
+                                               wildcards; env: comma-separated.  Ollama's own
+                                               ``OLLAMA_ORIGINS`` is always added too
+access_log         true                        one logfmt line per request on the
+                                               ``ollamamax.access`` logger (stderr)
 =================  ==========================  ==================================================
 
 The TOML file may also hold a ``[dispatcher]`` table with any
@@ -97,7 +105,7 @@ __all__ = [
     "parse_backend_url",
 ]
 
-DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
+DEFAULT_MAX_BODY_SIZE = 1024 * 1024 * 1024  # frontends.rules.DEFAULT_MAX_BODY_SIZE
 DEFAULT_LISTEN = "127.0.0.1:11434"
 STRATEGIES = ("least-loaded", "p2c", "round-robin", "latency", "affinity")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -134,6 +142,9 @@ class GatewayConfig:
     loop: str = "auto"
     gc_freeze: bool = False
     gc_threshold: tuple[int, ...] | None = None
+    # origins browsers may call from besides Ollama's defaults (OLLAMA_ORIGINS included)
+    origins: tuple[str, ...] = ()
+    access_log: bool = True
 
     @property
     def listen(self) -> str:
@@ -155,6 +166,7 @@ class GatewayConfig:
         ]
         d["api_keys"] = list(self.api_keys)
         d["admin_keys"] = list(self.admin_keys)
+        d["origins"] = list(self.origins)
         if redact:
             d["api_keys"] = ["***"] * len(self.api_keys)
             d["admin_keys"] = ["***"] * len(self.admin_keys)
@@ -172,6 +184,7 @@ class GatewayConfig:
         disp = DispatcherConfig(**d.pop("dispatcher"))
         d["api_keys"] = tuple(d.get("api_keys", ()))
         d["admin_keys"] = tuple(d.get("admin_keys", ()))
+        d["origins"] = tuple(d.get("origins", ()))
         if d.get("gc_threshold") is not None:
             d["gc_threshold"] = tuple(d["gc_threshold"])
         return cls(hosts=hosts, dispatcher=disp, **d)
@@ -341,7 +354,7 @@ _TOP_KEYS = (
     "grace_period", "log_level", "loop", "strategy", "auto_pull", "queue_size",
     "queue_timeout", "max_in_flight", "gc_freeze", "gc_threshold",
     "connect_timeout", "first_byte_timeout", "idle_timeout", "send_timeout", "body_timeout",
-    "max_connections", "cache_bytes", "cache_scope",
+    "max_connections", "cache_bytes", "cache_scope", "origins", "access_log",
 )
 # top-level key -> DispatcherConfig field (converted and checked as that field)
 _DISPATCHER_ALIASES = {
@@ -390,8 +403,10 @@ def _convert(key: str, value: object, where: str) -> object:
         return _parse_int(value, what, minimum=0)
     if key in _DISPATCHER_ALIASES:
         return _convert_dispatcher_field(_DISPATCHER_ALIASES[key], value, where)
-    if key == "gc_freeze":
+    if key in ("gc_freeze", "access_log"):
         return _parse_bool(value, what)
+    if key == "origins":
+        return _parse_origins(value, what)
     if key == "gc_threshold":
         from .gcstats import parse_gc_threshold
 
@@ -401,6 +416,17 @@ def _convert(key: str, value: object, where: str) -> object:
         except ValueError as exc:
             raise ConfigError(f"{what}: {exc}") from None
     raise AssertionError(key)  # pragma: no cover
+
+
+def _parse_origins(value: object, what: str) -> tuple[str, ...]:
+    from ..frontends.rules import parse_origins
+
+    if not isinstance(value, (str, list, tuple)):
+        raise ConfigError(f"{what}: expected a list of origins, got {value!r}")
+    try:
+        return tuple(parse_origins(value))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
 
 
 # [dispatcher] knobs that must be at least 1 (ints) or strictly positive (floats);
@@ -591,7 +617,11 @@ def load_config(
         kw["listen_host"], kw["listen_port"] = values["listen"]  # type: ignore[misc]
     for key in ("workers", "api_keys", "admin_keys", "max_body_size", "grace_period",
                 "log_level", "loop", "gc_freeze", "gc_threshold", "send_timeout", "body_timeout",
-                "max_connections"):
+                "max_connections", "access_log"):
         if key in values:
             kw[key] = values[key]
+    # Ollama's OLLAMA_ORIGINS is honoured as Ollama does (added to the defaults), with the
+    # gateway's own origins setting on top
+    origins = _parse_origins(env.get("OLLAMA_ORIGINS") or "", "OLLAMA_ORIGINS (environment)")
+    kw["origins"] = origins + tuple(values.get("origins", ()))  # type: ignore[arg-type]
     return GatewayConfig(hosts=hosts, dispatcher=DispatcherConfig(**disp_kwargs), **kw)

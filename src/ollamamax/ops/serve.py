@@ -66,7 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="require 'Authorization: Bearer KEY' (repeatable; env OLLAMAMAX_API_KEYS)")
     a("--admin-key", action="append", metavar="KEY",
       help="key allowed to pull/push/create/copy/delete (repeatable; env OLLAMAMAX_ADMIN_KEYS)")
-    a("--max-body-size", metavar="SIZE", help="request body limit, e.g. 32MiB (default)")
+    a("--max-body-size", metavar="SIZE", help="request body limit, e.g. 256MiB (default 1GiB)")
+    a("--origins", metavar="LIST",
+      help="origins browsers may call from, comma-separated, '*' wildcards, added to Ollama's "
+           "defaults (localhost/127.0.0.1/0.0.0.0 any port, app://, file://, tauri://, "
+           "vscode-webview://, vscode-file://); OLLAMA_ORIGINS is added too")
+    a("--access-log", action=argparse.BooleanOptionalAction, default=None,
+      help="one logfmt line per request on the ollamamax.access logger, stderr (default on)")
     a("--auto-pull", action=argparse.BooleanOptionalAction, default=None,
       help="pull a model that no host has to one host, then serve it")
     a("--queue-size", type=int, metavar="N", help="gateway wait-queue capacity (default 1024)")
@@ -159,19 +165,33 @@ def main(args: argparse.Namespace) -> int:
     if args.check_config:
         print(cfg.to_json(redact=True))
         return 0
-    _setup_logging(cfg.log_level)
+    _setup_logging(cfg.log_level, cfg.access_log)
     if cfg.workers > 1:
         return _supervise(cfg)
     return _run(cfg, worker=False)
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, access_log: bool = True) -> None:
     import logging
 
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
+    from ..frontends.accesslog import ACCESS_LOGGER
+
+    access = logging.getLogger(ACCESS_LOGGER)
+    if access_log:
+        # its own line format (all logfmt, whatever --log-level says), on stderr
+        if not access.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter(
+                "time=%(asctime)s pid=%(process)d %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"))
+            access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+    else:
+        access.disabled = True
 
 
 def _loop_factory(kind: str):  # type: ignore[no-untyped-def]
@@ -238,7 +258,9 @@ async def _serve(cfg, *, worker: bool, ready_fd: int | None,  # type: ignore[no-
     from aiohttp import web
 
     from ..dispatch import Dispatcher
+    from ..frontends.accesslog import ACCESS_LOGGER, GatewayAccessLogger
     from ..frontends.fastpath import start_server
+    from ..frontends.rules import listener_is_loopback
     from .app import create_app
 
     log = logging.getLogger("ollamamax.serve")
@@ -289,7 +311,10 @@ async def _serve(cfg, *, worker: bool, ready_fd: int | None,  # type: ignore[no-
                 log.debug("could not read dispatcher status", exc_info=True)
             app = create_app(dispatcher, api_keys=cfg.api_keys, admin_keys=cfg.admin_keys,
                              max_body_size=cfg.max_body_size, send_timeout=cfg.send_timeout,
-                             body_timeout=cfg.body_timeout)
+                             body_timeout=cfg.body_timeout, origins=cfg.origins,
+                             # the Host check (DNS-rebinding guard) is on for a loopback
+                             # listener, as Ollama's allowedHostsMiddleware
+                             listener_loopback=listener_is_loopback(cfg.listen_host))
             extra: dict[str, str] = {}
             if worker:
                 extra["X-Ollamamax-Worker"] = str(os.getpid())
@@ -303,8 +328,8 @@ async def _serve(cfg, *, worker: bool, ready_fd: int | None,  # type: ignore[no-
                     app, cfg.listen_host, cfg.listen_port,
                     reuse_port=True if worker else None, backlog=1024, extra_headers=extra,
                     shutdown_timeout=cfg.grace_period, max_connections=max_connections,
-                    access_log=(logging.getLogger("aiohttp.access")
-                                if cfg.log_level == "debug" else None),
+                    access_log=logging.getLogger(ACCESS_LOGGER) if cfg.access_log else None,
+                    access_log_class=GatewayAccessLogger,
                 )
             except OSError as exc:
                 print(f"ollamamax serve: error: cannot listen on {cfg.listen}: {exc}",
@@ -355,7 +380,7 @@ def _worker_entry() -> int:
     from .config import GatewayConfig
 
     cfg = GatewayConfig.from_dict(json.loads(sys.stdin.read()))
-    _setup_logging(cfg.log_level)
+    _setup_logging(cfg.log_level, cfg.access_log)
     ready_fd = int(os.environ.pop(_READY_FD_ENV))
     return _run(cfg, worker=True, ready_fd=ready_fd)
 

@@ -304,7 +304,7 @@ class FakeOllama(HttpHost):
             await self._runner.cleanup()
             self._runner = self._server = self._site = None
             raise
-        self._port = self._site.port
+        self._port = int(self._runner.addresses[0][1])  # (older aiohttp has no TCPSite.port)
         self.host_header = self.host_id
         self._started = True
 
