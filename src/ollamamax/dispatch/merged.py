@@ -145,11 +145,11 @@ class Merger:
 
     async def v1_model(self, name: str, headers: Mapping[str, str] | None) -> DispatchResponse:
         if not MODEL_IN_PATH.fullmatch(name):
-            return replies.error(V1_MODEL, 404, f'model "{name}" not found')
+            return replies.error(V1_MODEL, 404, f"model '{name}' not found")
         norm = normalize_model(name)
         cands = await self.directory.candidates_or_fetch(norm)
         if not cands:
-            return replies.error(V1_MODEL, 404, f'model "{name}" not found')
+            return replies.error(V1_MODEL, 404, f"model '{name}' not found")
         h = min(cands, key=lambda x: x.load_ratio())
         b = self.broadcaster
         r = await b.simple(h, "GET", "/v1/models/" + name, None, headers)
