@@ -122,10 +122,12 @@ async def _line(access: _Capture, n: int) -> dict[str, str]:
     return parse(access.lines[-1])
 
 
-async def test_streamed_chat_and_errors_each_log_one_complete_line(access):
+async def test_streamed_chat_and_errors_each_log_one_complete_line(access, front):
+    """On both front ends: the fast path formats its own line, handed-over connections and a
+    mounted app log through ``GatewayAccessLogger``."""
     runner_kw = {"access_log": logging.getLogger(ACCESS_LOGGER),
                  "access_log_class": GatewayAccessLogger}
-    async with stack(1, front="aiohttp", runner_kw=runner_kw, app_kw={"api_keys": ["k"]},
+    async with stack(1, front=front, runner_kw=runner_kw, app_kw={"api_keys": ["k"]},
                      tokens_per_sec=200) as s:
         host_name = s.hosts[0].url.removeprefix("http://")
         chat = json.dumps({"model": "llama3.2", "stream": True,
@@ -185,3 +187,38 @@ def test_serve_cli_has_the_flags():
     cfg = load_config(vars(ns) | {"backend": ["http://a:1"]}, {})
     assert cfg.access_log is False and cfg.origins == ("https://a.test", "https://b.test")
     assert p.parse_args([]).access_log is None
+
+
+async def test_buffered_handler_writes_whole_lines_in_batches():
+    """``ollamamax serve``'s access handler: lines wait in a buffer (no write per request)
+    and reach the stream in order, complete, when the buffer fills, when its timer fires
+    (``flush_after`` after the first waiting line) and at close; ``log_line`` takes the
+    same lines straight to it, prefixed as the formatter would."""
+    import io
+
+    from ollamamax.frontends.accesslog import AccessLineFormatter, BufferedLineHandler, log_line
+
+    stream = io.StringIO()
+    logger = logging.getLogger("ollamamax.access.test-buffered")
+    logger.propagate = False
+    handler = BufferedLineHandler(stream, buffer_bytes=200, flush_after=0.05)
+    handler.setFormatter(AccessLineFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        log_line(logger, "method=GET path=/a")
+        logger.info("method=GET path=/b")  # through logging: the same shape
+        assert stream.getvalue() == ""  # waiting in the buffer
+        await asyncio.sleep(0.2)  # the timer flushed it
+        lines = stream.getvalue().splitlines()
+        assert [x.split(" ", 2)[2] for x in lines] == ["method=GET path=/a", "method=GET path=/b"]
+        assert all(x.startswith("time=") and x.split(" ")[1].startswith("pid=") for x in lines)
+        for i in range(10):  # past buffer_bytes: written without waiting for the timer
+            log_line(logger, f"method=GET path=/{i}")
+        assert len(stream.getvalue().splitlines()) >= 2 + 3
+        log_line(logger, "method=GET path=/last")
+        handler.close()
+        assert stream.getvalue().splitlines()[-1].endswith("path=/last")
+        assert len(stream.getvalue().splitlines()) == 13
+    finally:
+        logger.removeHandler(handler)

@@ -3,8 +3,9 @@
 Hypothesis builds raw HTTP requests from a grammar that mixes well-formed and hostile parts
 (odd methods and versions, %-escapes, dot segments, fragments, control bytes, spaces and tabs
 around values, folded lines, duplicate, case-variant or signed Content-Length, a missing or
-repeated Host, Transfer-Encoding, Expect, Connection tokens, header names with separators).  Each request goes to two gateways over the
-same dispatcher double: one behind ``fastpath.start_server`` (what ``ollamamax serve`` runs)
+repeated Host, Transfer-Encoding, Expect, Connection tokens, header names with separators,
+header lines past aiohttp's length limit, bare line feeds).  Each request goes to two
+gateways over the same dispatcher double: one behind ``fastpath.start_server`` (what ``ollamamax serve`` runs)
 and one on aiohttp alone.  The status code must match, and when the request reaches the
 dispatcher, so must everything the dispatcher sees (method, path, query, body, headers).
 A request the fast path cannot answer exactly like aiohttp must be handed over, so any
@@ -149,7 +150,10 @@ def requests(draw: st.DrawFn) -> bytes:
         head.append(f"Content-Length: {mode}")
         if draw(st.booleans()):
             head.append("Content-Length: 3")
-    raw = "\r\n".join(head).encode("utf-8", "surrogatepass") + b"\r\n\r\n"
+    if draw(st.integers(0, 30)) == 0:  # a header line past aiohttp's 8,190-byte limit
+        head.append("X-Long: " + "v" * draw(st.sampled_from([8000, 8190, 9000, 15000])))
+    eol = draw(st.sampled_from(["\r\n"] * 30 + ["\n"]))  # bare line feeds: never a head
+    raw = eol.join(head).encode("utf-8", "surrogatepass") + (eol * 2).encode()
     return raw + (b if mode != "none" else b"")
 
 

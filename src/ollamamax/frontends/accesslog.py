@@ -15,14 +15,20 @@ written to the client, headers included.  A value that is unknown is ``-``; one 
 ``\\\\``, ``\\n``, ``\\xNN`` escapes), so a line is always one line and always parses.
 :func:`model_from_body` finds the model a request names without parsing its JSON (bounded
 cost, whatever the body's size).  No I/O here but the logger call in
-:class:`GatewayAccessLogger`.
+:class:`GatewayAccessLogger` and :class:`BufferedLineHandler`, the handler ``ollamamax serve``
+puts on that logger: like nginx's ``access_log ... buffer=64k flush=1s`` it writes lines in
+batches (at 64 KiB, or 1 s after the first line waiting), so a line costs a list append, not
+a write system call (a line per request written at once cost ~60 us of gateway CPU per
+request; see the README).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,9 +39,12 @@ from ..wire.response import HEADER_ATTEMPTS, HEADER_CACHE, HEADER_COLD, HEADER_H
 
 __all__ = [
     "ACCESS_LOGGER",
+    "AccessLineFormatter",
+    "BufferedLineHandler",
     "GatewayAccessLogger",
     "format_access",
     "format_peer",
+    "log_line",
     "logfmt_value",
     "model_from_body",
 ]
@@ -79,16 +88,10 @@ def logfmt_value(value: object) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
-    if not headers:
-        return None
-    value = headers.get(name)
-    if value is None:
-        low = name.lower()
-        for k, v in headers.items():
-            if k.lower() == low:
-                return v
-    return value
+def _header(headers: Mapping[str, str] | None, name: str) -> str:
+    # the dispatcher's own headers, in its spelling (a CIMultiDict finds any spelling)
+    value = headers.get(name) if headers else None
+    return "-" if value is None else value
 
 
 def format_peer(peer: Any) -> str | None:
@@ -117,21 +120,13 @@ def format_access(method: str, path: str, status: int, headers_out: Mapping[str,
     ``bytes_sent``: bytes written to the client, headers included; ``peer``: the client's
     address (a peername tuple or a string); ``model``: the model the request named (None:
     none or unknown)."""
-    return " ".join((
-        "method=" + logfmt_value(method),
-        "path=" + logfmt_value(path),
-        "status=" + str(int(status)),
-        "model=" + logfmt_value(model or None),
-        "host=" + logfmt_value(_header(headers_out, HEADER_HOST)),
-        "attempts=" + logfmt_value(_header(headers_out, HEADER_ATTEMPTS)),
-        "queue_ms=" + logfmt_value(_header(headers_out, HEADER_QUEUE_MS)),
-        "cold=" + logfmt_value(_header(headers_out, HEADER_COLD)),
-        "cache=" + logfmt_value(_header(headers_out, HEADER_CACHE)),
-        "ttfb_ms=" + _ms(ttfb_s),
-        "duration_ms=" + _ms(duration_s),
-        "bytes=" + ("-" if bytes_sent is None else str(int(bytes_sent))),
-        "client=" + logfmt_value(format_peer(peer)),
-    ))
+    h = headers_out
+    return (f"method={logfmt_value(method)} path={logfmt_value(path)} status={int(status)} "
+            f"model={logfmt_value(model or None)} host={logfmt_value(_header(h, HEADER_HOST))} "
+            f"attempts={_header(h, HEADER_ATTEMPTS)} queue_ms={_header(h, HEADER_QUEUE_MS)} "
+            f"cold={_header(h, HEADER_COLD)} cache={_header(h, HEADER_CACHE)} ttfb_ms={_ms(ttfb_s)} "
+            f"duration_ms={_ms(duration_s)} bytes={'-' if bytes_sent is None else int(bytes_sent)} "
+            f"client={logfmt_value(format_peer(peer))}")
 
 
 # "model": "name" as a top-level-looking key.  Inside a JSON string a quote is escaped, so
@@ -147,18 +142,44 @@ def model_from_body(body: bytes | bytearray | memoryview | None) -> str | None:
     None when not found.  Costs the same for a 1 KiB and a 1 GiB body."""
     if not body:
         return None
+    head = bytes(memoryview(body)[:4096])  # where clients put it, almost always
+    at = head.find(b'"model"')
+    if at >= 0:
+        m = _MODEL_RE.match(head, at)
+        if m is not None:
+            return _model_text(m.group(1))
     view = memoryview(body)
     n = len(view)
     windows = [view[:_WINDOW]] if n <= 2 * _WINDOW else [view[:_WINDOW], view[n - _WINDOW:]]
     for w in windows:
         m = _MODEL_RE.search(w)  # type: ignore[call-overload]
         if m is not None:
-            raw = m.group(1)
-            try:
-                return raw.decode("utf-8") if b"\\" not in raw else raw.decode("unicode_escape")
-            except UnicodeDecodeError:
-                return raw.decode("utf-8", "replace")
+            return _model_text(m.group(1))
     return None
+
+
+def _model_text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8") if b"\\" not in raw else raw.decode("unicode_escape")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")
+
+
+def log_line(logger: logging.Logger, line: str) -> None:
+    """``logger.info(line)`` without what an access line does not need.  When the logger's
+    only destination is a :class:`BufferedLineHandler` (as ``ollamamax serve`` sets it up:
+    no filters, no propagation), the line goes straight into its buffer, formatted as that
+    handler's :class:`AccessLineFormatter` would; otherwise a record is made without the
+    search of the call stack ``Logger.info`` does for every record."""
+    handlers = logger.handlers
+    if len(handlers) == 1 and not logger.propagate and not logger.filters and not logger.disabled:
+        handler = handlers[0]
+        if type(handler) is BufferedLineHandler and not handler.filters and \
+                type(handler.formatter) is AccessLineFormatter and logger.isEnabledFor(logging.INFO):
+            handler.add(handler.formatter.prefix() + line)
+            return
+    if logger.isEnabledFor(logging.INFO):
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, "", 0, line, (), None))
 
 
 class GatewayAccessLogger(AbstractAccessLogger):
@@ -178,7 +199,7 @@ class GatewayAccessLogger(AbstractAccessLogger):
             ttfb = max(time - (now - prepared), 0.0)
         transport = request.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
-        self.logger.info(format_access(
+        log_line(self.logger, format_access(
             request.method, request.raw_path.split("?", 1)[0], response.status, response.headers,
             ttfb, time, response.body_length, peer if peer else request.remote,
             request.get(MODEL_KEY),
@@ -187,3 +208,80 @@ class GatewayAccessLogger(AbstractAccessLogger):
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
+
+
+class AccessLineFormatter(logging.Formatter):
+    """``time=<ISO 8601> pid=<pid> <line>``; the timestamp is formatted once per second."""
+
+    def __init__(self) -> None:
+        super().__init__("time=%(asctime)s pid=%(process)d %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
+        self._sec = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return self._time(int(record.created))
+
+    def _time(self, sec: int) -> str:
+        if sec != self._sec:
+            self._sec = sec
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(sec))
+        return self._stamp
+
+    def prefix(self) -> str:
+        """What :meth:`format` puts before a message now: ``time=... pid=... ``."""
+        return f"time={self._time(int(time.time()))} pid={os.getpid()} "
+
+
+class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes its lines in batches: when ``buffer_bytes`` are waiting,
+    or ``flush_after`` seconds after the first waiting line (a timer on the running event
+    loop; with no loop running, at once).  ``flush()`` and ``close()`` write what waits, so
+    nothing is lost at exit (``logging.shutdown`` closes handlers)."""
+
+    def __init__(self, stream: Any = None, buffer_bytes: int = 64 * 1024, flush_after: float = 1.0) -> None:
+        super().__init__(stream)
+        self.buffer_bytes = buffer_bytes
+        self.flush_after = flush_after
+        self._lines: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 - logging's own policy
+            self.handleError(record)
+            return
+        self.add(line)
+
+    def add(self, line: str) -> None:
+        """Queue one formatted line (what :meth:`emit` does after formatting a record)."""
+        self._lines.append(line)
+        self._size += len(line) + 1
+        if self._size >= self.buffer_bytes:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(self.flush_after, self._flush_timed)
+
+    def _flush_timed(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._lines:
+                lines, self._lines, self._size = self._lines, [], 0
+                self.stream.write("\n".join(lines) + "\n")
+            super().flush()
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()

@@ -56,7 +56,7 @@ from multidict import CIMultiDict
 
 from ..wire.response import HOP_BY_HOP
 from .aiohttp_app import GATEWAY_KEY, Gateway
-from .accesslog import format_access, model_from_body
+from .accesslog import format_access, log_line, model_from_body
 from .badrequests import quiet_malformed_requests
 from .request_head import MAX_LINE, BadHead, hopeless, parse_request_head
 from .connections import FastStats, ServerState
@@ -420,11 +420,12 @@ class _FastProtocol(asyncio.Protocol):
         status = 0
         answered = False
         self._sent, self._first_write = 0, None
-        resp_headers: Mapping[str, str] | None = None
+        resp_headers: Mapping[str, str] | None = None  # a dispatcher's answer
+        error_headers: Mapping[str, str] | None = None  # ... or one of ours
         try:
             refused = _refusal(rules, method, path, headers, authorization)
             if refused is not None:
-                status = refused.status
+                status, error_headers = refused.status, ERROR_HEADERS
                 self._write_error(path, refused.status, refused.message, refused.code,
                                   refused.headers, close)
                 return
@@ -433,7 +434,7 @@ class _FastProtocol(asyncio.Protocol):
                                                      tenant=rules.tenant_of(authorization))
             except Exception:
                 log.exception("dispatcher failed on %s %s", method, path)
-                status = 500
+                status, error_headers = 500, ERROR_HEADERS
                 self._write_error(path, 500, "internal error in ollamamax gateway", None, None,
                                   close)
                 return
@@ -467,9 +468,10 @@ class _FastProtocol(asyncio.Protocol):
             self.last = s.loop.time()
             if s.access is not None:
                 first = self._first_write
-                s.access.info(format_access(
-                    method, path, status, resp_headers, None if first is None else first - started,
-                    self.last - started, self._sent, _peer(self._transport), model_from_body(body)))
+                log_line(s.access, format_access(
+                    method, path, status, resp_headers or error_headers, None if first is None else first - started,
+                    self.last - started, self._sent, _peer(self._transport),
+                    model_from_body(body) if resp_headers is not None else None))  # refused: unread
             if close or s.closing:
                 self.close()
             elif not self._gone:

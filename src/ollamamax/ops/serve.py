@@ -178,15 +178,20 @@ def _setup_logging(level: str, access_log: bool = True) -> None:
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
-    from ..frontends.accesslog import ACCESS_LOGGER
+    from ..frontends.accesslog import ACCESS_LOGGER, AccessLineFormatter, BufferedLineHandler
 
+    # no log format here names a thread, a process name or a task: a record skips them
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    if hasattr(logging, "logAsyncioTasks"):  # Python >= 3.12
+        setattr(logging, "logAsyncioTasks", False)
     access = logging.getLogger(ACCESS_LOGGER)
     if access_log:
-        # its own line format (all logfmt, whatever --log-level says), on stderr
+        # its own line format (all logfmt, whatever --log-level says), on stderr, written in
+        # batches (64 KiB or 1 s, as nginx's access_log buffer=/flush=)
         if not access.handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter(
-                "time=%(asctime)s pid=%(process)d %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"))
+            handler = BufferedLineHandler()
+            handler.setFormatter(AccessLineFormatter())
             access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
