@@ -83,6 +83,10 @@ log = logging.getLogger("ollamamax.gateway")
 _CORS_KEY = request_key("ollamamax_cors")  # the CORS headers every answer to it carries
 
 
+class _Busy(Exception):
+    """The budget of request bodies being received at once is spent (see GatewayRules.reserve)."""
+
+
 class _BodyTimeout(Exception):
     """Set on a request's payload when its body did not arrive in time."""
 
@@ -175,19 +179,23 @@ class Gateway:
         if timeout is not None:  # wakes the read below with the error
             timer = asyncio.get_running_loop().call_later(
                 timeout, content.set_exception, _BodyTimeout())
+        rules = self.rules
+        size = 0
         try:
             parts: list[bytes] = []
-            size = 0
             while True:
                 chunk = await content.readany()
                 if not chunk:
                     break
-                size += len(chunk)
-                if size > limit:
+                if size + len(chunk) > limit:
                     return None
+                if not rules.reserve(len(chunk)):  # shared with the fast path's bodies
+                    raise _Busy
+                size += len(chunk)
                 parts.append(chunk)
             return parts[0] if len(parts) == 1 else b"".join(parts)
         finally:
+            rules.release(size)
             if timer is not None:
                 timer.cancel()
 
@@ -297,6 +305,12 @@ class Gateway:
                 resp408 = self.error_response(path, 408, self.rules.body_timeout_message())
                 resp408.force_close()
                 return resp408
+            except _Busy:
+                log.info("request bodies being received hold %d bytes (limit %d); refusing one more",
+                         self.rules.receiving, self.rules.max_receiving)
+                resp503 = self.error_response(path, 503, self.rules.busy_message(), headers={"Retry-After": "1"})
+                resp503.force_close()
+                return resp503
             if body is None:
                 return self._too_large(path, "body")
             request[MODEL_KEY] = model_from_body(body)

@@ -2,9 +2,8 @@
 
 The fast path (``fastpath.py``) makes one :class:`ServerState` per listening server: the
 rules, the aiohttp protocol factory connections are handed to, the cached ``Date`` header,
-the idle sweep (one timer per server, not one per request), the connection cap's counts
-(fast-path connections and handed-over transports), and the byte budget of large request
-bodies being received on all connections at once (``receiving`` within ``max_receiving``).
+the idle sweep (one timer per server, not one per request), and the connection cap's counts
+(fast-path connections and handed-over transports).
 """
 
 from __future__ import annotations
@@ -18,14 +17,11 @@ from typing import Any
 
 from .rules import GatewayRules
 
-__all__ = ["FastStats", "MAX_RECEIVING", "SWEEP_INTERVAL", "ServerState"]
+__all__ = ["FastStats", "SWEEP_INTERVAL", "ServerState"]
 
 log = logging.getLogger("ollamamax.gateway")
 
 SWEEP_INTERVAL = 5.0  # seconds between idle-connection sweeps
-# large bodies being received at once, on all connections, beyond which one more gets 503
-# (at least one body of the size limit always fits)
-MAX_RECEIVING = 1024 * 1024 * 1024
 
 
 class FastStats:
@@ -58,7 +54,7 @@ class ServerState:
 
     __slots__ = ("rules", "fallback", "extra", "keepalive", "conns", "stats", "loop", "access",
                  "_date_sec", "_date", "_sweep", "closing", "max_connections", "handed",
-                 "_pruned", "rejecting", "end_message", "receiving", "max_receiving")
+                 "_pruned", "rejecting", "end_message")
 
     def __init__(self, rules: GatewayRules, fallback: Callable[[], asyncio.BaseProtocol],
                  extra_headers: Mapping[str, str], keepalive_timeout: float,
@@ -82,8 +78,6 @@ class ServerState:
         self._pruned = 0.0
         self.rejecting = 0  # connections over the cap being answered 503 right now
         self.end_message: str | None = None  # set when the grace period is over
-        self.receiving = 0  # bytes of the large bodies being received now, on all connections
-        self.max_receiving = max(MAX_RECEIVING, rules.max_body_size)
 
     def date(self) -> bytes:
         now = int(time.time())

@@ -304,11 +304,10 @@ class _FastProtocol(asyncio.Protocol):
             if length >= BIG_BODY:
                 # receive the rest in place: one buffer of the announced size, within the
                 # bytes all connections may hold in bodies being received at once
-                if s.receiving + length > s.max_receiving:
+                if not rules.reserve(length):
                     del buf[:end + 4]
                     self._refuse_busy(path)
                     return
-                s.receiving += length
                 have = len(buf) - end - 4
                 if length <= PREALLOCATE:
                     body = bytearray(length)
@@ -351,7 +350,7 @@ class _FastProtocol(asyncio.Protocol):
     def _drop_body(self) -> None:
         """Forget the large body being received (its bytes leave the shared budget)."""
         if self._body is not None:
-            self._s.receiving -= self._want
+            self._s.rules.release(self._want)
         self._body = self._pending = None
 
     def _refuse_head(self, bad: BadHead) -> None:
@@ -369,11 +368,10 @@ class _FastProtocol(asyncio.Protocol):
         reading this one (the connection closes, as its body is not read)."""
         s = self._s
         log.info("request bodies being received hold %d bytes (limit %d); refusing one more",
-                 s.receiving, s.max_receiving)
+                 s.rules.receiving, s.rules.max_receiving)
         self._buf = bytearray()
         try:
-            self._write_error(path, 503, "ollamamax gateway is receiving too many large request "
-                              "bodies at once; retry later", None, {"Retry-After": "1"}, True)
+            self._write_error(path, 503, s.rules.busy_message(), None, {"Retry-After": "1"}, True)
         except ConnectionError:
             pass
         self._gone_after_answer()

@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_BODY_SIZE",
     "DEFAULT_ORIGINS",
+    "MAX_RECEIVING",
     "DEFAULT_SEND_TIMEOUT",
     "ERROR_HEADERS",
     "GatewayRules",
@@ -61,6 +62,8 @@ __all__ = [
 # 1 GiB: a vision request (several base64 images) never hits it; the front ends count a
 # body while it arrives and refuse it with 413 the moment it passes the limit
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024 * 1024
+# request bodies being received at once, over all connections, beyond which one more gets 503
+MAX_RECEIVING = 1024 * 1024 * 1024
 DEFAULT_SEND_TIMEOUT = 60.0  # nginx's send_timeout
 DEFAULT_BODY_TIMEOUT = 60.0  # nginx's client_body_timeout
 
@@ -383,6 +386,10 @@ class GatewayRules:
         self._tenants = {k: f"key-{i}" for i, k in enumerate(dict.fromkeys(self._user_keys))}
         self.auth_enabled = bool(self._user_keys)
         self.max_body_size = int(max_body_size)
+        # request bodies being received now, on both front ends and all connections
+        # (:meth:`reserve`); at least one body of the size limit always fits
+        self.receiving = 0
+        self.max_receiving = max(MAX_RECEIVING, self.max_body_size)
         if origins is None:
             origins = OriginPolicy.from_env()
         elif not isinstance(origins, OriginPolicy):
@@ -436,6 +443,20 @@ class GatewayRules:
             return None
         scheme, _, presented = (authorization or "").partition(" ")
         return self._tenants.get(presented.strip().encode("utf-8", "surrogateescape")) if scheme.lower() == "bearer" else None
+
+    def reserve(self, n: int) -> bool:
+        """Take ``n`` bytes of the budget of request bodies being received at once (False:
+        it is spent; answer 503 with ``Retry-After``); give them back with :meth:`release`."""
+        if self.receiving + n > self.max_receiving:
+            return False
+        self.receiving += n
+        return True
+
+    def release(self, n: int) -> None:
+        self.receiving -= n
+
+    def busy_message(self) -> str:
+        return "ollamamax gateway is receiving too many large request bodies at once; retry later"
 
     def too_large_message(self, detail: str) -> str:
         return f"request body too large: {detail} exceeds the limit of {self.max_body_size} bytes"
