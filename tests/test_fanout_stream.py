@@ -12,37 +12,21 @@ version when no host is reachable.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from ollamamax.dispatch import Dispatcher
-from ollamamax.testing import FakeOllama
+
+from test_dispatch_routes import fleet, js  # the same emulated fleet and body helper
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = dict(tokens_per_sec=0, load_delay=0.02, num_parallel=4, max_loaded_models=3)
 NOT_IN_REGISTRY = "pull model manifest: file does not exist"
-
-
-@contextlib.asynccontextmanager
-async def fleet(*specs: dict[str, Any]) -> AsyncIterator[list[FakeOllama]]:
-    async with contextlib.AsyncExitStack() as stack:
-        hosts = []
-        for i, spec in enumerate(specs):
-            kw = {**FAST, "host_id": "abcdefgh"[i], **spec}
-            hosts.append(await stack.enter_async_context(FakeOllama(**kw)))
-        yield hosts
-
-
-def js(obj: Any) -> bytes:
-    return json.dumps(obj).encode()
 
 
 def ndjson(data: bytes) -> list[dict[str, Any]]:
