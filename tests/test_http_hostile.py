@@ -300,3 +300,18 @@ async def test_json_nested_10k_deep_is_400_without_a_traceback(log):
     assert b"depth" in answer
     assert _statuses(after) == [200]
     assert _errors(log) == []
+
+
+@pytest.mark.parametrize("front", ["fast", "aiohttp"])
+async def test_bare_line_feeds_with_an_overlong_line_get_aiohttps_400(front):
+    """Found by the differential test: a bare-LF head longer than aiohttp's line limit got
+    414 (or, arriving in pieces, no answer) on the fast path, 400 on aiohttp.  The framing
+    error in its first bytes decides, at once, on both."""
+    rec, close, addr = await _serve(front)
+    try:
+        answer = await _exchange(addr, b"GET / HTTP/1.1\nHost: x\nX-Long: " + b"v" * 15_000 + b"\n\nabc",
+                                 read_for=3.0)
+    finally:
+        await close()
+    assert _statuses(answer) == [400], answer[:200]
+    assert rec.calls == []

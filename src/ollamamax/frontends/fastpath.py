@@ -58,7 +58,7 @@ from ..wire.response import HOP_BY_HOP
 from .aiohttp_app import GATEWAY_KEY, Gateway
 from .accesslog import format_access, log_line, model_from_body
 from .badrequests import quiet_malformed_requests
-from .request_head import MAX_LINE, BadHead, hopeless, parse_request_head
+from .request_head import MAX_LINE, PROBE_LIMIT, BadHead, hopeless, parse_request_head
 from .connections import FastStats, ServerState
 from .rules import ERROR_HEADERS, GatewayRules, Refusal, gateway_error_body, shutdown_message
 
@@ -270,14 +270,17 @@ class _FastProtocol(asyncio.Protocol):
             return
         buf = self._buf
         end = buf.find(b"\r\n\r\n")
+        if end < 0 and hopeless(bytes(buf[:PROBE_LIMIT])):
+            # it can never become a request (TLS bytes, bare line feeds): aiohttp answers
+            # now rather than the sweep in 75 s
+            self._handover()
+            return
         if len(buf) > MAX_LINE and buf.find(b"\r\n", 0, MAX_LINE + 2) < 0:
             self._refuse_head(BadHead(414, f"request line longer than {MAX_LINE} bytes", "/"))
             return
         if end < 0 or end > MAX_HEAD:
-            if end > MAX_HEAD or len(buf) > MAX_HEAD or hopeless(bytes(buf)):
-                # too long for us, or it can never become a request (TLS bytes, bare line
-                # feeds): aiohttp answers now rather than the sweep in 75 s
-                self._handover()
+            if end > MAX_HEAD or len(buf) > MAX_HEAD:
+                self._handover()  # too long for us: aiohttp answers 431/400
             return
         head = parse_request_head(bytes(buf[:end]), self._s.rules.max_body_size)
         if head is None:

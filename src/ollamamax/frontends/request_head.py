@@ -33,7 +33,7 @@ from typing import NamedTuple
 import httptools
 from multidict import CIMultiDict
 
-__all__ = ["BadHead", "MAX_LINE", "RequestHead", "head_problem", "parse_request_head", "hopeless"]
+__all__ = ["BadHead", "MAX_LINE", "PROBE_LIMIT", "RequestHead", "head_problem", "parse_request_head", "hopeless"]
 
 _FAST_METHODS = frozenset({b"GET", b"POST", b"DELETE"})
 # framing headers, and Origin: a browser's request, whose CORS answer is the app's
@@ -44,7 +44,7 @@ _PLAIN_TARGET = re.compile(
     rb"/(?:[A-Za-z0-9\-_~!$&'()*+,;=:@]+(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@]+)*/?)?(?:\?[\x21-\x7e]*)?")
 _OBSERVABILITY = (b"/metrics", b"/ollamamax")
 MAX_LINE = 8190  # aiohttp's max_line_size and max_field_size: longer lines are its to refuse
-PROBE_LIMIT = 2048  # an unfinished head is checked for framing errors while it is this short
+PROBE_LIMIT = 2048  # how much of an unfinished head is checked for framing errors
 
 
 class RequestHead(NamedTuple):
@@ -93,10 +93,8 @@ def head_problem(version: str, host: str | None) -> tuple[int, str] | None:
 def hopeless(partial: bytes) -> bool:
     """Whether an unfinished head can already never become a request (TLS bytes, bare line
     feeds, a bad method): then it goes to aiohttp at once, which answers 400, rather than
-    waiting for a blank line that never comes.  Only short heads are checked (the check
-    reparses from the start)."""
-    if len(partial) > PROBE_LIMIT:
-        return False
+    waiting for a blank line that never comes.  The caller passes at most the first
+    ``PROBE_LIMIT`` bytes (the check reparses from the start each time more arrives)."""
     try:
         httptools.HttpRequestParser(_Collect()).feed_data(partial)
     except httptools.HttpParserUpgrade:
@@ -132,6 +130,8 @@ def parse_request_head(raw: bytes, max_body_size: int) -> RequestHead | BadHead 
         # a repeated name (aiohttp refuses repeated Host, Content-Type, ... as smuggling
         # attempts, and merges others) or a framing header: aiohttp decides
         return None
+    if len(raw) > MAX_LINE and any(len(n) + len(v) + 2 > MAX_LINE for n, v in pairs):
+        return None  # aiohttp refuses it first (400/431), whatever else is wrong
     if version != "1.1":
         problem = head_problem(version, "")
         if problem is None or not _PLAIN_TARGET.fullmatch(target):
@@ -140,8 +140,6 @@ def parse_request_head(raw: bytes, max_body_size: int) -> RequestHead | BadHead 
     method = p.get_method()
     if method not in _FAST_METHODS or not _PLAIN_TARGET.fullmatch(target) or target.startswith(_OBSERVABILITY):
         return None  # %-escapes, dot segments, "//", fragments, other methods: aiohttp normalises
-    if len(raw) > MAX_LINE and any(len(n) + len(v) + 2 > MAX_LINE for n, v in pairs):
-        return None  # aiohttp answers 431
     path, _, query = target.decode("ascii").partition("?")
     if b"host" not in names:
         return BadHead(400, "an HTTP/1.1 request must carry a Host header", path)
