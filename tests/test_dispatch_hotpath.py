@@ -17,6 +17,7 @@ Only public names and the documented read-only seams are used: ``RawResponse.com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 from collections.abc import Mapping
@@ -721,3 +722,37 @@ async def test_passthrough_tail_is_the_last_bytes() -> None:
             assert st.tail == b"".join(seen)[-TAIL_BYTES:]
     assert st.tail == b"".join(seen)[-TAIL_BYTES:]
     await st.aclose()
+
+
+async def test_a_refused_waiter_that_waits_again_is_not_orphaned_by_the_next_one_leaving() -> None:
+    """Bug caught (seen in ``ollamamax demo`` about one run in five): a load failed, its
+    waiters were refused and each waited again; the first to wait again started a new
+    queue for the model, and the next refused waiter, leaving the old emptied queue,
+    dropped the model's *current* queue from the table.  The waiters in it were never
+    handed a slot and sat out their whole deadline beside an idle loaded copy (503)."""
+    hs = [HostState(index=0, config=HostConfig(url="http://h:1"), name="h0", url="", capacity=4)]
+    hs[0].down = hs[0].unreachable = False
+    res = Residency(1)
+    adm = Admission(hs, res, queue_size=8)
+    got: list[object] = []
+
+    async def retrying() -> None:
+        try:
+            await adm.wait("m", 5.0, 0.0)
+        except RuntimeError:
+            got.append(await adm.wait("m", 1.0, 0.0))  # waits again at once
+
+    async def giving_up() -> None:
+        with contextlib.suppress(RuntimeError):
+            await adm.wait("m", 5.0, 0.0)
+
+    a = asyncio.create_task(retrying())
+    b = asyncio.create_task(giving_up())
+    await asyncio.sleep(0)
+    assert adm.refuse("m", lambda w: RuntimeError("load failed")) == 2
+    await asyncio.sleep(0.01)  # a waits again, then b leaves the old queue
+    assert b.done() and not a.done()
+    r = res.add(0, "m", LOADED, 0.0)
+    adm.grant("m")  # the copy is loaded: the waiting request must get its slot
+    await asyncio.wait_for(a, 2.0)
+    assert got == [r]

@@ -271,5 +271,8 @@ class Admission:
             if q and q[0].fut.done():  # keep stale heads from piling up
                 while q and q[0].fut.done():
                     q.popleft()
-            if not q:
-                self.queues.pop(model, None)
+            if not q and self.queues.get(model) is q:
+                # only this model's current queue: a waiter that left an older, emptied
+                # queue must not drop a newer one (it would orphan the waiters in it, who
+                # then sit out their deadline beside free slots)
+                del self.queues[model]
