@@ -44,3 +44,7 @@ class DispatcherConfig:
     auto_pull: bool = False  # pull a model no host has to one host, then serve
     session_header: str = "X-Ollamamax-Session"  # affinity key when the client sends one
     affinity_overflow: float = 1.25  # bounded-load factor for the affinity ring
+    # several gateways: redis://, rediss:// or unix:// URL ("" = each process on its own)
+    # and the prefix of every key, so that two fleets can share one Redis
+    redis_url: str = ""
+    redis_prefix: str = "ollamamax"

@@ -68,6 +68,7 @@ from .forward import Forwarder, Request
 from .merged import Merger
 from .refresh import Refresher
 from .scheduler import FleetScheduler
+from .shared import SharedState
 from .status import status_document
 
 __all__ = ["Dispatcher"]
@@ -174,6 +175,7 @@ class Dispatcher(EmbeddedClient):
         self.directory: HostDirectory | None = None
         self.admission: Admission | None = None
         self.scheduler: FleetScheduler | None = None
+        self.shared: SharedState | None = None  # with Redis: the other gateways' state
         self._forwarder: Forwarder | None = None
         self._broadcaster: Broadcaster | None = None
         self._merger: Merger | None = None
@@ -229,6 +231,11 @@ class Dispatcher(EmbeddedClient):
             await self.close()
             raise
         scheduler.start()
+        if cfg.redis_url:  # several gateways: share the scheduler's state (dispatch.shared)
+            self.shared = SharedState(cfg.redis_url, cfg.redis_prefix, publish=scheduler.shared_state,
+                                      on_peers=scheduler.absorb)
+            scheduler.shared = self.shared
+            self.shared.start()
         self._outliers = asyncio.create_task(self._detect_outliers(), name="ollamamax-outliers")
 
     def _on_queue(self, model: str) -> None:
@@ -260,6 +267,8 @@ class Dispatcher(EmbeddedClient):
             self._outliers.cancel()
         if self.scheduler is not None:
             await self.scheduler.close()
+        if self.shared is not None:
+            await self.shared.close()
         if self.refresher is not None:
             await self.refresher.stop()
         if self.directory is not None:
@@ -446,6 +455,7 @@ class Dispatcher(EmbeddedClient):
             queue_size=self.config.queue_size,
             queue_by_model=adm.by_model(now) if adm is not None else {},
             scheduler=self.scheduler.stats() if self.scheduler is not None else {},
+            shared=self.shared.status() if self.shared is not None else None,
             cache_stats=self.cache.stats(),
             fanout_failures=self._broadcaster.last_failures if self._broadcaster is not None else (),
             metrics=self.metrics_snapshot(),
@@ -476,5 +486,6 @@ class Dispatcher(EmbeddedClient):
             "loads": dict(sched.loads_by) if sched is not None else {},
             "counters": dict(sched.counters) if sched is not None else {},
         }
+        snap["shared"] = self.shared.status() if self.shared is not None else None
         snap["queue_by_model"] = {m: q["waiting"] for m, q in adm.by_model(self.clock()).items()} if adm else {}
         return snap

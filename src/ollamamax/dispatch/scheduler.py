@@ -20,6 +20,13 @@ the router see the copy as loading, the victims as unloading), and every refresh
 reconciles it with ``/api/ps`` (:meth:`FleetScheduler.reconcile`).  The last decisions,
 with their reasons, are kept for the status page; loads, evictions and preloads are
 counted for ``/metrics``.
+
+With Redis (``dispatch.shared``) several gateways plan as one: the view sums the other
+replicas' requests in flight, queued requests and arrival rates with this one's, and
+counts their loads and unloads under way; what they learned of a host (room, load costs)
+warms this one up; and a load starts only once this replica has claimed it.  A replica
+that finds the load already claimed joins it (its requests wait for the other's load);
+one that finds the host claimed for another model leaves that host alone.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from ..fleet.health import CONNECT, RESET, TIMEOUT, Health
 from ..fleet.hosts import HostState
 from ..fleet.learning import Demand as Rates
 from ..fleet.learning import DEFAULT_LOAD_COST, Ewma
-from ..fleet.residency import LOADED, Residency, Resident
+from ..fleet.residency import FOUND, LOADED, LOADING, UNLOADING, Residency, Resident
 from ..fleet.snapshot import HostView, SnapshotStore
 from ..placement.planner import Demand, FleetView, HostPlan, Load, PlannerPolicy, ResidentView, plan
 from ..upstream.client import UPSTREAM_ERRORS, Upstream, describe_error, timeout
@@ -43,6 +50,7 @@ from ..upstream.http1 import ConnectFailed, LocalResourceError
 from ..wire.names import normalize_model
 from ..structures.exceptions import QueueFull
 from .admission import Admission, LoadFailed
+from .shared import STATE_TTL, LEASE_TTL, Claim, SharedState
 
 __all__ = ["FleetScheduler"]
 
@@ -99,6 +107,13 @@ class FleetScheduler:
         self._embed_only: set[str] = set()  # models whose load is an empty embed
         self._size_cache: dict[int, tuple[Any, dict[str, int]]] = {}
         self._any_load = Ewma()  # seconds of any load on any host
+        # several gateways (dispatch.shared): set by the dispatcher when Redis is configured
+        self.shared: SharedState | None = None
+        self._url_index = {h.url: h.index for h in self.hosts}
+        # (host, model) -> (resident, given up at): a load another replica runs, joined
+        self._joined: dict[tuple[int, str], tuple[Resident, float, float]] = {}
+        # host -> (model another replica switches it to, until): a claim seen taken
+        self._claimed_host: dict[int, tuple[str, float]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -129,6 +144,8 @@ class FleetScheduler:
         snap = self.store.current
         # in panic (too few hosts healthy) an ejected host that still answers may load too
         panic = adm.panicking() if any(h.down for h in self.hosts) else False
+        peers = self.shared.peers() if self.shared is not None else []
+        remote = _Remote(peers) if peers else None
         hosts = []
         for h in self.hosts:
             i = h.index
@@ -140,6 +157,8 @@ class FleetScheduler:
                              sizes.get(r.model, 0))
                 for r in res.by_host[i].values()
             )
+            if remote is not None or self._claimed_host:
+                residents = self._with_others(i, h.url, residents, remote, sizes, now)
             costs = {m: e.get(0.0) for m, e in h.load_cost.items() if e.value is not None}
             present = v.present
             if self._backoff:
@@ -151,13 +170,22 @@ class FleetScheduler:
                                   room_known=res.room_known[i], vram=h.config.vram, sizes=sizes))
         demand: dict[str, Demand] = {}
         waiting = set(adm.waiting_models())
-        for m in set(self.rates.rates) | waiting:
+        models = set(self.rates.rates) | waiting
+        if remote is not None:
+            models |= remote.queued.keys() | remote.rates.keys()
+        for m in models:
             queued = adm.queued(m) if m in waiting else 0
             oldest = adm.oldest(m) if queued else None
+            wait = 0.0 if oldest is None else max(0.0, now - oldest)
+            rate = self.rates.rate(m, now)
+            if remote is not None:  # the other replicas' requests count as this one's
+                q, w = remote.queued.get(m, (0, 0.0))
+                queued += q
+                wait = max(wait, w)
+                rate += remote.rates.get(m, 0.0)
             svc = self.service.get(m)
-            demand[m] = Demand(m, queued, 0.0 if oldest is None else max(0.0, now - oldest),
-                               self.rates.rate(m, now), svc.get(1.0) if svc is not None else 1.0,
-                               adm.stranded(m) if queued else 0)
+            demand[m] = Demand(m, queued, wait, rate, svc.get(1.0) if svc is not None else 1.0,
+                               adm.stranded(m) if m in waiting else 0)
         return FleetView(now, tuple(hosts), demand)
 
     def _sizes(self, v: HostView) -> dict[str, int]:
@@ -269,6 +297,57 @@ class FleetScheduler:
             self.residency.forget(r)
 
     async def _load(self, h: HostState, r: Resident, victims: list[Resident], explore: bool = False) -> None:
+        shared = self.shared
+        if shared is None:
+            await self._load_now(h, r, victims, explore)
+            return
+        claim = await shared.claim(r.model, h.url, tuple(v.model for v in victims))
+        if not claim.ok:
+            self._yield(h, r, victims, claim)
+            return
+        holder = asyncio.get_running_loop().create_task(shared.hold(claim, r.model, h.url))
+        try:
+            await self._load_now(h, r, victims, explore)
+        finally:
+            holder.cancel()
+            await shared.renew(claim, r.model, h.url, release=True)
+
+    def _yield(self, h: HostState, r: Resident, victims: list[Resident], claim: Claim) -> None:
+        """Another replica claimed this load (or this host) first: undo the decision; when
+        it loads the same model, join its load (this replica's requests wait for it)."""
+        now = self.clock()
+        res = self.residency
+        for v in victims:
+            if v.state == UNLOADING and res.get(h.index, v.model) is v:
+                v.state = LOADED  # never unloaded: it stays as it was
+        if r.state == LOADING and res.get(h.index, r.model) is r:
+            res.forget(r)
+        self.counters["loads"] -= 1
+        self.counters["evictions"] -= len(victims)
+        self.counters["loads_yielded"] += 1
+        other = claim.holder
+        where = self._url_index.get(str(other.get("host", "")))
+        if claim.conflict == "model" and where is not None:
+            j = self.hosts[where]
+            mine = res.get(where, r.model)
+            if mine is None or mine.state == UNLOADING:
+                joined = res.start_load(where, r.model, now, j.expected_load_cost(r.model))
+                self._joined[(where, r.model)] = (joined, now, now + LEASE_TTL + j.expected_load_cost(r.model))
+            for e in other.get("evict") or ():
+                x = res.get(where, str(e))
+                if x is not None and x.state == LOADED and x.in_flight == 0:
+                    res.start_unload(x, now)
+            what = f"joined replica {other.get('replica', '?')}'s load of {r.model} on {j.name}"
+        else:
+            if where is not None:
+                self._claimed_host[where] = (str(other.get("model", "")), now + 2 * STATE_TTL)
+            what = f"left {h.name} to replica {other.get('replica', '?')} (switching it to {other.get('model', '?')})"
+        self.decisions.appendleft({"at": self.wall(), "host": h.name, "model": r.model, "evict": [],
+                                   "reason": what, "preload": False})
+        log.info("%s", what)
+        self.nudge()
+
+    async def _load_now(self, h: HostState, r: Resident, victims: list[Resident], explore: bool = False) -> None:
         if not explore:
             for v in victims:
                 await self._unload(h, v)
@@ -398,6 +477,102 @@ class FleetScheduler:
                     res.forget(r)
         self.nudge()
 
+    # -- several gateways (dispatch.shared) ------------------------------------------------
+    def _with_others(self, i: int, url: str, mine: tuple[ResidentView, ...], remote: _Remote | None,
+                     sizes: dict[str, int], now: float) -> tuple[ResidentView, ...]:
+        """Host ``i``'s residents with the other replicas' requests in flight on them, and
+        the loads and unloads they have under way there."""
+        theirs = remote.hosts.get(url, {}) if remote is not None else {}
+        out = []
+        for r in mine:
+            state, flying = theirs.get(r.model, ("", 0))
+            if flying:
+                r = ResidentView(r.model, r.state, r.in_flight + flying, r.slots, 0.0, r.age, r.size)
+            out.append(r)
+        known = {r.model for r in mine}
+        for m, (state, flying) in theirs.items():
+            if m not in known and state in (LOADING, UNLOADING):
+                out.append(ResidentView(m, state, flying, 1, 0.0, 0.0, sizes.get(m, 0)))
+                known.add(m)
+        claimed = self._claimed_host.get(i)
+        if claimed is not None:
+            if claimed[1] <= now:
+                del self._claimed_host[i]
+            elif claimed[0] not in known:  # another replica switches this host: hands off
+                out.append(ResidentView(claimed[0], LOADING, 0, 1, 0.0, 0.0, sizes.get(claimed[0], 0)))
+        return tuple(out)
+
+    def shared_state(self) -> dict[str, Any]:
+        """What this replica publishes to the others (``dispatch.shared``)."""
+        now = self.clock()
+        res = self.residency
+        adm = self.admission
+        hosts: dict[str, Any] = {}
+        for h in self.hosts:
+            i = h.index
+            entry: dict[str, Any] = {"models": {m: [r.state, r.in_flight] for m, r in res.by_host[i].items()}}
+            costs = {m: round(e.value, 3) for m, e in h.load_cost.items() if e.value is not None}
+            if costs:
+                entry["costs"] = costs
+            if res.room_known[i] and not res.room_fixed[i]:
+                entry["room"] = res.room[i]
+            hosts[h.url] = entry
+        queued: dict[str, list[float]] = {}
+        for m in adm.waiting_models():
+            q = adm.queued(m)
+            oldest = adm.oldest(m)
+            if q:
+                queued[m] = [q, round(0.0 if oldest is None else max(0.0, now - oldest), 3)]
+        rates = {m: round(r, 4) for m in self.rates.rates if (r := self.rates.rate(m, now)) > 1e-3}
+        return {"hosts": hosts, "queued": queued, "rates": rates}
+
+    def absorb(self) -> None:
+        """After a sync with the other replicas: take what they learned, and what they
+        loaded or evicted, into this replica's picture."""
+        shared = self.shared
+        peers = shared.peers() if shared is not None else []
+        now = self.clock()
+        res = self.residency
+        remote = _Remote(peers)
+        changed = False
+        for h in self.hosts:
+            i = h.index
+            for p in peers:
+                entry = (p.get("hosts") or {}).get(h.url)
+                if not isinstance(entry, dict):
+                    continue
+                for m, cost in (entry.get("costs") or {}).items():
+                    if m not in h.load_cost and isinstance(cost, (int, float)) and cost > 0:
+                        e = h.load_cost[m] = Ewma()  # a new replica starts warm
+                        e.add(float(cost))
+                room = entry.get("room")
+                if isinstance(room, int) and room > 0 and not res.room_fixed[i] and not res.room_known[i]:
+                    res.room[i] = room
+                    res.room_known[i] = True
+            for m, (state, _) in remote.hosts.get(h.url, {}).items():
+                mine = res.get(i, m)
+                if state == LOADED and (mine is None or mine.state == UNLOADING and mine.in_flight == 0):
+                    res.add(i, m, LOADED, now).since = FOUND  # loaded by another replica
+                    self.admission.grant(m)
+                    changed = True
+                elif state == UNLOADING and mine is not None and mine.state == LOADED and mine.in_flight == 0:
+                    res.start_unload(mine, now)  # another replica evicts it: route nothing there
+        for (i, m), (r, since, give_up) in list(self._joined.items()):
+            state = remote.hosts.get(self.hosts[i].url, {}).get(m, ("", 0))[0]
+            if res.get(i, m) is not r or r.state != LOADING:
+                del self._joined[(i, m)]  # loaded (a refresh saw it, or just above), or gone
+            elif state == LOADED:
+                res.loaded(r, now)
+                self.admission.grant(m)
+                del self._joined[(i, m)]
+                changed = True
+            elif now > give_up or (state != LOADING and now > since + STATE_TTL):
+                res.forget(r)  # the other replica's load is not seen any more: plan again
+                del self._joined[(i, m)]
+                changed = True
+        if changed:
+            self.nudge()
+
     def stats(self) -> dict[str, Any]:
         return {
             "loads": self.counters["loads"],
@@ -405,6 +580,43 @@ class FleetScheduler:
             "evictions": self.counters["evictions"],
             "failed_loads": self.counters["failed_loads"],
             "switches_deferred": self.counters["switches_deferred"],
+            "loads_yielded": self.counters["loads_yielded"],
             "decisions": list(self.decisions),
         }
 
+
+
+class _Remote:
+    """The other replicas' published states, summed (see ``dispatch.shared``)."""
+
+    __slots__ = ("hosts", "queued", "rates")
+
+    def __init__(self, peers: list[dict[str, Any]]) -> None:
+        # host url -> model -> (state: a load or unload under way wins, requests in flight)
+        self.hosts: dict[str, dict[str, tuple[str, int]]] = {}
+        self.queued: dict[str, tuple[int, float]] = {}  # model -> (requests queued, oldest wait)
+        self.rates: dict[str, float] = {}
+        for p in peers:
+            for url, entry in (p.get("hosts") or {}).items():
+                if not isinstance(entry, dict):
+                    continue
+                mine = self.hosts.setdefault(url, {})
+                for m, item in (entry.get("models") or {}).items():
+                    try:
+                        state, flying = str(item[0]), int(item[1])
+                    except (TypeError, ValueError, IndexError):
+                        continue
+                    old_state, old_flying = mine.get(m, ("", 0))
+                    if old_state in (LOADING, UNLOADING):
+                        state = old_state
+                    mine[m] = (state, old_flying + max(0, flying))
+            for m, item in (p.get("queued") or {}).items():
+                try:
+                    q, w = int(item[0]), float(item[1])
+                except (TypeError, ValueError, IndexError):
+                    continue
+                old_q, old_w = self.queued.get(m, (0, 0.0))
+                self.queued[m] = (old_q + q, max(old_w, w))
+            for m, r in (p.get("rates") or {}).items():
+                if isinstance(r, (int, float)):
+                    self.rates[m] = self.rates.get(m, 0.0) + float(r)

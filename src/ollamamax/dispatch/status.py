@@ -62,6 +62,7 @@ def status_document(
     now_mono: float,
     now_wall: float,
     fanout_failures: Sequence[dict[str, Any]] = (),
+    shared: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     hists = metrics["histograms"]
     counters = metrics["counters"]
@@ -121,6 +122,8 @@ def status_document(
         "request_faults": counters["request_faults"],
         "ejections": dict(counters["ejections"]),
         "last_fanout_failures": [dict(f, hosts=[dict(h) for h in f.get("hosts", ())]) for f in fanout_failures],
+        # several gateways through Redis (dispatch.shared): None without --redis
+        "shared": shared,
         "version": __version__,
         "generated_at": now_wall,
     }

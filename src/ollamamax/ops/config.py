@@ -54,6 +54,11 @@ origins            none                        origins browsers may call from, a
                                                ``OLLAMA_ORIGINS`` is always added too
 access_log         true                        one logfmt line per request on the
                                                ``ollamamax.access`` logger (stderr)
+redis_url          none                        ``redis://``, ``rediss://`` or ``unix://`` URL
+                                               (password or ACL user in it): several gateways
+                                               share the scheduler's state (CLI ``--redis``;
+                                               TOML also ``[redis] url = ...``)
+redis_prefix       ``ollamamax``               prefix of every Redis key (two fleets, one Redis)
 =================  ==========================  ==================================================
 
 The TOML file may also hold a ``[dispatcher]`` table with any
@@ -172,6 +177,10 @@ class GatewayConfig:
             d["admin_keys"] = ["***"] * len(self.admin_keys)
             for h in d["hosts"]:
                 h["headers"] = {k: "***" for k in h["headers"]}
+            if d["dispatcher"].get("redis_url"):
+                from ..dispatch.shared import redacted_url
+
+                d["dispatcher"]["redis_url"] = redacted_url(d["dispatcher"]["redis_url"])
         return d
 
     def to_json(self, *, redact: bool = False) -> str:
@@ -247,6 +256,18 @@ def parse_size(value: object, *, what: str = "max_body_size") -> int:
     if n <= 0:
         raise ConfigError(f"{what}: must be positive, got {value!r}")
     return n
+
+
+def parse_redis_url(value: object, what: str = "redis_url") -> str:
+    """A ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL; a password or ACL user may be
+    in it (``redis://user:secret@host:6379/0``)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{what}: expected a URL like 'redis://127.0.0.1:6379/0', got {value!r}")
+    v = value.strip()
+    scheme = v.partition("://")[0].lower()
+    if "://" not in v or scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{what}: expected a redis://, rediss:// or unix:// URL, got {v!r}")
+    return v
 
 
 def parse_backend_url(value: object) -> str:
@@ -355,6 +376,7 @@ _TOP_KEYS = (
     "queue_timeout", "max_in_flight", "gc_freeze", "gc_threshold",
     "connect_timeout", "first_byte_timeout", "idle_timeout", "send_timeout", "body_timeout",
     "max_connections", "cache_bytes", "cache_scope", "origins", "access_log",
+    "redis_url", "redis_prefix",
 )
 # top-level key -> DispatcherConfig field (converted and checked as that field)
 _DISPATCHER_ALIASES = {
@@ -368,6 +390,8 @@ _DISPATCHER_ALIASES = {
     "idle_timeout": "idle_timeout",
     "cache_bytes": "cache_bytes",
     "cache_scope": "cache_scope",
+    "redis_url": "redis_url",
+    "redis_prefix": "redis_prefix",
 }
 CACHE_SCOPES = ("tenant", "shared")
 _DISPATCHER_FIELDS = {f.name: f for f in dataclasses.fields(DispatcherConfig)}
@@ -446,6 +470,8 @@ def _convert_dispatcher_field(name: str, value: object, where: str) -> object:
         return _parse_choice(value, what, CACHE_SCOPES)
     if name in ("cache_bytes",):
         return parse_size(value, what=what)
+    if name == "redis_url":
+        return parse_redis_url(value, what)
     if name in ("max_ejection_percent", "panic_threshold"):
         v = _parse_float(value, what, minimum=0.0)
         if v > 100.0:  # type: ignore[operator]
@@ -543,11 +569,19 @@ def load_config(
 
     toml: dict[str, Any] = read_toml(path) if path else {}
     where_toml = f"config file {path}"
+    redis_table = toml.pop("redis", None)
+    if redis_table is not None:  # [redis] url = ..., prefix = ...: the redis_* keys
+        if not isinstance(redis_table, Mapping) or set(redis_table) - {"url", "prefix"}:
+            raise ConfigError(f"{where_toml}: [redis] must be a table with 'url' and optionally 'prefix'")
+        for k, v in redis_table.items():
+            if f"redis_{k}" in toml:
+                raise ConfigError(f"{where_toml}: redis_{k} is set both at top level and in [redis]")
+            toml[f"redis_{k}"] = v
     unknown = sorted(set(toml) - set(_TOP_KEYS) - {"dispatcher", "hosts"})
     if unknown:
         raise ConfigError(
             f"{where_toml}: unknown key(s) {', '.join(unknown)}; valid keys: "
-            f"{', '.join(_TOP_KEYS)}, [dispatcher], [[hosts]]"
+            f"{', '.join(_TOP_KEYS)}, [dispatcher], [redis], [[hosts]]"
         )
 
     values: dict[str, object] = {}

@@ -22,7 +22,9 @@ time (``Dispatcher.metrics_snapshot()``); nothing is counted twice.  Exported fa
     model_queue_depth{model}                  gauge    requests waiting in the gateway per model
     model_loads_total{host,model}             counter  loads the fleet scheduler started
     scheduler_preloads_total, scheduler_evictions_total, scheduler_failed_loads_total,
-    scheduler_switches_deferred_total                                    counters
+    scheduler_switches_deferred_total, scheduler_loads_yielded_total     counters
+    redis_up, redis_peers                     gauges   with --redis: reachable (1/0), other live replicas
+    redis_failures_total, redis_reconnects_total, redis_claims_total{outcome}  counters
     cache_bytes                               gauge    bytes held by the response cache
     queue_wait_seconds{host,model}            histogram  wait for a host slot
     upstream_connect_seconds{host,model}      histogram  new TCP connections only
@@ -295,8 +297,27 @@ class _CollectorMixin:
                 ("evictions", "Models the scheduler unloaded to make room for another."),
                 ("failed_loads", "Loads that failed or that the host refused."),
                 ("switches_deferred", "Times a cold model's requests waited for a switch the planner "
-                                      "deferred (batching until they pay for an eviction; once per episode).")):
+                                      "deferred (batching until they pay for an eviction; once per episode)."),
+                ("loads_yielded", "Loads this gateway decided but another replica had claimed (joined or left).")):
             yield core.CounterMetricFamily(f"{p}_scheduler_{key}", doc, value=sc.get(key, 0))
+        shared = snap.get("shared")
+        if shared is not None:
+            yield core.GaugeMetricFamily(f"{p}_redis_up", "1 while Redis answers (state shared with the other "
+                                         "replicas), 0 while this gateway decides alone.",
+                                         value=1 if shared["state"] == "up" else 0)
+            yield core.GaugeMetricFamily(f"{p}_redis_peers", "Other live replicas seen at the last sync.",
+                                         value=shared["peers"])
+            yield core.CounterMetricFamily(f"{p}_redis_failures", "Calls to Redis that failed or timed out.",
+                                           value=shared["failures"])
+            yield core.CounterMetricFamily(f"{p}_redis_reconnects", "Times Redis came back after being down.",
+                                           value=shared["reconnects"])
+            claims = core.CounterMetricFamily(
+                f"{p}_redis_claims", "Load claims by outcome: won (this gateway loads), joined (another replica "
+                "loads the model), host_busy (another replica switches the host), unasked (Redis was down).",
+                labels=["outcome"])
+            for outcome, n in sorted(shared["claims"].items()):
+                claims.add_metric([outcome], n)
+            yield claims
         by_model = core.GaugeMetricFamily(f"{p}_model_queue_depth", "Requests waiting in the gateway, by model.",
                                           labels=["model"])
         for model, n in sorted((snap.get("queue_by_model") or {}).items()):

@@ -73,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "vscode-webview://, vscode-file://); OLLAMA_ORIGINS is added too")
     a("--access-log", action=argparse.BooleanOptionalAction, default=None,
       help="one logfmt line per request on the ollamamax.access logger, stderr (default on)")
+    a("--redis", dest="redis_url", metavar="URL",
+      help="redis://, rediss:// or unix:// URL (password or ACL user in it): several gateways share "
+           "the fleet scheduler's state; without it each process decides alone (env OLLAMAMAX_REDIS_URL; "
+           "needs pip install 'ollamamax[redis]')")
+    a("--redis-prefix", metavar="PREFIX", help="prefix of every Redis key, so two fleets can share one "
+                                                "Redis (default ollamamax)")
     a("--auto-pull", action=argparse.BooleanOptionalAction, default=None,
       help="pull a model that no host has to one host, then serve it")
     a("--queue-size", type=int, metavar="N", help="gateway wait-queue capacity (default 1024)")

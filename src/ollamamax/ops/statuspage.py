@@ -117,7 +117,16 @@ def _scheduler(st: dict[str, Any]) -> str:
     ) or '<tr><td colspan="4" class="none">no load decided yet</td></tr>'
     counts = " · ".join(f"{k.replace('_', ' ')} <b>{int(sched.get(k) or 0)}</b>"
                         for k in ("loads", "preloads", "evictions", "failed_loads", "switches_deferred"))
-    return (f'<div class="sub">waiting per model</div><div class="models">{waits}</div>'
+    sh = st.get("shared")
+    shared = ""
+    if isinstance(sh, dict):  # several gateways through Redis
+        claims = sh.get("claims") or {}
+        shared = (f'<div class="sub">replicas · Redis <b>{_e(sh.get("state"))}</b> · '
+                  f'{int(sh.get("peers") or 0)} other replica(s) · loads claimed <b>{int(claims.get("won") or 0)}</b>'
+                  f' · joined <b>{int(claims.get("joined") or 0)}</b>'
+                  + (f' · {_e(sh.get("last_error"))}' if sh.get("state") != "up" and sh.get("last_error") else "")
+                  + "</div>")
+    return (f'{shared}<div class="sub">waiting per model</div><div class="models">{waits}</div>'
             f'<div class="sub">last load decisions · {counts}</div>'
             f'<table><thead><tr><th>At</th><th>Host</th><th>Model</th><th>Why</th></tr></thead>'
             f"<tbody>{rows}</tbody></table>")
@@ -320,7 +329,14 @@ footer a{color:var(--acc)}
     var counts = ["loads", "preloads", "evictions", "failed_loads", "switches_deferred"].map(function (k) {
       return k.replace("_", " ") + " <b>" + (s[k] || 0) + "</b>";
     }).join(" \u00b7 ");
-    return '<div class="sub">waiting per model</div><div class="models">' + waits + "</div>" +
+    var sh = st.shared, shared = "";
+    if (sh) {
+      var c = sh.claims || {};
+      shared = '<div class="sub">replicas \u00b7 Redis <b>' + e(sh.state) + "</b> \u00b7 " + (sh.peers || 0) +
+        " other replica(s) \u00b7 loads claimed <b>" + (c.won || 0) + "</b> \u00b7 joined <b>" + (c.joined || 0) + "</b>" +
+        (sh.state !== "up" && sh.last_error ? " \u00b7 " + e(sh.last_error) : "") + "</div>";
+    }
+    return shared + '<div class="sub">waiting per model</div><div class="models">' + waits + "</div>" +
       '<div class="sub">last load decisions \u00b7 ' + counts + "</div>" +
       "<table><thead><tr><th>At</th><th>Host</th><th>Model</th><th>Why</th></tr></thead><tbody>" + rows +
       "</tbody></table>";

@@ -1,0 +1,378 @@
+"""Several gateways, one fleet: the scheduler's state shared through a real Redis.
+
+Every test runs against a real ``redis-server`` (Debian's package), started on a free
+loopback port with a throwaway directory and stopped by its PID; never a mock.  Outside CI
+the tests skip when ``redis-server`` is missing; in CI (``CI`` set) they fail instead.
+Each test names the realistic bug it catches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from ollamamax.dispatch import Dispatcher, HostConfig
+from ollamamax.dispatch import shared as shared_mod
+from ollamamax.dispatch.shared import SharedState
+from ollamamax.testing import FakeOllama
+
+pytestmark = pytest.mark.timeout(120)
+
+REDIS = shutil.which("redis-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of the test's own: loopback, no persistence, stopped by its PID."""
+
+    def __init__(self, password: str | None = None) -> None:
+        self.port = _free_port()
+        self.password = password
+        self.dir = tempfile.mkdtemp(prefix="ollamamax-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [REDIS or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    if REDIS is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing in CI (.ci/run installs Debian's redis-server)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def fast_ttls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short lifetimes, so expiry is seen in a test's time."""
+    monkeypatch.setattr(shared_mod, "SYNC_INTERVAL", 0.05)
+    monkeypatch.setattr(shared_mod, "STATE_TTL", 0.4)
+    monkeypatch.setattr(shared_mod, "LEASE_TTL", 0.4)
+    monkeypatch.setattr(shared_mod, "LEASE_RENEW", 0.1)
+
+
+@contextlib.asynccontextmanager
+async def replica(url: str, name: str, state: dict[str, Any] | None = None,
+                  prefix: str = "t") -> AsyncIterator[SharedState]:
+    s = SharedState(url, prefix, replica=name, publish=lambda: state or {})
+    s.start()
+    try:
+        for _ in range(100):  # its first sync (bounded)
+            if s.up:
+                break
+            await asyncio.sleep(0.01)
+        yield s
+    finally:
+        await s.close()
+
+
+# -- the protocol --------------------------------------------------------------------------
+async def test_exactly_one_replica_starts_a_load(redis_server: RedisServer) -> None:
+    """Bug caught: two replicas that both see requests waiting for a cold model each load
+    it, on different hosts, evicting two models instead of one (a non-atomic check-then-set
+    lets both through)."""
+    async with replica(redis_server.url, "a") as a, replica(redis_server.url, "b") as b:
+        got = await asyncio.gather(a.claim("phi4", "http://h1", ("gemma3",)), b.claim("phi4", "http://h2", ()))
+        assert sorted(c.ok for c in got) == [False, True]
+        winner, loser = (got[0], got[1]) if got[0].ok else (got[1], got[0])
+        assert loser.conflict == "model"
+        assert loser.holder["host"] == ("http://h1" if got[0].ok else "http://h2")
+        # the host is claimed too: another model may not switch it meanwhile
+        busy = await b.claim("llava", loser.holder["host"], ())
+        assert not busy.ok and busy.conflict == "host" and busy.holder["model"] == "phi4"
+        # released when the load ends: the next load may go
+        owner = a if got[0].ok else b
+        await owner.renew(winner, "phi4", loser.holder["host"], release=True)
+        assert (await b.claim("llava", loser.holder["host"], ())).ok
+
+
+async def test_a_dead_replicas_claims_and_counts_expire(redis_server: RedisServer, fast_ttls: None) -> None:
+    """Bug caught: a replica killed mid-load blocks the model for good (a claim without a
+    TTL), or its queued requests keep counting in the others' decisions."""
+    async with replica(redis_server.url, "alive") as alive:
+        dead = SharedState(redis_server.url, "t", replica="dead",
+                           publish=lambda: {"queued": {"phi4": [6, 2.0]}})
+        dead.start()
+        for _ in range(100):
+            if dead.up:
+                break
+            await asyncio.sleep(0.01)
+        assert (await dead.claim("phi4", "http://h1", ())).ok
+        await alive.sync()
+        assert [p["queued"]["phi4"] for p in alive.peers()] == [[6, 2.0]]
+        assert dead._task is not None
+        dead._task.cancel()  # SIGKILL-like: no release, no goodbye
+        assert not (await alive.claim("phi4", "http://h2", ())).ok
+        await asyncio.sleep(0.6)  # > STATE_TTL and LEASE_TTL (shortened)
+        await alive.sync()
+        assert alive.peers() == []
+        assert (await alive.claim("phi4", "http://h2", ())).ok
+        assert dead._client is not None
+        await dead._client.aclose()
+
+
+async def test_a_renewed_claim_outlives_its_ttl(redis_server: RedisServer, fast_ttls: None) -> None:
+    """Bug caught: a load longer than the lease lets a second replica start the same load
+    (the loader must renew its claim while the load runs)."""
+    async with replica(redis_server.url, "a") as a, replica(redis_server.url, "b") as b:
+        c = await a.claim("phi4", "http://h1", ())
+        holder = asyncio.create_task(a.hold(c, "phi4", "http://h1"))
+        try:
+            await asyncio.sleep(1.0)  # 2.5 lease lifetimes
+            assert not (await b.claim("phi4", "http://h2", ())).ok
+        finally:
+            holder.cancel()
+
+
+async def test_prefixes_keep_two_fleets_apart(redis_server: RedisServer) -> None:
+    """Bug caught: two fleets on one Redis block each other's loads and sum each other's
+    queues (a fixed key namespace)."""
+    async with replica(redis_server.url, "a", {"queued": {"m": [1, 0.0]}}, prefix="fleetA") as a, \
+            replica(redis_server.url, "b", prefix="fleetB") as b:
+        assert (await a.claim("phi4", "http://h1", ())).ok
+        assert (await b.claim("phi4", "http://h1", ())).ok
+        await b.sync()
+        assert b.peers() == []
+
+
+async def test_password_in_the_url_and_redacted_everywhere(tmp_path: Any) -> None:
+    """Bug caught: the password from ``redis://:secret@host`` is not sent (every call
+    fails NOAUTH), or it shows in the status document and the logs."""
+    if REDIS is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(password="s3cret")
+    server.start()
+    try:
+        async with replica(server.url, "a") as a:
+            assert a.up, a.last_error
+            assert "s3cret" not in json.dumps(a.status())
+        async with replica(server.url.replace("s3cret", "wrong"), "b") as b:
+            assert not b.up and b.state == "down"
+            assert "s3cret" not in json.dumps(b.status()) and "wrong" not in json.dumps(b.status())
+            # asked while down: the load goes ahead locally, never an error
+            assert (await b.claim("phi4", "http://h1", ())).ok
+    finally:
+        server.close()
+
+
+async def test_redis_restarted_replicas_fall_back_then_resume(redis_server: RedisServer,
+                                                              fast_ttls: None) -> None:
+    """Bug caught: a Redis restart leaves a replica stuck in the failed state (no
+    reconnection), or its claims raise instead of going ahead locally."""
+    async with replica(redis_server.url, "a") as a, replica(redis_server.url, "b", {"rates": {"m": 1.0}}) as b:
+        await a.sync()
+        assert a.peers() and b.up
+        redis_server.stop()
+        await asyncio.sleep(0.3)
+        assert not await a.sync()
+        assert a.state == "down" and a.peers() == []
+        assert (await a.claim("phi4", "http://h1", ())).ok  # decides alone
+        redis_server.start()
+        for _ in range(200):  # reconnects with backoff (bounded)
+            if a.up and a.peers():
+                break
+            await asyncio.sleep(0.05)
+        assert a.up and a.reconnects >= 1 and a.peers()
+
+
+# -- two gateways in front of one fleet -----------------------------------------------------
+def chat(model: str, content: str = "hi") -> bytes:
+    return json.dumps({"model": model, "stream": False, "messages": [{"role": "user", "content": content}]}).encode()
+
+
+async def ask(d: Dispatcher, model: str, content: str = "hi") -> tuple[int, bytes]:
+    r = await d.handle("POST", "/api/chat", chat(model, content), {})
+    return r.status, await r.read()
+
+
+async def _two_gateways_race(url: str | None) -> tuple[int, list[int], list[str], int]:
+    """Two gateways, two hosts of room 1 (2 slots each): host 0 holds llama3.2, serving a
+    long answer through gateway A; host 1 holds qwen3, idle.  Then each gateway gets a
+    request for cold mistral at once.  Returns the loads the hosts counted, the statuses,
+    what the hosts hold at the end, and the loads the two gateways started."""
+    kw = {"tokens_per_sec": 50, "response_tokens": (80, 80), "load_delay": 0.3, "seed": 1,
+          "max_loaded_models": 1, "num_parallel": 2}
+    models = ["llama3.2", "qwen3:0.6b", "mistral"]
+    async with contextlib.AsyncExitStack() as stack:
+        h0 = await stack.enter_async_context(FakeOllama(models, preload=("llama3.2",), **kw))
+        h1 = await stack.enter_async_context(FakeOllama(models, preload=("qwen3:0.6b",), **kw))
+        cfgs = [HostConfig(h.url, num_parallel=2, max_loaded_models=1) for h in (h0, h1)]
+        extra: dict[str, Any] = {"redis_url": url, "redis_prefix": "race"} if url else {}
+        a = await stack.enter_async_context(Dispatcher(cfgs, refresh_interval=30, **extra))
+        b = await stack.enter_async_context(Dispatcher(cfgs, refresh_interval=30, **extra))
+        base = h0.stats()["totals"]["loads"] + h1.stats()["totals"]["loads"]
+        long = asyncio.create_task(ask(a, "llama3.2", "long"))  # 1.6 s on host 0
+        await asyncio.sleep(0.7)  # B's next sync (every 0.5 s) sees it in flight
+        results = await asyncio.gather(ask(a, "mistral", "m1"), ask(b, "mistral", "m2"), long)
+        loads = h0.stats()["totals"]["loads"] + h1.stats()["totals"]["loads"] - base
+        started = sum(g.scheduler.counters["loads"] for g in (a, b) if g.scheduler is not None)
+        return loads, [s for s, _ in results], [*h0.stats()["loaded"], *h1.stats()["loaded"]], started
+
+
+async def test_two_gateways_load_a_cold_model_once_and_never_evict_the_others_busy_model(
+        redis_server: RedisServer) -> None:
+    """Bug caught: without shared state, gateway B does not see gateway A's request in
+    flight on host 0 and evicts it there, while A loads the same model on host 1: two loads
+    for one model, and a busy model evicted.  With Redis, B weighs A's traffic, and the
+    load is claimed once: B joins A's load instead of starting its own (exactly one
+    gateway starts it, not two that the host happens to merge)."""
+    loads, statuses, held, started = await _two_gateways_race(redis_server.url)
+    assert statuses == [200] * 3
+    assert loads == 1 and started == 1, (held, started)
+    assert "llama3.2:latest" in held and "mistral:latest" in held
+
+
+async def test_without_redis_the_same_race_loads_twice() -> None:
+    """The control for the test above: the same scenario without Redis loads mistral on
+    both hosts (so the test above fails if sharing is broken, not by luck)."""
+    loads, statuses, held, started = await _two_gateways_race(None)
+    assert statuses == [200] * 3
+    assert loads >= 2 and started == 2, (held, started)
+
+
+async def test_gateways_serve_when_redis_is_unreachable() -> None:
+    """Bug caught: Redis treated as a dependency of correctness: a gateway whose Redis is
+    down fails requests, or its start-up fails.  It must serve as a single gateway does,
+    and say so in the status document."""
+    dead = f"redis://127.0.0.1:{_free_port()}/0"
+    async with FakeOllama(["llama3.2"], tokens_per_sec=0, load_delay=0.05) as h, \
+            Dispatcher([h.url], redis_url=dead) as d:
+        results = await asyncio.gather(*(ask(d, "llama3.2", f"q{i}") for i in range(6)))
+        assert [s for s, _ in results] == [200] * 6
+        st = d.status()["shared"]
+        assert st["state"] == "down" and st["last_error"]
+
+
+async def test_a_gateway_plans_with_the_other_replicas_requests(redis_server: RedisServer) -> None:
+    """Bug caught: a replica's planner sees only its own requests: it evicts a model that
+    another replica has requests in flight on, ignores the requests queued elsewhere for a
+    cold model, and starts cold (load costs and room relearned by each replica)."""
+    async with FakeOllama(["llama3.2", "mistral"], preload=("llama3.2",), tokens_per_sec=0,
+                          load_delay=0.05, max_loaded_models=1) as h:
+        peer_state = {"hosts": {h.url: {"models": {"llama3.2:latest": ["loaded", 2]},
+                                        "costs": {"mistral:latest": 7.5}, "room": 1}},
+                      "queued": {"mistral:latest": [3, 1.5]}, "rates": {"llama3.2:latest": 2.0}}
+        async with replica(redis_server.url, "peer", peer_state, prefix="p") as peer, \
+                Dispatcher([h.url], redis_url=redis_server.url, redis_prefix="p", refresh_interval=30) as d:
+            assert d.shared is not None and d.scheduler is not None
+            for _ in range(100):  # the first sync (bounded)
+                if d.shared.peers():
+                    break
+                await asyncio.sleep(0.02)
+            assert d.shared.status()["peers"] == 1
+            view = d.scheduler.view(d.clock())
+            (host,) = view.hosts
+            (llama,) = [r for r in host.residents if r.model == "llama3.2:latest"]
+            assert llama.in_flight == 2  # the peer's requests in flight there
+            assert view.demand["mistral:latest"].queued == 3 and view.demand["mistral:latest"].oldest_wait == 1.5
+            assert view.demand["llama3.2:latest"].rate >= 2.0
+            from ollamamax.placement.planner import plan
+
+            assert all("llama3.2:latest" not in a.evict for a in plan(view))  # busy elsewhere: kept
+            # learned facts: a new replica starts warm
+            assert d.hosts[0].load_cost["mistral:latest"].value == 7.5
+            assert d.residency.room_known[0] and d.residency.room[0] == 1
+            assert peer.up
+
+
+async def test_requests_do_not_touch_redis(redis_server: RedisServer) -> None:
+    """Bug caught: a Redis round trip on every request's path (the issue allows at most
+    one, and none when the local decision is safe): the commands Redis processed while 300
+    requests of a resident model went through must not grow with the requests, only with
+    the syncs (a few per sync, every 0.5 s)."""
+    import redis.asyncio as aioredis
+
+    probe = aioredis.from_url(redis_server.url)
+    try:
+        async with FakeOllama(["llama3.2"], tokens_per_sec=0, load_delay=0.01) as h, \
+                Dispatcher([h.url], redis_url=redis_server.url) as d:
+            assert (await ask(d, "llama3.2"))[0] == 200  # loaded
+            assert d.shared is not None
+            before = (await probe.info("stats"))["total_commands_processed"]
+            syncs = d.shared.syncs
+            for _ in range(10):
+                results = await asyncio.gather(*(ask(d, "llama3.2", f"q{i}") for i in range(30)))
+                assert [s for s, _ in results] == [200] * 30
+            after = (await probe.info("stats"))["total_commands_processed"]
+            synced = d.shared.syncs - syncs
+            # each sync is one EVALSHA (+ its commands inside the script, counted too),
+            # plus this probe's own INFO calls
+            assert after - before <= 8 * (synced + 1) + 2, (after - before, synced)
+    finally:
+        await probe.aclose()
+
+
+def test_redis_settings_from_cli_env_and_toml(tmp_path: Any) -> None:
+    """Bug caught: ``OLLAMAMAX_REDIS_URL`` or ``[redis]`` ignored (each replica silently
+    decides alone), a mistyped URL accepted until the first sync, or the password printed
+    with the configuration."""
+    from ollamamax.ops.config import ConfigError, load_config
+    import argparse
+
+    from ollamamax.ops.serve import add_arguments
+
+    env = {"OLLAMAMAX_BACKENDS": "http://127.0.0.1:1"}
+    c = load_config({}, {**env, "OLLAMAMAX_REDIS_URL": "rediss://u:pw@r:6380/1", "OLLAMAMAX_REDIS_PREFIX": "fa"})
+    assert (c.dispatcher.redis_url, c.dispatcher.redis_prefix) == ("rediss://u:pw@r:6380/1", "fa")
+    assert "pw" not in c.to_json(redact=True) and "u:***@r:6380" in c.to_json(redact=True)
+    toml = tmp_path / "g.toml"
+    toml.write_text('backends = ["http://127.0.0.1:1"]\n[redis]\nurl = "redis://r:6379/0"\nprefix = "fleetB"\n')
+    c = load_config({"config": str(toml)}, {})
+    assert (c.dispatcher.redis_url, c.dispatcher.redis_prefix) == ("redis://r:6379/0", "fleetB")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--backend", "http://127.0.0.1:1", "--redis", "redis://cli:1/0"])
+    assert load_config(vars(args), {"OLLAMAMAX_REDIS_URL": "redis://env:1/0"}).dispatcher.redis_url == "redis://cli:1/0"
+    for bad in ("http://r:6379", "r:6379", ""):
+        with pytest.raises(ConfigError, match="redis"):
+            load_config({"redis_url": bad}, env) if bad else load_config({}, {**env, "OLLAMAMAX_REDIS_URL": " "})
+    assert load_config({}, env).dispatcher.redis_url == ""  # off by default
