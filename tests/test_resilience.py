@@ -386,6 +386,9 @@ async def test_a_big_body_holds_the_event_loop_less_than_json_loads_would() -> N
             done = True
             await p
             stalls.append(worst)
-        # msgspec takes about half of json.loads's time here; the old path (json.loads, then
-        # the whole body copied into the transport in the same step) took 1.5 times as long
-        assert min(stalls) < 0.85 * reference, (stalls, reference)
+        # msgspec alone takes about 0.6 of json.loads's time here, and the longest step
+        # (decode plus handing the body to the transport) 0.8-0.95 of it on 2-core CI
+        # machines (0.85 failed there about one run in three); the old path (json.loads,
+        # then the whole body copied into the transport in the same step) took 1.5 times
+        # as long, so "less than one json.loads" still tells the two apart
+        assert min(stalls) < 1.0 * reference, (stalls, reference)
