@@ -184,7 +184,7 @@ async def test_prefixes_keep_two_fleets_apart(redis_server: RedisServer) -> None
         assert b.peers() == []
 
 
-async def test_password_in_the_url_and_redacted_everywhere(tmp_path: Any) -> None:
+async def test_password_in_the_url_and_redacted_everywhere() -> None:
     """Bug caught: the password from ``redis://:secret@host`` is not sent (every call
     fails NOAUTH), or it shows in the status document and the logs."""
     if REDIS is None:

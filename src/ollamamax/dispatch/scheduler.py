@@ -114,6 +114,7 @@ class FleetScheduler:
         self._joined: dict[tuple[int, str], tuple[Resident, float, float]] = {}
         # host -> (model another replica switches it to, until): a claim seen taken
         self._claimed_host: dict[int, tuple[str, float]] = {}
+        self._remote = _Remote([])  # the other replicas' states, summed once per sync (absorb)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -144,8 +145,8 @@ class FleetScheduler:
         snap = self.store.current
         # in panic (too few hosts healthy) an ejected host that still answers may load too
         panic = adm.panicking() if any(h.down for h in self.hosts) else False
-        peers = self.shared.peers() if self.shared is not None else []
-        remote = _Remote(peers) if peers else None
+        # the other replicas' picture, as of the last sync (none while Redis is down)
+        remote = self._remote if self.shared is not None and self.shared.peers() else None
         hosts = []
         for h in self.hosts:
             i = h.index
@@ -485,7 +486,7 @@ class FleetScheduler:
         theirs = remote.hosts.get(url, {}) if remote is not None else {}
         out = []
         for r in mine:
-            state, flying = theirs.get(r.model, ("", 0))
+            flying = theirs.get(r.model, ("", 0))[1]
             if flying:
                 r = ResidentView(r.model, r.state, r.in_flight + flying, r.slots, 0.0, r.age, r.size)
             out.append(r)
@@ -533,7 +534,7 @@ class FleetScheduler:
         peers = shared.peers() if shared is not None else []
         now = self.clock()
         res = self.residency
-        remote = _Remote(peers)
+        remote = self._remote = _Remote(peers)
         changed = False
         for h in self.hosts:
             i = h.index
@@ -585,7 +586,6 @@ class FleetScheduler:
         }
 
 
-
 class _Remote:
     """The other replicas' published states, summed (see ``dispatch.shared``)."""
 
@@ -600,16 +600,16 @@ class _Remote:
             for url, entry in (p.get("hosts") or {}).items():
                 if not isinstance(entry, dict):
                     continue
-                mine = self.hosts.setdefault(url, {})
+                models = self.hosts.setdefault(url, {})
                 for m, item in (entry.get("models") or {}).items():
                     try:
                         state, flying = str(item[0]), int(item[1])
                     except (TypeError, ValueError, IndexError):
                         continue
-                    old_state, old_flying = mine.get(m, ("", 0))
+                    old_state, old_flying = models.get(m, ("", 0))
                     if old_state in (LOADING, UNLOADING):
                         state = old_state
-                    mine[m] = (state, old_flying + max(0, flying))
+                    models[m] = (state, old_flying + max(0, flying))
             for m, item in (p.get("queued") or {}).items():
                 try:
                     q, w = int(item[0]), float(item[1])
