@@ -389,3 +389,20 @@ def test_a_strategys_first_is_the_head_of_its_order(name: str) -> None:
         if name == "p2c":  # the same random draws for both
             a.rng, b.rng = random.Random(9), random.Random(9)  # type: ignore[attr-defined]
         assert a.first(list(cands), key) is b.order(list(cands), key)[0]
+
+
+def test_a_refresh_older_than_an_unload_does_not_bring_the_model_back() -> None:
+    # bug caught: a /api/ps answer that left the host before the scheduler's unload was
+    # answered listed the evicted model, the residency took it back as loaded, and the
+    # router sent its requests there: the host reloaded it in place of the model just
+    # loaded for a batch (in the simulator, a third of the fleet's loads were these)
+    res = Residency(1, room=[1])
+    r = res.add(0, "a", LOADED, 0.0)
+    res.start_unload(r, 10.0)
+    res.forget(r, 10.5)  # the unload was answered at 10.5
+    res.start_load(0, "b", 10.5, 1.5)
+    res.reconcile(0, ["a"], 10.2, 11.0)  # a refresh begun at 10.2 answers at 11.0, listing a
+    assert res.get(0, "a") is None  # the stale listing did not bring it back
+    assert res.get(0, "b").state == "loading"
+    res.reconcile(0, ["a"], 12.0, 12.5)  # a refresh begun after it left: the host did reload it
+    assert res.get(0, "a") is not None and res.get(0, "a").state == LOADED

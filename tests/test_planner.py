@@ -4,7 +4,8 @@ Each test names the rule it pins and the realistic bug it catches."""
 
 from __future__ import annotations
 
-from ollamamax.placement.planner import Demand, FleetView, HostPlan, Load, PlannerPolicy, ResidentView, plan
+from ollamamax.placement.planner import (Demand, FleetView, HostPlan, Load, PlannerPolicy, ResidentView, next_deadline,
+                                         plan)
 
 MODELS = frozenset({"a", "b", "c", "d"})
 LOAD = 1.5
@@ -61,33 +62,72 @@ def test_never_evict_a_model_with_requests_waiting() -> None:
 
 def test_a_model_just_loaded_stays_for_its_dwell() -> None:
     # bug caught: thrash, evicting a model before its batch and followers are served
+    pol = PlannerPolicy(dwell=1.0)
     young = res("a", age=0.5 * LOAD)
     v = view(host(0, young), demands=[demand("a", 0.1), demand("b", 1.0, queued=3, oldest=30.0)])
-    assert plan(v, POL) == []
+    assert plan(v, pol) == []
     old = res("a", age=2 * LOAD)
     v = view(host(0, old), demands=[demand("a", 0.1), demand("b", 1.0, queued=3, oldest=30.0)])
-    assert only(plan(v, POL)).evict == ("a",)
+    assert only(plan(v, pol)).evict == ("a",)
 
 
-def test_batching_a_cold_model_waits_until_its_pressure_pays_for_the_switch() -> None:
-    # bug caught: switching for the first request of a rarely used model (greedy thrash),
-    # or never switching (starvation)
+DEADLINE = POL.patience * LOAD
+
+
+def test_a_switch_waits_for_the_cold_models_deadline_then_happens() -> None:
+    # bug caught: switching for the first request of a rarely used model (greedy thrash,
+    # and the resident loses its host for nothing while the batch could still grow), or
+    # never switching (the cold request waits out its whole deadline in the gateway)
     hosts = (host(0, res("a")),)
-    fresh = view(*hosts, demands=[demand("a", 1.0), demand("b", 0.2, queued=1, oldest=0.05)])
-    assert plan(fresh, POL) == []  # 1 request, just arrived: worth less than 'a'
-    batch = view(*hosts, demands=[demand("a", 1.0), demand("b", 0.2, queued=20, oldest=0.05)])
-    assert only(plan(batch, POL)).model == "b"  # many waiting: one switch serves them all
-    starving = view(*hosts, demands=[demand("a", 1.0), demand("b", 0.2, queued=1, oldest=3 * LOAD)])
-    assert only(plan(starving, POL)).model == "b"  # the oldest has waited long: it goes
+    early = view(*hosts, demands=[demand("a", 1.0), demand("b", 0.5, queued=2, oldest=DEADLINE - 0.05)])
+    assert plan(early, POL) == []  # the resident serves on; b's requests gather
+    due = view(*hosts, demands=[demand("a", 1.0), demand("b", 0.5, queued=2, oldest=DEADLINE + 0.01)])
+    ld = only(plan(due, POL))
+    assert (ld.model, ld.evict) == ("b", ("a",))
+    assert "due after" in ld.reason
+
+
+def test_a_big_batch_switches_at_once() -> None:
+    # bug caught: a crowd of waiting requests held back until the deadline of its oldest
+    hosts = (host(0, res("a")),)
+    crowd = view(*hosts, demands=[demand("a", 1.0), demand("b", 0.2, queued=40, oldest=0.05)])
+    assert only(plan(crowd, POL)).model == "b"  # worth 0.2 + 40/10 > 3x a's: one switch serves them all
+
+
+def test_a_model_in_steady_use_is_not_evicted_at_anothers_deadline_until_it_starves() -> None:
+    # bug caught: evicting the fleet's busiest model for a rare one's single request; its
+    # next requests come long before a reload finishes, so the switch makes the next one
+    # (and, the other way, a rare model that never gets a host while the busy one stays)
+    hot = 1.5 * POL.protect / LOAD  # requests per second: 1.5x protect requests per load
+    hosts = (host(0, res("a")),)
+    due = view(*hosts, demands=[demand("a", hot), demand("b", 0.5, queued=1, oldest=DEADLINE + 0.1)])
+    assert plan(due, POL) == []
+    # starving: its pressure (0.6 + wait/load) passes hysteresis x a's worth
+    wait = (POL.hysteresis * hot - 0.6) * LOAD + 0.1
+    starving = view(*hosts, demands=[demand("a", hot), demand("b", 0.5, queued=1, oldest=wait)])
+    assert only(plan(starving, POL)).evict == ("a",)
 
 
 def test_hysteresis_keeps_similar_models_from_swapping() -> None:
-    # bug caught: evicting a resident for a model that is only slightly more popular
+    # bug caught: evicting a resident at once for a model that is only somewhat more popular
     hosts = (host(0, res("a")),)
-    v = view(*hosts, demands=[demand("a", 1.0), demand("b", 1.2, queued=1, oldest=0.1)])
+    v = view(*hosts, demands=[demand("a", 1.0), demand("b", 2.5, queued=1, oldest=0.1)])
     assert plan(v, POL) == []
-    v = view(*hosts, demands=[demand("a", 1.0), demand("b", 2.0, queued=1, oldest=0.1)])
+    v = view(*hosts, demands=[demand("a", 1.0), demand("b", 3.5, queued=1, oldest=0.1)])
     assert only(plan(v, POL)).model == "b"
+
+
+def test_next_deadline_is_when_the_oldest_cold_request_falls_due() -> None:
+    # bug caught: the gateway plans only on its tick, so every deferred switch starts up to
+    # a tick late, and that lateness lands on the slowest requests
+    hosts = (host(0, res("a")), host(1, res("c")))
+    v = view(*hosts, demands=[demand("a", 1.0), demand("b", 0.5, queued=1, oldest=0.2),
+                              demand("d", 0.5, queued=3, oldest=0.5)])
+    assert abs(next_deadline(v, POL) - (DEADLINE - 0.5)) < 1e-9
+    served = view(*hosts, demands=[demand("a", 1.0, queued=2, oldest=5.0)])  # a copy takes them
+    assert next_deadline(served, POL) is None
+    past = view(*hosts, demands=[demand("b", 0.5, queued=1, oldest=DEADLINE + 1)])  # already due
+    assert next_deadline(past, POL) is None
 
 
 def test_the_cheapest_victim_is_evicted() -> None:

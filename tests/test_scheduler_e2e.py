@@ -170,3 +170,24 @@ async def test_a_continued_chat_goes_back_to_the_host_that_served_its_history() 
             c += [{"role": "assistant", "content": reply}, {"role": "user", "content": "and then?"}]
             again, _ = await turn(c)  # one at a time: both copies free
             assert again == host, (c[0]["content"], host, again)
+
+
+async def test_a_deferred_switch_happens_at_its_deadline_not_at_the_next_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug caught: a switch deferred until the cold model's deadline (so its batch gathers)
+    decided only on the planner's next tick, or on the next request that happens by: the
+    lone request of a rare model sat in the gateway long past its deadline."""
+    from ollamamax.dispatch import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "TICK", 3600.0)  # no periodic pass during the test
+    async with hosts(1, max_loaded_models=1) as fleet, Dispatcher(
+            [HostConfig(fleet[0].url, num_parallel=1, max_loaded_models=1)], refresh_interval=0.5) as d:
+        assert (await ask(d, "llama3.2"))[0] == 200  # loads llama3.2: a load's time is learned (0.2 s)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        status, headers, body = await asyncio.wait_for(ask(d, "mistral"), 30)
+        waited = loop.time() - t0
+        assert status == 200, body
+        assert headers.get(HEADER_COLD) == "1"
+        # its deadline is 0.85 loads; then one load: well under the 3600 s tick
+        assert waited < 10, waited
+        assert loads(fleet) == 2

@@ -3,7 +3,8 @@
     PYTHONPATH=src python tools/sim_figures.py
 
 Prints: the loads-vs-p99 frontier on the fleet-scheduler issue's trace (the scheduler at
-several hysteresis values, the clairvoyant planner at several margins, consistent hash,
+several deadlines, ``patience``, and with its protection of models in steady use off or
+wider, the clairvoyant planner at several margins, consistent hash,
 round-robin, the no-load-cost floor); the room-for-every-model fleet (8 hosts x 16 models,
 2 resident each) after warm-up; the prompt-cache fleet.  Deterministic: the same figures on
 any machine.  Loopback-free (no sockets at all).
@@ -14,9 +15,10 @@ from ollamamax.testing.workload import parse_scenario, Scenario
 from ollamamax.placement.planner import PlannerPolicy
 s=Scenario(seed=0)
 print("frontier (default scenario, seed 0, configured hosts): policy -> loads, p50, p99")
-for h in (0.5,1.0,1.5,2.5,4.0,8.0):
-    x=simulate(s,"ollamamax",policy=PlannerPolicy(hysteresis=h),configure_hosts=True).summary()
-    print(f"  ollamamax hysteresis={h}: loads {x['loads']} p50 {x['ttft_p50']:.3f} p99 {x['ttft_p99']:.2f}",flush=True)
+for kw in ({"patience":0.4},{"patience":0.6},{},{"patience":1.2},{"patience":2.0},{"patience":4.0},
+           {"protect":1e9},{"protect":2.9}):
+    x=simulate(s,"ollamamax",policy=PlannerPolicy(**kw),configure_hosts=True).summary()
+    print(f"  ollamamax {kw or 'default'}: loads {x['loads']} p50 {x['ttft_p50']:.3f} p99 {x['ttft_p99']:.2f}",flush=True)
 x=simulate(s,"ollamamax").summary(); print(f"  ollamamax default, learning: loads {x['loads']} p50 {x['ttft_p50']:.3f} p99 {x['ttft_p99']:.2f} errors {x['errors']}")
 for m in (0.0,2.0,5.0,10.0,20.0):
     x=simulate(s,"clairvoyant",margin=m,configure_hosts=True).summary()

@@ -475,10 +475,11 @@ class Broadcaster:
                 return no_healthy()
             targets = d.holders(model) or cands
         results = await asyncio.gather(*(self.simple(h, method, path, body, headers) for h in targets))
+        now = d.clock()
         for h in targets:
             r = self.residency.get(h.index, model)
             if r is not None:
-                self.residency.forget(r)
+                self.residency.forget(r, now)  # a refresh already on its way may still list it
             d.refresher.refresh_soon(h)
         return self.combine(route, targets, results, name, ignore=lambda f: f.status == 404)
 

@@ -458,7 +458,7 @@ class Forwarder:
                 return self.busy(req.route, queue_s=queue_s, attempts=attempts,
                                  cache="miss" if req.cache_header else None)
             if kind == MISSING:
-                self.residency.forget(r)  # the host no longer has the model
+                self.residency.forget(r, self.clock())  # the host no longer has the model
             if kind == UNATTRIBUTED:
                 if suspect is not None and suspect.host is not h and suspect.same_answer(result):
                     # two hosts gave the same answer: it is the request's, not theirs

@@ -44,7 +44,7 @@ from ..fleet.learning import Demand as Rates
 from ..fleet.learning import DEFAULT_LOAD_COST, Ewma
 from ..fleet.residency import FOUND, LOADED, LOADING, UNLOADING, Residency, Resident
 from ..fleet.snapshot import HostView, SnapshotStore
-from ..placement.planner import Demand, FleetView, HostPlan, Load, PlannerPolicy, ResidentView, plan
+from ..placement.planner import Demand, FleetView, HostPlan, Load, PlannerPolicy, ResidentView, next_deadline, plan
 from ..upstream.client import UPSTREAM_ERRORS, Upstream, describe_error, timeout
 from ..upstream.http1 import ConnectFailed, LocalResourceError
 from ..wire.names import normalize_model
@@ -102,6 +102,7 @@ class FleetScheduler:
         self._deferred: set[str] = set()  # cold models whose switch is deferred (batching) now
         self.loads_by: Counter[tuple[str, str]] = Counter()  # (host, model) -> loads started
         self._pending = False
+        self._wake: asyncio.TimerHandle | None = None  # a pass at the next cold model's deadline
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tick: asyncio.Task[None] | None = None
         self._embed_only: set[str] = set()  # models whose load is an empty embed
@@ -121,6 +122,8 @@ class FleetScheduler:
         self._tick = asyncio.get_running_loop().create_task(self._ticker(), name="ollamamax-scheduler")
 
     async def close(self) -> None:
+        if self._wake is not None:
+            self._wake.cancel()
         tasks = [t for t in (self._tick, *self._tasks) if t is not None]
         for t in tasks:
             t.cancel()
@@ -219,6 +222,22 @@ class FleetScheduler:
         self._count_deferred(view, {a.model for a in loads})
         if self._failed:
             self._fail_fast(view, now)
+        self._wake_at_deadline(view)
+
+    def _wake_at_deadline(self, view: FleetView) -> None:
+        """A deferred switch is due at its model's deadline: plan again exactly then (the
+        tick alone would decide up to ``TICK`` late, and that lateness is the tail's)."""
+        due = next_deadline(view, self.policy)
+        if due is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        at = now + due + 1e-3
+        if self._wake is not None:
+            if not self._wake.cancelled() and now < self._wake.when() <= at:
+                return  # an earlier pass is already set
+            self._wake.cancel()
+        self._wake = loop.call_at(at, self.nudge)
 
     def _count_deferred(self, view: FleetView, loading: set[str]) -> None:
         """Count each episode of a cold model with waiting requests and no load decided
@@ -295,7 +314,7 @@ class FleetScheduler:
         except UPSTREAM_ERRORS as exc:
             log.debug("unload of %s on %s failed: %s", r.model, h.name, exc)
         if r.state != LOADED:  # a request made it loaded again meanwhile? then keep it
-            self.residency.forget(r)
+            self.residency.forget(r, self.clock())
 
     async def _load(self, h: HostState, r: Resident, victims: list[Resident], explore: bool = False) -> None:
         shared = self.shared

@@ -101,6 +101,9 @@ class Residency:
         # exploring whether it holds one more)
         self.room_known = list(self.room_fixed)
         self.slots_cfg = list(slots) if slots is not None else [None] * n_hosts
+        # per host: model -> when the gateway last saw it leave (an unload it sent was
+        # answered): a refresh that began before then is stale about that model
+        self.left: list[dict[str, float]] = [{} for _ in range(n_hosts)]
 
     # -- reading --------------------------------------------------------------------------
     def holders(self, model: str) -> Iterable[Resident]:
@@ -140,7 +143,11 @@ class Residency:
         r.state = UNLOADING
         r.since = now
 
-    def forget(self, r: Resident) -> None:
+    def forget(self, r: Resident, now: float | None = None) -> None:
+        """``r`` is gone; ``now``: when the gateway saw it go (an unload answered), so a
+        refresh that began earlier and still lists it does not bring it back."""
+        if now is not None:
+            self.left[r.host][r.model] = now
         if self.by_host[r.host].get(r.model) is r:
             del self.by_host[r.host][r.model]
         by = self.by_model.get(r.model)
@@ -174,8 +181,9 @@ class Residency:
             if r.since < refreshed_at and r.in_flight == 0 and r.state != LOADING:
                 self.forget(r)
                 gone.append(r.model)
+        left = self.left[host]
         for m in seen:
-            if m not in self.by_host[host]:
+            if m not in self.by_host[host] and left.get(m, FOUND) < refreshed_at:
                 # found loaded (at start, or loaded by someone else): not a fresh load of
                 # the scheduler's, so the planner's dwell does not shield it
                 self.add(host, m, LOADED, now).since = FOUND

@@ -16,12 +16,20 @@ seconds a load takes on that host), so one policy fits fast and slow fleets.  Th
 * **A cold model with waiting requests** (no copy loaded or loading, or none that its
   waiting requests can use: they failed there, or its host is down) is loaded on the host
   where that costs least: free room first (no cost), else the cheapest eviction.  An
-  eviction happens only when the waiting model's **pressure** exceeds ``hysteresis`` times
-  what it evicts; pressure is its worth times ``1 + oldest wait / (patience x load)``.
-  So a switch waits for more requests of its kind (one load then serves them all) while
-  it would cost more than it brings, but never forever: the longer the oldest request
-  waits, the more it may evict.  Hysteresis keeps two models of similar demand from
-  swapping back and forth.
+  eviction is **just in time**: it waits for the model's **deadline**, when its oldest
+  request has waited ``patience`` loads, unless the model's **pressure** (its worth plus
+  one request/s per load its oldest request has waited) exceeds ``hysteresis`` times what
+  it evicts (then at once).  Until the deadline the resident serves on and the cold
+  model's requests gather, so one load serves them all and the switch takes the host from
+  its resident as late as it can; at the deadline the cheapest idle resident goes
+  (Belady's rule, online: the least requested is the one needed again last).  So a cold
+  request waits about ``patience + 1`` loads while some host can be freed, and the fleet
+  switches no more often than that budget forces it to.
+* **Protect a model in steady use**: one expecting ``protect`` requests or more per load
+  (its next request comes long before a reload could finish, so evicting it only makes
+  the next switch) is not evicted at another model's deadline, only once that model's
+  pressure exceeds ``hysteresis`` times its worth (so nothing waits forever).
+  Hysteresis and protection keep models of similar demand from swapping back and forth.
 * **Replicate** a model whose waiting requests would wait longer on its loaded copies than
   ``scale_out`` loads and whose demand keeps its slots busy more than ``utilization`` of
   the time, when its worth pays for what it evicts.
@@ -30,7 +38,8 @@ seconds a load takes on that host), so one policy fits fast and slow fleets.  Th
   its resident.  Free room left after that takes a copy more of the models whose slots are
   busiest (more than ``fill_load`` of the time): it costs no eviction, and an idle extra
   copy is the first to go when room is needed.
-* One load at a time per host; no decision on a host that is down.
+* One load at a time per host; no decision on a host that is down.  :func:`next_deadline`
+  tells the caller when the next deferred switch falls due, to plan again right then.
 * **Exploring room**: on a host whose room is not known (neither configured nor seen as a
   limit), a switch is sent without unloading first (``Load.explore``): if the host keeps
   both models, it has room for one more (the scheduler learns it from ``/api/ps``).
@@ -44,7 +53,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Demand", "FleetView", "HostPlan", "Load", "PlannerPolicy", "ResidentView", "plan"]
+__all__ = ["Demand", "FleetView", "HostPlan", "Load", "PlannerPolicy", "ResidentView", "next_deadline", "plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +133,10 @@ class Load:
 
 @dataclass(frozen=True, slots=True)
 class PlannerPolicy:
-    hysteresis: float = 1.5  # a switch must bring this much more than it evicts
-    urgency: float = 1.0  # pressure (requests/s) the oldest request adds per load it has waited
-    dwell: float = 1.0  # a model just loaded stays at least this many loads
+    hysteresis: float = 3.0  # a switch before the deadline must bring this much more than it evicts
+    patience: float = 0.85  # loads a cold model's oldest request waits before its deadline
+    protect: float = 4.0  # a model expecting this many requests per load is not evicted at a deadline
+    dwell: float = 0.0  # a model just loaded stays at least this many loads
     horizon: float = 10.0  # waiting requests count as demand spread over this many seconds
     other_copy: float = 0.0  # worth of a copy when the others carry the model's demand
     utilization: float = 0.7  # ... that is, keep its slots busy at most this share of the time
@@ -255,10 +265,16 @@ def plan(view: FleetView, policy: PlannerPolicy = PlannerPolicy()) -> list[Load]
                 continue
             out.append(f.take(m, cand, f"{d.queued} waiting ~{wait:.1f} s for {cap} slot(s) > a {cand.load:.1f} s load"))
             continue
-        pressure = base + policy.urgency * d.oldest_wait / max(cand.load, 1e-9)
+        why = "no copy loaded"
+        # its pressure: what it is worth, plus one request/s for each load its oldest has waited
+        pressure = base + d.oldest_wait / max(cand.load, 1e-9)
         if cand.evict and pressure <= policy.hysteresis * cand.cost:
-            continue  # batch: more of its requests gather while it is worth less than the switch
-        out.append(f.take(m, cand, f"{d.queued} waiting (oldest {d.oldest_wait:.1f} s), no copy loaded"))
+            if d.oldest_wait < policy.patience * cand.load:
+                continue  # batch: its requests gather, the resident serves on, until the deadline
+            if cand.cost * cand.load >= policy.protect:
+                continue  # what it would evict is in steady use: wait for another host
+            why = f"due after {policy.patience * cand.load:.1f} s"
+        out.append(f.take(m, cand, f"{d.queued} waiting (oldest {d.oldest_wait:.1f} s), {why}"))
     if not policy.preload:
         return out
     # ahead of need: the most requested models nobody holds, on free room or idle hosts
@@ -288,3 +304,21 @@ def plan(view: FleetView, policy: PlannerPolicy = PlannerPolicy()) -> list[Load]
             continue
         out.append(f.take(m, cand, f"free room: {load:.2f} of each of its slots busy", preload=True))
     return out
+
+
+def next_deadline(view: FleetView, policy: PlannerPolicy = PlannerPolicy()) -> float | None:
+    """Seconds from ``view.now`` until the next waiting cold model reaches its deadline
+    (``patience`` loads on the host that loads it fastest), so the caller can plan again
+    at that moment rather than at its next tick; None when no such deadline lies ahead."""
+    held = {r.model for h in view.hosts if h.up for r in h.held()}
+    best: float | None = None
+    for d in view.demand.values():
+        if not d.queued or (d.model in held and not d.stranded):
+            continue
+        loads = [h.cost_of(d.model) for h in view.hosts if h.up and d.model in h.present]
+        if not loads:
+            continue
+        due = policy.patience * min(loads) - d.oldest_wait
+        if due > 0 and (best is None or due < best):
+            best = due
+    return best
