@@ -406,3 +406,20 @@ def test_a_refresh_older_than_an_unload_does_not_bring_the_model_back() -> None:
     assert res.get(0, "b").state == "loading"
     res.reconcile(0, ["a"], 12.0, 12.5)  # a refresh begun after it left: the host did reload it
     assert res.get(0, "a") is not None and res.get(0, "a").state == LOADED
+
+
+def test_learned_slots_outlive_a_copy_and_seed_a_new_model_on_the_host() -> None:
+    # bug caught: every reload of a model started again from one slot and re-probed its
+    # way up, so a switching host served its batches at half its parallelism
+    res = Residency(2)
+    r = res.add(0, "a", LOADED, 0.0)
+    r.probe_result(True, 1.0)  # learned: 2 slots
+    res.start_unload(r, 5.0)
+    res.forget(r, 5.5)
+    assert res.start_load(0, "a", 9.0, 1.5).slots == 2  # the same model again: as learned
+    assert res.add(0, "b", LOADED, 9.0).slots == 2  # a model new to the host: its parallelism
+    assert res.add(1, "a", LOADED, 9.0).slots == 1  # another host: nothing learned there
+    fixed = Residency(1, slots=[3])
+    g = fixed.add(0, "a", LOADED, 0.0)
+    fixed.forget(g, 1.0)
+    assert fixed.add(0, "a", LOADED, 2.0).slots == 3 and fixed.learned == [{}]  # configured: never learned

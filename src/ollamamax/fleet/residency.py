@@ -11,7 +11,9 @@ something else evicted it); a model it lists that the gateway did not know of is
 
 Each resident also carries what routing needs per (host, model): requests in flight and
 **slots** (Ollama's ``OLLAMA_NUM_PARALLEL`` for that model on that host: configured, or
-learned by probing one above the current value, see :meth:`Resident.probe_result`), and
+learned by probing one above the current value, see :meth:`Resident.probe_result`; what
+was learned outlives the copy: a copy loaded again starts from it, a model new to the host
+from the host's learned parallelism), and
 each host its **room** (how many models it can hold at once: configured, or learned from
 what ``/api/ps`` shows resident together).  Everything is indexed by model, so what a
 request reads is proportional to the hosts that hold its model, not to the fleet.
@@ -104,6 +106,9 @@ class Residency:
         # per host: model -> when the gateway last saw it leave (an unload it sent was
         # answered): a refresh that began before then is stale about that model
         self.left: list[dict[str, float]] = [{} for _ in range(n_hosts)]
+        # per host: model -> (slots, probe_after) learned of a copy that has since gone, so
+        # a copy loaded again starts from what was learned, not from one slot
+        self.learned: list[dict[str, tuple[int, float]]] = [{} for _ in range(n_hosts)]
 
     # -- reading --------------------------------------------------------------------------
     def holders(self, model: str) -> Iterable[Resident]:
@@ -121,6 +126,12 @@ class Residency:
         old = self.by_host[host].get(model)
         if old is not None:  # a model that comes back keeps what was learned of it
             r.slots, r.slots_fixed, r.probe_after = old.slots, old.slots_fixed, old.probe_after
+        elif cfg is None:
+            known = self.learned[host]
+            if model in known:  # ... even after it left the host
+                r.slots, r.probe_after = known[model]
+            elif known:  # a model new to the host: Ollama's parallelism is the server's setting
+                r.slots = min(n for n, _ in known.values())
         self.by_host[host][model] = r
         self.by_model.setdefault(model, {})[host] = r
         return r
@@ -148,6 +159,8 @@ class Residency:
         refresh that began earlier and still lists it does not bring it back."""
         if now is not None:
             self.left[r.host][r.model] = now
+        if not r.slots_fixed:
+            self.learned[r.host][r.model] = (r.slots, r.probe_after)
         if self.by_host[r.host].get(r.model) is r:
             del self.by_host[r.host][r.model]
         by = self.by_model.get(r.model)
