@@ -11,14 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -28,68 +21,9 @@ from ollamamax.dispatch import shared as shared_mod
 from ollamamax.dispatch.shared import SharedState
 from ollamamax.testing import FakeOllama
 
+from conftest import REDIS, RedisServer, _free_port
+
 pytestmark = pytest.mark.timeout(120)
-
-REDIS = shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A redis-server of the test's own: loopback, no persistence, stopped by its PID."""
-
-    def __init__(self, password: str | None = None) -> None:
-        self.port = _free_port()
-        self.password = password
-        self.dir = tempfile.mkdtemp(prefix="ollamamax-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [REDIS or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"]
-        if self.password:
-            args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    if REDIS is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing in CI (.ci/run installs Debian's redis-server)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
 
 @pytest.fixture
 def fast_ttls(monkeypatch: pytest.MonkeyPatch) -> None:

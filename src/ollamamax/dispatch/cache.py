@@ -33,6 +33,12 @@ another key's hits).  The canonical body is the parsed request re-encoded with s
 keys, minus ``keep_alive`` (which changes residency, not the answer); the model string
 as sent stays in it, because the answer echoes it.
 
+Second level.  With Redis (``--redis``), answers are also kept there, shared by every
+gateway of the fleet (``dispatch.sharedcache``): a local miss asks Redis once, a local put
+is copied there, and an invalidation reaches the other gateways (see that module).  The
+shared key is this key's first part (digest, tenant and body: everything but the local
+generation), so two gateways build the same one.
+
 This module decides keys and keeps entries; it never talks to a host and never reads
 the snapshot itself (the dispatcher passes the digest in).
 """
@@ -58,6 +64,7 @@ HEADER_OVERHEAD = 64  # per header: two str objects and a dict slot
 CHUNK_OVERHEAD = 40  # per stream chunk: a bytes object and its tuple slot
 _MAX_GENERATIONS = 4096  # models with a generation number; beyond, every entry is dropped
 _TAIL = 4096  # how much of a stream's end is checked for its final object
+SHARED_KEY_BYTES = 16  # a key's digest part: the same in every gateway (see key_for)
 
 CacheKey = tuple[str, str, bytes]
 
@@ -159,6 +166,8 @@ class ResponseCache:
         self._epoch = 0  # bumped when the generation table is reset
         self._generation: dict[str, int] = {}  # model -> times it changed (absent: 0)
         self._keys: dict[CacheKey, None] = {}  # keys put, some since evicted (pruned as it grows)
+        self.ttl = ttl
+        self.shared: Any = None  # the second level in Redis (dispatch.sharedcache), if any
 
     def cacheable_route(self, route: Route) -> bool:
         """Routes that carry the X-Ollamamax-Cache header (whether or not cached)."""
@@ -188,17 +197,29 @@ class ResponseCache:
             canon = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
         except (TypeError, ValueError):  # pragma: no cover - came from json.loads
             return None
-        scope = [digest, self._epoch, self._generation.get(model, 0), tenant if self.scope == "tenant" else None]
-        h = hashlib.blake2b(digest_size=16)
+        scope = [digest, tenant if self.scope == "tenant" else None]
+        h = hashlib.blake2b(digest_size=SHARED_KEY_BYTES)
         h.update(json.dumps(scope, separators=(",", ":")).encode())
         h.update(b"\n")
         h.update(canon)
-        return (route.path, model, h.digest())
+        # the first SHARED_KEY_BYTES name the answer everywhere; the rest is this process's
+        # generation of the model (bumped by invalidate_model)
+        return (route.path, model, h.digest() + b"%d.%d" % (self._epoch, self._generation.get(model, 0)))
 
     def invalidate_model(self, model: str) -> None:
         """Forget every answer of ``model`` (normalised name): it was pulled, created,
         copied over or deleted, so what its name means may have changed.  Its keys change
-        at once (a new generation); its entries are dropped to free their bytes."""
+        at once (a new generation); its entries are dropped to free their bytes; with a
+        second level, the other gateways forget them too."""
+        if not self.enabled:
+            return
+        self.forget_model(model)
+        if self.shared is not None:
+            self.shared.invalidate(model)
+
+    def forget_model(self, model: str) -> None:
+        """This process's part of :meth:`invalidate_model`: a new generation, and the
+        model's entries dropped."""
         if not self.enabled:
             return
         gen = self._generation
@@ -208,6 +229,20 @@ class ResponseCache:
             self._keys.clear()
             self._lfu.clear()
         gen[model] = gen.get(model, 0) + 1
+        self._drop(model)
+
+    def adopt_generation(self, model: str, gen: int) -> None:
+        """The fleet's generation of ``model`` (read from the second level): when it is not
+        this process's, the model changed elsewhere: drop its entries and take it."""
+        if not self.enabled or self._generation.get(model, 0) == gen:
+            return
+        self._generation[model] = gen
+        self._drop(model)
+
+    def generations(self) -> dict[str, int]:
+        return dict(self._generation)
+
+    def _drop(self, model: str) -> None:
         lfu = self._lfu
         gone = [k for k in self._keys if k[1] == model]
         for k in gone:
@@ -233,6 +268,13 @@ class ResponseCache:
             return
         if value.payload_bytes() > self.max_entry_bytes:
             return
+        self.keep(key, value)
+        if self.shared is not None:
+            self.shared.put(key, value)
+
+    def keep(self, key: CacheKey, value: CachedResponse) -> None:
+        """Store an answer already judged complete (:meth:`put`'s checks passed here or in
+        the gateway that put it in the second level)."""
         self._lfu.set(key, value, weight=entry_weight(key, value))
         keys = self._keys
         keys[key] = None

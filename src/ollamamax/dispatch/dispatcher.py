@@ -69,6 +69,7 @@ from .merged import Merger
 from .refresh import Refresher
 from .scheduler import FleetScheduler
 from .shared import SharedState
+from .sharedcache import SharedCache
 from .status import status_document
 
 __all__ = ["Dispatcher"]
@@ -176,6 +177,7 @@ class Dispatcher(EmbeddedClient):
         self.admission: Admission | None = None
         self.scheduler: FleetScheduler | None = None
         self.shared: SharedState | None = None  # with Redis: the other gateways' state
+        self._shared_cache: SharedCache | None = None  # ... and the cache's second level
         self._forwarder: Forwarder | None = None
         self._broadcaster: Broadcaster | None = None
         self._merger: Merger | None = None
@@ -235,6 +237,8 @@ class Dispatcher(EmbeddedClient):
             self.shared = SharedState(cfg.redis_url, cfg.redis_prefix, publish=scheduler.shared_state,
                                       on_peers=scheduler.absorb)
             scheduler.shared = self.shared
+            if self.cache.enabled:  # the response cache's second level (dispatch.sharedcache)
+                self._shared_cache = SharedCache(self.shared, self.cache)
             self.shared.start()
         self._outliers = asyncio.create_task(self._detect_outliers(), name="ollamamax-outliers")
 
@@ -267,6 +271,8 @@ class Dispatcher(EmbeddedClient):
             self._outliers.cancel()
         if self.scheduler is not None:
             await self.scheduler.close()
+        if self._shared_cache is not None:
+            await self._shared_cache.close()
         if self.shared is not None:
             await self.shared.close()
         if self.refresher is not None:
@@ -402,6 +408,10 @@ class Dispatcher(EmbeddedClient):
             req.cache_key = key = cache.key_for(route, model, obj, tenant=tenant, digest=snap.digests.get(model, ""))
             if key is not None:
                 hit = cache.get(key)
+                if hit is None and self._shared_cache is not None:  # another gateway's answer?
+                    hit = await self._shared_cache.get(key)
+                    if hit is not None:
+                        cache.keep(key, hit)
                 if hit is not None:
                     return replies.replay(hit)
         directory = self.directory

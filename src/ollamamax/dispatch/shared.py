@@ -56,7 +56,8 @@ LEASE_RENEW = 3.0  # ... which it does this often while the load runs
 CALL_TIMEOUT = 0.5  # no call to Redis may hold anything up longer than this
 BACKOFF_MAX = 10.0  # seconds between reconnection attempts, at most
 
-# KEYS[1] = live set, KEYS[2] = own state key; ARGV = id, ttl ms, state, state key prefix
+# KEYS[1] = live set, KEYS[2] = own state key, KEYS[3] = the response cache's generations;
+# ARGV = id, ttl ms, state, state key prefix -> {the others' states, generations (flat)}
 _SYNC = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -72,7 +73,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     if v then out[#out + 1] = v end
   end
 end
-return out
+return {out, redis.call('HGETALL', KEYS[3])}
 """
 
 # KEYS[1] = model claim, KEYS[2] = host claim; ARGV = value, ttl ms
@@ -98,6 +99,10 @@ for _, k in ipairs(KEYS) do
 end
 return n
 """
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def redacted_url(url: str) -> str:
@@ -152,6 +157,11 @@ class SharedState:
         self._sync_script: Any = None
         self._claim_script: Any = None
         self._renew_script: Any = None
+        self.call_timeout = CALL_TIMEOUT
+        # the response cache's second level (dispatch.sharedcache) hears each sync's
+        # generations of cached models here
+        self.on_generations: Callable[[dict[str, int]], None] | None = None
+        self.cache: Any = None  # that second level (its figures go into status())
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -206,9 +216,10 @@ class SharedState:
         try:
             blob = json.dumps(self.publish(), separators=(",", ":"))
             async with timeout(CALL_TIMEOUT):
-                raw = await self._sync_script(
-                    keys=[self._key("replicas"), self._key("state", self.replica)],
+                raw, flat = await self._sync_script(
+                    keys=[self._key("replicas"), self._key("state", self.replica), self._key("cachegen")],
                     args=[self.replica, int(STATE_TTL * 1000), blob, self._key("state", "")])
+            gens = {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
             peers = []
             for item in raw:
                 try:
@@ -232,6 +243,8 @@ class SharedState:
             self.state = "up"
             self.last_error = ""
         self.on_peers()
+        if self.on_generations is not None:
+            self.on_generations(gens)
         return True
 
     def _failed(self, exc: BaseException) -> None:
@@ -303,4 +316,5 @@ class SharedState:
             "failures": self.failures,
             "reconnects": self.reconnects,
             "claims": dict(self.claims),
+            "cache": self.cache.stats() if self.cache is not None else None,
         }

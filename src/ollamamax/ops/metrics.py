@@ -25,6 +25,7 @@ time (``Dispatcher.metrics_snapshot()``); nothing is counted twice.  Exported fa
     scheduler_switches_deferred_total, scheduler_loads_yielded_total     counters
     redis_up, redis_peers                     gauges   with --redis: reachable (1/0), other live replicas
     redis_failures_total, redis_reconnects_total, redis_claims_total{outcome}  counters
+    redis_cache_total{outcome}                counter  the response cache's second level
     cache_bytes                               gauge    bytes held by the response cache
     queue_wait_seconds{host,model}            histogram  wait for a host slot
     upstream_connect_seconds{host,model}      histogram  new TCP connections only
@@ -318,6 +319,13 @@ class _CollectorMixin:
             for outcome, n in sorted(shared["claims"].items()):
                 claims.add_metric([outcome], n)
             yield claims
+            if shared.get("cache") is not None:
+                l2 = core.CounterMetricFamily(
+                    f"{p}_redis_cache", "The response cache's second level in Redis, by outcome: hits and misses "
+                    "of local misses, puts stored, dropped (Redis down or too many in flight).", labels=["outcome"])
+                for outcome, n in sorted(shared["cache"].items()):
+                    l2.add_metric([outcome], n)
+                yield l2
         by_model = core.GaugeMetricFamily(f"{p}_model_queue_depth", "Requests waiting in the gateway, by model.",
                                           labels=["model"])
         for model, n in sorted((snap.get("queue_by_model") or {}).items()):
