@@ -310,3 +310,85 @@ def test_redis_settings_from_cli_env_and_toml(tmp_path: Any) -> None:
         with pytest.raises(ConfigError, match="redis"):
             load_config({"redis_url": bad}, env) if bad else load_config({}, {**env, "OLLAMAMAX_REDIS_URL": " "})
     assert load_config({}, env).dispatcher.redis_url == ""  # off by default
+
+
+async def test_a_claim_is_heard_by_the_other_replicas_at_once(redis_server: RedisServer,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug caught: the other replicas learn of a switch only at their next sync (0.5 s
+    later); meanwhile they send the evicted model's requests to that host, which loads it
+    again over the model just loaded (measured: 79 host-side evictions in the 60 s fleet
+    trace with two replicas).  Here no sync happens during the test at all."""
+    monkeypatch.setattr(shared_mod, "SYNC_INTERVAL", 30.0)
+    heard: list[dict[str, Any]] = []
+    import redis.asyncio as aioredis
+
+    probe = aioredis.from_url(redis_server.url)
+    async with replica(redis_server.url, "a") as a, replica(redis_server.url, "b") as b:
+        b.on_event = heard.append
+        for _ in range(200):  # b's subscription is up (bounded)
+            subs = dict(await probe.pubsub_numsub("t:events"))
+            if subs.get(b"t:events", 0) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        await probe.aclose()
+        claim = await a.claim("phi4:latest", "http://gpu3:11434", ("gemma3:latest",))
+        assert claim.ok
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.01)
+        assert heard and heard[0]["model"] == "phi4:latest" and heard[0]["evict"] == ["gemma3:latest"]
+        assert heard[0]["host"] == "http://gpu3:11434" and heard[0]["replica"] == "a"
+        assert a.events_heard == 0  # its own claims are not news to it
+
+
+async def test_a_heard_switch_stops_routing_to_its_victims_at_once() -> None:
+    """Bug caught: the event heard but not applied: the victim stays 'loaded' in this
+    replica's picture (its requests keep going to the host being switched) and the host
+    stays free for this replica's own planner."""
+    async with FakeOllama(["llama3.2", "phi4"], tokens_per_sec=0, load_delay=0.01) as h, \
+            Dispatcher([h.url], refresh_interval=30) as d:
+        assert (await ask(d, "llama3.2"))[0] == 200
+        sched = d.scheduler
+        assert sched is not None
+        r = d.residency.get(0, "llama3.2:latest")
+        assert r is not None and r.state == "loaded"
+        sched.heard({"replica": "other", "host": h.url, "model": "phi4:latest", "evict": ["llama3.2:latest"]})
+        assert r.state == "unloading"
+        view = sched.view(d.clock())
+        assert any(x.model == "phi4:latest" and x.state == "loading" for x in view.hosts[0].residents)
+        sched.heard({"replica": "other", "host": "http://elsewhere:1", "model": "x", "evict": []})  # not ours
+
+
+async def test_another_replicas_stale_picture_does_not_bring_back_what_this_one_evicted() -> None:
+    """Bug caught: replicas echo each other's beliefs as facts.  A replica evicts a model;
+    the other's last published picture (older than the eviction) still lists it loaded;
+    the first takes it back, routes its requests there, and the host loads it again over
+    the model just loaded (measured: about 80 host-side evictions in the 60 s fleet trace
+    with two replicas).  And what a replica only heard is not published back as a fact."""
+    async with FakeOllama(["llama3.2", "phi4"], tokens_per_sec=0, load_delay=0.01) as h, \
+            Dispatcher([h.url], refresh_interval=30) as d:
+        assert (await ask(d, "llama3.2"))[0] == 200
+        sched, res = d.scheduler, d.residency
+        assert sched is not None
+        r = res.get(0, "llama3.2:latest")
+        assert r is not None
+        res.start_unload(r, d.clock())
+        res.forget(r, d.clock())  # this replica evicted it: its unload was answered
+
+        class Peers:
+            up = True
+
+            def __init__(self, models: dict[str, list[Any]]) -> None:
+                self.models = models
+
+            def peers(self) -> list[dict[str, Any]]:
+                return [{"hosts": {h.url: {"models": self.models}}}]
+
+        sched.shared = Peers({"llama3.2:latest": ["loaded", 0], "phi4:latest": ["loaded", 0]})  # type: ignore[assignment]
+        sched.absorb()
+        assert res.get(0, "llama3.2:latest") is None  # not back on the other's (older) word
+        phi = res.get(0, "phi4:latest")
+        assert phi is not None and phi.state == "loaded" and phi.hearsay  # taken, as hearsay
+        published = sched.shared_state()["hosts"][h.url]["models"]
+        assert "phi4:latest" not in published and "llama3.2:latest" not in published

@@ -56,6 +56,7 @@ sys.path.insert(0, str(TREE / "src"))
 sys.path.insert(0, str(HERE))
 
 from fleetbench import procs as P  # noqa: E402
+from fleetbench import replicas as R  # noqa: E402
 from fleetbench.replay import replay  # noqa: E402
 from fleetbench.report import main_table, model_table, spread_table, target_figures  # noqa: E402
 
@@ -71,6 +72,13 @@ def parse_targets(text: str, baseline: Path | None) -> list[str]:
         if not t:
             continue
         kind = t.split(":", 1)[0]
+        if kind == "replicas":
+            try:
+                R.parse(t)
+            except ValueError as exc:
+                raise SystemExit(f"bench_fleet: {exc} (replicas:K:redis|alone[:kill-redis|:kill-replica])") from None
+            out.append(t)
+            continue
         if kind == "direct-floor":
             print("bench_fleet: direct-floor is the simulator's job (no process target); skipped", file=sys.stderr)
             continue
@@ -131,6 +139,8 @@ class Run:
         self.procs = P.Procs(tmp, self.server_cpu)
         self.proxy_port = args.base_port
         self.host_ports = [args.base_port + 1 + i for i in range(scen.hosts)]
+        self.gateway_ports = [args.base_port + 60 + i for i in range(16)]  # replicas behind the L4 balancer
+        self.redis_port = args.base_port + 59
         self.host_ids = [f"h{i}" for i in range(scen.hosts)]
         names: dict[str, str] = {}
         for hid, port in zip(self.host_ids, self.host_ports):
@@ -166,14 +176,52 @@ class Run:
         await self.procs.wait_ready(proxy, f"http://127.0.0.1:{port}/api/tags")
         return proxy
 
+    async def start_replicas(self, target: str) -> tuple[list[P.Proc], list[P.Proc], R.Watch]:
+        """K gateways (and Redis) behind nginx stream on the proxy port: (gateways, the
+        others, the watcher that will carry out the target's fault)."""
+        k, redis, fault = R.parse(target)
+        label = target.replace(":", "-")
+        others: list[P.Proc] = []
+        extra = list(self.args.gateway_arg or [])
+        redis_proc = None
+        if redis:
+            argv = R.redis_argv(self.redis_port, self.tmp)
+            redis_proc = self.procs.start(f"{label}-redis", argv)
+            others.append(redis_proc)
+            await self.procs.wait_port(redis_proc, self.redis_port)
+            extra += ["--redis", f"redis://127.0.0.1:{self.redis_port}/0", "--redis-prefix", label]
+        ports = self.gateway_ports[:k]
+        gateways = []
+        for i, port in enumerate(ports):
+            argv = P.serve_argv(port, [f"http://127.0.0.1:{p}" for p in self.host_ports], extra)
+            gateways.append(self.procs.start(f"{label}-gw{i}", argv, env=P.tree_env(TREE / "src")))
+        for g, port in zip(gateways, ports):
+            await self.procs.wait_ready(g, f"http://127.0.0.1:{port}/ollamamax/status",
+                                        check=P.gateway_ready(len(self.host_ports)))
+        conf = self.tmp / f"{label}-stream.conf"
+        conf.write_text(R.stream_conf(self.tmp, self.proxy_port, ports))
+        lb = self.procs.start(f"{label}-nginx-stream", P.nginx_argv(self.tmp, conf))
+        others.append(lb)
+        await self.procs.wait_ready(lb, f"http://127.0.0.1:{self.proxy_port}/api/tags")
+        watch = R.Watch(self.procs, [f"http://127.0.0.1:{p}" for p in ports], self.scen.duration, fault,
+                        (redis_proc, R.redis_argv(self.redis_port, self.tmp)) if redis_proc else None,
+                        gateways[-1] if fault == "kill-replica" else None)
+        return gateways, others, watch
+
     async def target(self, target: str, trace: list[Any]) -> dict[str, Any]:
         label = target.replace(":", "-")
         hosts = await self.start_hosts(label)
-        proxy = None
+        gateways: list[P.Proc] = []
+        others: list[P.Proc] = []
+        watch: R.Watch | None = None
+        watcher = None
         try:
-            proxy = await self.start_proxy(target)
+            if target.startswith("replicas:"):
+                gateways, others, watch = await self.start_replicas(target)
+            else:
+                gateways = [await self.start_proxy(target)]
             url = f"http://127.0.0.1:{self.proxy_port}"
-            t_cpu = P.cpu_ticks(proxy.pid)
+            t_cpu = {g.pid: P.cpu_ticks(g.pid) for g in gateways}
             t0 = time.monotonic()
             last = [0.0]
 
@@ -183,22 +231,79 @@ class Run:
                     last[0] = now
                     print(f"  {target}: {done}/{total} requests done, {now - t0:.0f} s", file=sys.stderr, flush=True)
 
+            if watch is not None:
+                watcher = asyncio.get_running_loop().create_task(watch.run(t0))
             outcomes = await replay(url, trace, timeout=self.args.timeout, hold=self.args.hold,
                                     host_name=self.host_name, progress=progress)
             wall = time.monotonic() - t0
-            cpu_s = (P.cpu_ticks(proxy.pid) - t_cpu) / os.sysconf("SC_CLK_TCK")
+            cpu_s = sum(P.cpu_ticks(g.pid) - t_cpu[g.pid] for g in gateways if g.popen.poll() is None
+                        ) / os.sysconf("SC_CLK_TCK")
             stats = [await P.get_json(f"http://127.0.0.1:{p}/_mock/stats") for p in self.host_ports]
-            status = await P.get_json(url + "/ollamamax/status") if target.split(":")[0] in GATEWAYS else None
+            if target.startswith("replicas:"):
+                status = [await P.get_json(f"http://127.0.0.1:{p}/ollamamax/status")
+                          for p, g in zip(self.gateway_ports, gateways) if g.popen.poll() is None]
+            else:
+                status = await P.get_json(url + "/ollamamax/status") if target.split(":")[0] in GATEWAYS else None
         finally:
-            if proxy is not None:
-                self.procs.stop(proxy)
-            for h in hosts:
-                self.procs.stop(h)
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+            for p in (*others, *gateways, *hosts):
+                self.procs.stop(p)
+            for p in list(self.procs.procs):  # a Redis restarted by the watcher
+                if p.name.startswith("redis-again"):
+                    self.procs.stop(p)
         figures = target_figures(outcomes, stats, self.host_ids)
         figures["proxy_cpu_s"] = round(cpu_s, 2)
         figures["wall_s"] = round(wall, 2)
-        return {"figures": figures, "host_stats": stats, "gateway_status": status,
-                "outcomes": [o.to_dict() for o in outcomes]}
+        out = {"figures": figures, "host_stats": stats, "gateway_status": status,
+               "outcomes": [o.to_dict() for o in outcomes]}
+        if watch is not None:
+            out["replicas"] = replicas_figures(target, watch, status)
+        return out
+
+
+def replicas_report(results: dict[str, Any], reps: dict[str, Any]) -> list[str]:
+    """Several gateways against one: TTFT p99 and loads as ratios to the ``ollamamax``
+    target of the same run; the replicas' load claims; when they saw each fault."""
+    one = results.get("ollamamax")
+    out = ["Several gateways behind nginx stream (round-robin per connection), against one gateway in the "
+           "same run:", "", "| target | TTFT p99 | x one gateway | model loads | x one gateway | errors | "
+           "claims won / joined / host busy / unasked | gateways' CPU |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in reps.items():
+        f = results[name]
+        p99, loads = f["ttft"].get("p99"), f.get("model_loads")
+        one_p99 = one["ttft"].get("p99") if one else None
+        one_loads = one.get("model_loads") if one else None
+        rp = f"{p99 / one_p99:.2f}x" if p99 and one_p99 else "-"
+        rl = f"{loads / one_loads:.2f}x" if loads is not None and one_loads else "-"
+        c = r["claims"]
+        claims = " / ".join(str(c.get(x, 0)) for x in ("won", "joined", "host_busy", "unasked")) if c else "-"
+        p99s = f"{p99:.2f} s" if p99 is not None else "-"
+        out.append(f"| {R.label(name)} | {p99s} | {rp} | {loads} | {rl} | {f['errors']} | {claims} | "
+                   f"{f['proxy_cpu_s']:.1f} s |")
+    for name, r in reps.items():
+        ev = r["events"]
+        if "redis_killed" in ev:
+            out.append(f"- {R.label(name)}: Redis SIGKILLed at {ev['redis_killed']:.1f} s, every replica saw it "
+                       f"down {ev.get('all_down_after_s')} s later; restarted empty at "
+                       f"{ev.get('redis_restarted', float('nan')):.1f} s, every replica sharing again "
+                       f"{ev.get('all_up_again_after_s')} s later")
+        if "replica_killed" in ev:
+            out.append(f"- {R.label(name)}: a replica SIGKILLed at {ev['replica_killed']:.1f} s; the others stopped "
+                       f"counting it {ev.get('peer_gone_after_s')} s later (its published state's TTL is 3 s, "
+                       f"its load leases' 9 s)")
+    return out
+
+
+def replicas_figures(target: str, watch: R.Watch, status: Any) -> dict[str, Any]:
+    """What the replicas did: their claims (summed), and when they saw the fault."""
+    k, _, _ = R.parse(target)
+    claims: dict[str, int] = {}
+    for doc in status or []:
+        for name, n in (((doc or {}).get("shared") or {}).get("claims") or {}).items():
+            claims[name] = claims.get(name, 0) + int(n)
+    return {"k": k, "claims": claims, "events": watch.summary(k), "samples": watch.samples}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated: ollamamax[:STRATEGY], baseline[:STRATEGY], nginx-rr, nginx-hash "
                          "(default ollamamax,nginx-rr,nginx-hash, plus baseline with --baseline-src)")
     ap.add_argument("--baseline-src", default=None, metavar="DIR", help="source tree of target baseline")
+    ap.add_argument("--replicas", default="", metavar="K,...",
+                    help="also K gateways behind nginx stream (round-robin per connection), with one Redis "
+                         "and without, for each K (targets replicas:K:redis, replicas:K:alone)")
+    ap.add_argument("--faults", action="store_true",
+                    help="with --replicas: also the first K with Redis SIGKILLed at a third of the trace and "
+                         "restarted empty at 58%%, and with one replica SIGKILLed halfway")
     ap.add_argument("--gateway-arg", action="append", default=[], metavar="ARG",
                     help="extra option for ollamamax serve (repeatable, e.g. --gateway-arg=--max-in-flight=2)")
     ap.add_argument("--json", default=None, metavar="PATH", help="write every figure and outcome as JSON")
@@ -257,6 +368,9 @@ def print_report(doc: dict[str, Any], scen: Scenario) -> None:
             notes.append(f"- {name}: the driver started a request up to {f['driver_lag_max_s']:.2f} s late")
     if notes:
         print("\nNotes:\n" + "\n".join(notes))
+    reps = {name: t["replicas"] for name, t in doc["targets"].items() if "replicas" in t}
+    if reps:
+        print("\n" + "\n".join(replicas_report(results, reps)))
     mode = ("held until the previous one ended ('held turns'; closed loop per conversation, --hold)"
             if doc["meta"]["hold"] else
             "sent on time anyway, with the turns finished so far as history ('early turns'; open loop)")
@@ -274,12 +388,29 @@ async def amain(args: argparse.Namespace) -> int:
     if baseline is not None and not (baseline / "src" / "ollamamax").is_dir():
         print(f"bench_fleet: --baseline-src {baseline}: no src/ollamamax there", file=sys.stderr)
         return 2
-    targets = parse_targets(args.targets + (",baseline" if baseline and "baseline" not in args.targets else ""),
-                            baseline)
+    extra = ",baseline" if baseline and "baseline" not in args.targets else ""
+    ks = [int(x) for x in args.replicas.split(",") if x.strip()] if args.replicas else []
+    for k in ks:
+        extra += f",replicas:{k}:redis,replicas:{k}:alone"
+    if args.faults and ks:
+        extra += f",replicas:{max(ks[0], 2)}:redis:kill-redis,replicas:{max(ks[0], 2)}:redis:kill-replica"
+    targets = parse_targets(args.targets + extra, baseline)
+    if any(t.startswith("replicas:") for t in targets):
+        why = R.stream_available()
+        if why:
+            print(f"bench_fleet: --replicas: {why}", file=sys.stderr)
+            return 1
+        if any(R.parse(t)[1] for t in targets if t.startswith("replicas:")) and not shutil.which("redis-server"):
+            print("bench_fleet: --replicas: redis-server not found (apt-get install redis-server)", file=sys.stderr)
+            return 1
     if any(t.startswith("nginx") for t in targets) and not shutil.which("nginx"):
         print("bench_fleet: nginx not found (apt-get install nginx), or leave the nginx targets out", file=sys.stderr)
         return 1
-    busy = [p for p in range(args.base_port, args.base_port + scen.hosts + 1) if not P.port_free(p)]
+    ports = list(range(args.base_port, args.base_port + scen.hosts + 1))
+    if any(t.startswith("replicas:") for t in targets):
+        ports += list(range(args.base_port + 59, args.base_port + 60 + max(R.parse(t)[0] for t in targets
+                                                                            if t.startswith("replicas:"))))
+    busy = [p for p in ports if not P.port_free(p)]
     if busy:
         print(f"bench_fleet: ports in use: {busy} (choose another --base-port)", file=sys.stderr)
         return 1

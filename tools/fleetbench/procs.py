@@ -130,6 +130,20 @@ class Procs:
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"{p.name} not ready at {url} after {timeout:.0f} s ({last}); its log:\n{self.log_tail(p)}")
 
+    async def wait_port(self, p: Proc, port: int, *, timeout: float = 10.0) -> None:
+        """Wait until something accepts TCP connections on 127.0.0.1:``port`` (e.g. Redis)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if p.popen.poll() is not None:
+                raise RuntimeError(f"{p.name} exited with {p.popen.returncode}; its log:\n{self.log_tail(p)}")
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"{p.name} not listening on {port} after {timeout:.0f} s; its log:\n{self.log_tail(p)}")
+
     def stop(self, p: Proc, grace: float = 10.0) -> None:
         if p.popen.poll() is None:
             try:

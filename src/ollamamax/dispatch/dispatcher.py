@@ -237,6 +237,7 @@ class Dispatcher(EmbeddedClient):
             self.shared = SharedState(cfg.redis_url, cfg.redis_prefix, publish=scheduler.shared_state,
                                       on_peers=scheduler.absorb)
             scheduler.shared = self.shared
+            self.shared.on_event = scheduler.heard
             if self.cache.enabled:  # the response cache's second level (dispatch.sharedcache)
                 self._shared_cache = SharedCache(self.shared, self.cache)
             self.shared.start()

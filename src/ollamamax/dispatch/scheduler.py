@@ -57,6 +57,7 @@ __all__ = ["FleetScheduler"]
 log = logging.getLogger("ollamamax.dispatch")
 
 TICK = 0.25  # seconds between planning passes when nothing else calls for one
+HEARSAY_GRACE = 2 * STATE_TTL  # a model seen leaving a host is not taken back on another replica's word this soon
 LOAD_TIMEOUT = 600.0  # a load taking longer than this has failed (Ollama's own is 5 min)
 DECISIONS_KEPT = 50
 LOAD_BACKOFF = 1.0  # seconds before a failed load of a model is tried on that host again (doubling)
@@ -352,11 +353,13 @@ class FleetScheduler:
             mine = res.get(where, r.model)
             if mine is None or mine.state == UNLOADING:
                 joined = res.start_load(where, r.model, now, j.expected_load_cost(r.model))
+                joined.hearsay = True
                 self._joined[(where, r.model)] = (joined, now, now + LEASE_TTL + j.expected_load_cost(r.model))
             for e in other.get("evict") or ():
                 x = res.get(where, str(e))
                 if x is not None and x.state == LOADED and x.in_flight == 0:
                     res.start_unload(x, now)
+                    x.hearsay = True
             what = f"joined replica {other.get('replica', '?')}'s load of {r.model} on {j.name}"
         else:
             if where is not None:
@@ -522,6 +525,27 @@ class FleetScheduler:
                 out.append(ResidentView(claimed[0], LOADING, 0, 1, 0.0, 0.0, sizes.get(claimed[0], 0)))
         return tuple(out)
 
+    def heard(self, event: dict[str, Any]) -> None:
+        """Another replica claimed a switch (``dispatch.shared`` heard it on the events
+        channel): its victims stop taking this replica's requests now (the host would
+        load them again over the new model), and the host counts as switching to the new
+        model until the syncs show it loaded."""
+        where = self._url_index.get(str(event.get("host", "")))
+        model = event.get("model")
+        if where is None or not isinstance(model, str):
+            return
+        now = self.clock()
+        res = self.residency
+        for e in event.get("evict") or ():
+            x = res.get(where, str(e))
+            if x is not None and x.state == LOADED:  # even with requests of ours running there:
+                res.start_unload(x, now)  # they finish, but no more go (they would reload it)
+                x.hearsay = True
+        mine = res.get(where, model)
+        if mine is None or mine.state == UNLOADING:
+            self._claimed_host[where] = (model, now + LEASE_TTL)
+        self.nudge()
+
     def shared_state(self) -> dict[str, Any]:
         """What this replica publishes to the others (``dispatch.shared``)."""
         now = self.clock()
@@ -530,7 +554,11 @@ class FleetScheduler:
         hosts: dict[str, Any] = {}
         for h in self.hosts:
             i = h.index
-            entry: dict[str, Any] = {"models": {m: [r.state, r.in_flight] for m, r in res.by_host[i].items()}}
+            # its own actions and what its refreshes saw; what it only heard from the others
+            # goes back out only as requests in flight (they do run there)
+            entry: dict[str, Any] = {"models": {m: [LOADED if r.hearsay else r.state, r.in_flight]
+                                                for m, r in res.by_host[i].items()
+                                                if not r.hearsay or r.in_flight}}
             costs = {m: round(e.value, 3) for m, e in h.load_cost.items() if e.value is not None}
             if costs:
                 entry["costs"] = costs
@@ -569,14 +597,23 @@ class FleetScheduler:
                 if isinstance(room, int) and room > 0 and not res.room_fixed[i] and not res.room_known[i]:
                     res.room[i] = room
                     res.room_known[i] = True
+            left = res.left[i]
+            claimed = self._claimed_host.get(i)
             for m, (state, _) in remote.hosts.get(h.url, {}).items():
                 mine = res.get(i, m)
                 if state == LOADED and (mine is None or mine.state == UNLOADING and mine.in_flight == 0):
-                    res.add(i, m, LOADED, now).since = FOUND  # loaded by another replica
+                    # a model this replica saw leave lately is not back on another's word
+                    # (its picture may predate the unload), unless it heard that load
+                    if now - left.get(m, FOUND) < HEARSAY_GRACE and (claimed is None or claimed[0] != m):
+                        continue
+                    x = res.add(i, m, LOADED, now)  # loaded by another replica
+                    x.since = FOUND
+                    x.hearsay = True
                     self.admission.grant(m)
                     changed = True
                 elif state == UNLOADING and mine is not None and mine.state == LOADED and mine.in_flight == 0:
                     res.start_unload(mine, now)  # another replica evicts it: route nothing there
+                    mine.hearsay = True
         for (i, m), (r, since, give_up) in list(self._joined.items()):
             state = remote.hosts.get(self.hosts[i].url, {}).get(m, ("", 0))[0]
             if res.get(i, m) is not r or r.state != LOADING:

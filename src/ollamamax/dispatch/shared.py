@@ -17,7 +17,11 @@ and two Lua scripts where atomicity matters:
 * **Loads** (:data:`_CLAIM`).  Before a load starts, the replica claims both the model
   (``{prefix}:load:{model}``) and the host (``{prefix}:host:{host}``) in one script, only if
   neither is claimed, with a TTL of :data:`LEASE_TTL` that the loader renews while its load
-  runs and deletes when it ends (:data:`_RELEASE`, only if still its own).  So exactly one
+  runs and deletes when it ends (:data:`_RENEW`, only if still its own).  The same script
+  announces the claim on ``{prefix}:events`` (pub/sub): the other replicas hear of the
+  switch within a millisecond, not at their next sync, and stop sending the evicted
+  models' requests to that host at once (the host would load them again, evicting the
+  model just loaded: the switch undone by a stale picture).  So exactly one
   replica starts a given load or switches a given host; another replica that decided the
   same load joins it instead (the host loads a model once, whoever asks), and a replica that
   dies mid-load blocks nothing for longer than the lease.
@@ -76,8 +80,9 @@ end
 return {out, redis.call('HGETALL', KEYS[3])}
 """
 
-# KEYS[1] = model claim, KEYS[2] = host claim; ARGV = value, ttl ms
-# -> {0, ''} claimed; {1, holder} the model is being loaded; {2, holder} the host is switching
+# KEYS[1] = model claim, KEYS[2] = host claim, KEYS[3] = the decisions channel; ARGV = value,
+# ttl ms -> {0, ''} claimed (and announced); {1, holder} the model is being loaded; {2,
+# holder} the host is switching
 _CLAIM = """
 local v = redis.call('GET', KEYS[1])
 if v and v ~= ARGV[1] then return {1, v} end
@@ -85,6 +90,7 @@ v = redis.call('GET', KEYS[2])
 if v and v ~= ARGV[1] then return {2, v} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', KEYS[3], ARGV[1])
 return {0, ''}
 """
 
@@ -162,6 +168,10 @@ class SharedState:
         # generations of cached models here
         self.on_generations: Callable[[dict[str, int]], None] | None = None
         self.cache: Any = None  # that second level (its figures go into status())
+        # another replica's claim, heard on the events channel: {replica, host, model, evict}
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self.events_heard = 0
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -177,12 +187,15 @@ class SharedState:
         self._sync_script = c.register_script(_SYNC)
         self._claim_script = c.register_script(_CLAIM)
         self._renew_script = c.register_script(_RENEW)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="ollamamax-shared")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="ollamamax-shared")
+        self._listener = loop.create_task(self._listen(), name="ollamamax-shared-events")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=1.0)
+        for t in (self._task, self._listener):
+            if t is not None:
+                t.cancel()
+                await asyncio.wait([t], timeout=1.0)
         if self._client is not None and self.up:
             try:  # leave at once rather than at the TTL
                 async with timeout(CALL_TIMEOUT):
@@ -247,6 +260,43 @@ class SharedState:
             self.on_generations(gens)
         return True
 
+    async def _listen(self) -> None:
+        """Hear the other replicas' claims as they are made (pub/sub; reconnects with the
+        same backoff as the sync when Redis goes away)."""
+        backoff = SYNC_INTERVAL
+        while True:
+            pubsub = None
+            try:
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(self._key("events"))
+                backoff = SYNC_INTERVAL
+                while True:
+                    msg = await pubsub.get_message(timeout=CALL_TIMEOUT * 0.8)
+                    if msg is not None and msg.get("type") == "message":
+                        self._heard(msg.get("data"))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the sync reports Redis's state; just retry
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            finally:
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except Exception:  # noqa: BLE001
+                        pass
+
+    def _heard(self, data: Any) -> None:
+        try:
+            event = json.loads(data)
+        except (TypeError, ValueError):
+            return
+        if not isinstance(event, dict) or event.get("replica") == self.replica:
+            return
+        self.events_heard += 1
+        if self.on_event is not None:
+            self.on_event(event)
+
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
         self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -268,7 +318,8 @@ class SharedState:
         try:
             async with timeout(CALL_TIMEOUT):
                 code, holder = await self._claim_script(
-                    keys=[self._key("load", model), self._key("host", host)], args=[token, int(LEASE_TTL * 1000)])
+                    keys=[self._key("load", model), self._key("host", host), self._key("events")],
+                    args=[token, int(LEASE_TTL * 1000)])
         except Exception as exc:  # noqa: BLE001
             self._failed(exc)
             self.claims["unasked"] += 1
@@ -316,5 +367,6 @@ class SharedState:
             "failures": self.failures,
             "reconnects": self.reconnects,
             "claims": dict(self.claims),
+            "events_heard": self.events_heard,
             "cache": self.cache.stats() if self.cache is not None else None,
         }

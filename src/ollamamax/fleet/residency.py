@@ -52,6 +52,7 @@ class Resident:
         "probe_after",
         "last_used",
         "served",
+        "hearsay",
     )
 
     def __init__(self, host: int, model: str, state: str, now: float, *, slots: int = 1,
@@ -68,6 +69,9 @@ class Resident:
         self.probe_after = now  # no probe before this
         self.last_used = now
         self.served = 0  # requests answered here since it was loaded
+        # its state is what another gateway said (dispatch.shared), not this one's own
+        # action or a refresh: not published back to the others as a fact
+        self.hearsay = False
 
     def may_probe(self, now: float) -> bool:
         """Whether one request above ``slots`` may go out to learn the host's parallelism."""
@@ -143,6 +147,7 @@ class Residency:
         r.state = LOADING
         r.since = now
         r.ready_at = now + expected
+        r.hearsay = False
         return r
 
     def loaded(self, r: Resident, now: float) -> None:
@@ -190,6 +195,8 @@ class Residency:
             if r.model in seen:
                 if r.state == LOADING and r.since < refreshed_at:
                     self.loaded(r, now)  # loaded by now (its answer may still be on the way)
+                if r.state == LOADED:
+                    r.hearsay = False  # the host said so
                 continue
             if r.since < refreshed_at and r.in_flight == 0 and r.state != LOADING:
                 self.forget(r)
