@@ -118,3 +118,26 @@ def _hosts_per_model(outs: list[dict]) -> dict[str, set[str]]:
     for o in outs:
         r.setdefault(o["model"], set()).add(o["host"])
     return r
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nginx") is None or shutil.which("redis-server") is None
+                    or not Path("/usr/lib/nginx/modules/ngx_stream_module.so").exists(),
+                    reason="needs nginx with its stream module (libnginx-mod-stream) and redis-server")
+def test_bench_fleet_through_two_replicas_and_redis(tmp_path: Path) -> None:
+    """What would break: the replicas not started behind the L4 balancer, not given Redis,
+    their claims or the fault watcher not reported, a process left running."""
+    out = tmp_path / "fleet.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMAMAX_") or k == "OLLAMAMAX_NO_EXTENSIONS"}
+    env["PYTHONPATH"] = str(Path(ollamamax.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--scenario", SCENARIO, "--targets", "ollamamax,replicas:2:redis:kill-redis",
+         "--json", str(out), "--base-port", str(_free_base(64)), "--timeout", "30", "--quiet"],
+        capture_output=True, text=True, timeout=200, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    _check_target(doc, "replicas:2:redis:kill-redis")
+    reps = doc["targets"]["replicas:2:redis:kill-redis"]["replicas"]
+    assert reps["k"] == 2 and "redis_killed" in reps["events"] and "redis_restarted" in reps["events"]
+    assert {s["replica"] for s in reps["samples"]} == {0, 1}
+    assert "Several gateways behind nginx stream" in proc.stdout
