@@ -347,8 +347,9 @@ async def test_a_big_body_holds_the_event_loop_less_than_json_loads_would() -> N
     """Bug caught: a 13 MiB vision chat was decoded with ``json.loads`` (and copied whole
     into the upstream transport) in one step of the event loop, so every other request
     waited that long.  The longest stall of the loop while the dispatcher takes such a
-    request must be well under what ``json.loads`` of the same body costs, measured in the
-    same run (a ratio, so a slow or busy machine moves both sides alike)."""
+    request must stay under 1.25x what ``json.loads`` of the same body costs (the old path:
+    1.5x), measured in the same run, before and beside the host's process (a ratio, so a
+    slow or busy machine moves both sides alike)."""
     import os
     import time
 
@@ -360,7 +361,6 @@ async def test_a_big_body_holds_the_event_loop_less_than_json_loads_would() -> N
         t = time.perf_counter()
         json.loads(body)
         ref.append(time.perf_counter() - t)
-    reference = sorted(ref)[2]
     # the host in a process of its own: its decoding must not count as the gateway's stall
     async with mock_process("llava") as url, Dispatcher([url]) as d:
         await ok(d, chat("llava"))  # loaded, connection open
@@ -386,9 +386,13 @@ async def test_a_big_body_holds_the_event_loop_less_than_json_loads_would() -> N
             done = True
             await p
             stalls.append(worst)
+            t = time.perf_counter()  # the reference again, beside the host's process this time
+            json.loads(body)
+            ref.append(time.perf_counter() - t)
+        reference = sorted(ref)[len(ref) // 2]
         # msgspec alone takes about 0.6 of json.loads's time here, and the longest step
-        # (decode plus handing the body to the transport) 0.8-0.95 of it on 2-core CI
-        # machines (0.85 failed there about one run in three); the old path (json.loads,
+        # (decode plus handing the body to the transport) 0.8-1.07 of it on 2-core CI
+        # machines (1.0 failed there about one run in five); the old path (json.loads,
         # then the whole body copied into the transport in the same step) took 1.5 times
-        # as long, so "less than one json.loads" still tells the two apart
-        assert min(stalls) < 1.0 * reference, (stalls, reference)
+        # as long, so "under 1.25 json.loads" still tells the two apart
+        assert min(stalls) < 1.25 * reference, (stalls, reference)
