@@ -423,3 +423,21 @@ def test_learned_slots_outlive_a_copy_and_seed_a_new_model_on_the_host() -> None
     g = fixed.add(0, "a", LOADED, 0.0)
     fixed.forget(g, 1.0)
     assert fixed.add(0, "a", LOADED, 2.0).slots == 3 and fixed.learned == [{}]  # configured: never learned
+
+
+def test_an_unload_another_gateway_announced_but_never_made_is_undone_by_a_refresh() -> None:
+    # bug caught: a model marked unloading because another replica said so (hearsay) stays
+    # unloading for good when that replica gave its switch up: no request goes there any
+    # more, and the host counts as switching, so this replica never plans on it again
+    res = Residency(1, room=[1])
+    r = res.add(0, "a", LOADED, 0.0)
+    res.start_unload(r, 10.0)
+    r.hearsay = True
+    res.reconcile(0, ["a"], 10.5, 11.0)  # too soon to tell: the unload may be on its way
+    assert r.state == "unloading"
+    res.reconcile(0, ["a"], 13.0, 13.2)  # still there well after: the unload never came
+    assert r.state == LOADED and not r.hearsay
+    own = res.add(0, "b", LOADED, 0.0)
+    res.start_unload(own, 10.0)  # this gateway's own unload: its answer decides, not a refresh
+    res.reconcile(0, ["b"], 13.0, 13.2)
+    assert own.state == "unloading"

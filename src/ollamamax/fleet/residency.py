@@ -33,6 +33,9 @@ LOADED = "loaded"
 UNLOADING = "unloading"
 
 FOUND = float("-inf")  # ``since`` of a model found loaded: how long it has been is unknown
+# a model another gateway said it unloads, still listed by a refresh begun this long after:
+# that unload never happened (its switch was given up), so the model is there to use
+HEARSAY_UNLOAD = 2.0
 PROBE_BACKOFF = 30.0  # after a probe showed the host queued, try one more slot again this much later
 
 
@@ -197,6 +200,9 @@ class Residency:
                     self.loaded(r, now)  # loaded by now (its answer may still be on the way)
                 if r.state == LOADED:
                     r.hearsay = False  # the host said so
+                elif r.state == UNLOADING and r.hearsay and r.since < refreshed_at - HEARSAY_UNLOAD:
+                    self.loaded(r, now)  # another gateway's unload never came: it is still there
+                    r.hearsay = False
                 continue
             if r.since < refreshed_at and r.in_flight == 0 and r.state != LOADING:
                 self.forget(r)
