@@ -18,6 +18,10 @@
 #                             commit, e.g. `git worktree add /tmp/old <commit>`, with the native
 #                             modules copied or built into DIR/src/ollamamax): target "baseline",
 #                             interleaved with the others, so before/after is one run
+#   --redis                   also measure this tree's gateway with `--redis` (a redis-server of
+#                             the script's own on loopback, on the backends' core): target
+#                             "redis", interleaved with the others, so the CPU Redis adds per
+#                             request is one run's ratio (needs redis-server)
 #   --mem-conns N             connections/streams for the memory figures (default 256)
 #   --workers-scaling         also measure `serve --workers 1` vs `--workers 2` (unpinned)
 #   --profile                 also profile the gateway under wrk load with py-spy (top 10)
@@ -55,6 +59,8 @@ JSON_OUT=""
 RAW_OUT=""
 AIOHTTP=1
 BASELINE=""
+REDIS=0
+GW_EXTRA=()
 MEM_N=256
 PHASES="main,memory"
 BASE=11500
@@ -72,6 +78,7 @@ while [ $# -gt 0 ]; do
         --raw) RAW_OUT=$2; shift 2 ;;
         --no-aiohttp) AIOHTTP=0; shift ;;
         --baseline) BASELINE=$(cd "$2" && pwd); shift 2 ;;
+        --redis) REDIS=1; shift ;;
         --mem-conns) MEM_N=$2; shift 2 ;;
         --workers-scaling) PHASES="$PHASES,scaling"; shift ;;
         --profile) PHASES="$PHASES,profile"; shift ;;
@@ -106,6 +113,7 @@ if [ "$CPUS" -lt 2 ]; then echo "needs 2 cores for the pinning (core 0: load + b
 
 B1=$((BASE + 1)); B2=$((BASE + 2))              # main backends
 P_OLM=$((BASE + 10)); P_NGX=$((BASE + 11)); P_AIO=$((BASE + 12)); P_BASE=$((BASE + 13))
+P_RED=$((BASE + 14)); R_PORT=$((BASE + 39))   # --redis: the gateway with Redis, and Redis
 M1=$((BASE + 21)); M2=$((BASE + 22)); P_MEM=$((BASE + 23))  # memory phase
 S1=$((BASE + 31)); S2=$((BASE + 32)); P_W1=$((BASE + 33)); P_W2=$((BASE + 34))  # scaling
 for p in $B1 $B2 $P_OLM $P_NGX $P_AIO $M1 $M2 $P_MEM $S1 $S2 $P_W1 $P_W2; do
@@ -217,7 +225,8 @@ start_nginx_backend() {  # name cpu port1 port2 -> NGXB_PID
 }
 start_gateway() {  # name cpu port workers max_in_flight backend-port1 backend-port2 -> GW_PID
     start "$1" "$2" "$PY" -m ollamamax serve --backend "http://127.0.0.1:$6" --backend "http://127.0.0.1:$7" \
-        --listen "127.0.0.1:$3" --workers "$4" --max-in-flight "$5" --queue-size 8192 --log-level warning
+        --listen "127.0.0.1:$3" --workers "$4" --max-in-flight "$5" --queue-size 8192 --log-level warning \
+        ${GW_EXTRA[@]+"${GW_EXTRA[@]}"}
     GW_PID=$LAST_PID
     wait_http "$1" "$GW_PID" "http://127.0.0.1:$3/api/version"
 }
@@ -282,6 +291,17 @@ start_main() {
         PYTHONPATH="$BASELINE/src" start_gateway baseline "$PROXY_CPU" "$P_BASE" 1 64 "$B1" "$B2"
         BASE_PID=$GW_PID
     fi
+    if [ "$REDIS" = 1 ]; then
+        command -v redis-server >/dev/null || { echo "--redis: redis-server not found (apt-get install redis-server)" >&2; exit 1; }
+        mkdir -p "$TMP/redis"
+        start redis "$LOAD_CPU" redis-server --port "$R_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+            --dir "$TMP/redis" --daemonize no --loglevel warning
+        for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$R_PORT") 2>/dev/null && break; sleep 0.1; done
+        GW_EXTRA=(--redis "redis://127.0.0.1:$R_PORT/0")
+        start_gateway redis "$PROXY_CPU" "$P_RED" 1 64 "$B1" "$B2"
+        RED_PID=$GW_PID
+        GW_EXTRA=()
+    fi
     render "$HERE/proxy.conf.in" "$TMP/nginx_proxy.conf" "PORT=$P_NGX" "B1=$B1" "B2=$B2"
     nginx -t -q -p "$TMP" -c "$TMP/nginx_proxy.conf" || exit 1
     start nginx "$PROXY_CPU" nginx -p "$TMP" -c "$TMP/nginx_proxy.conf"
@@ -295,7 +315,7 @@ start_main() {
     fi
     # one streamed reply through each, as a check (the wrk script counts lines of every reply)
     local u n
-    for u in "$B1" "$P_OLM" "$P_NGX" $([ "$AIOHTTP" = 1 ] && echo "$P_AIO") $([ -n "$BASELINE" ] && echo "$P_BASE"); do
+    for u in "$B1" "$P_OLM" "$P_NGX" $([ "$AIOHTTP" = 1 ] && echo "$P_AIO") $([ -n "$BASELINE" ] && echo "$P_BASE") $([ "$REDIS" = 1 ] && echo "$P_RED"); do
         n=$(curl -sf -d "$BODY_STREAM" "http://127.0.0.1:$u$PATH_STREAM" | wc -l)
         [ "$n" -gt 1 ] || { echo "streamed reply via port $u has $n lines" >&2; exit 1; }
     done
@@ -307,6 +327,7 @@ if phase main; then
     targets=(direct ollamamax nginx)
     [ "$AIOHTTP" = 1 ] && targets+=(aiohttp)
     [ -n "$BASELINE" ] && targets+=(baseline)
+    [ "$REDIS" = 1 ] && targets+=(redis)
     echo "main: ${#targets[@]} targets x 4 measurements x ${DUR} s x $REPS reps (~$(( ${#targets[@]} * 4 * DUR * REPS )) s)"
     for rep in $(seq 1 "$REPS"); do
         for t in "${targets[@]}"; do
@@ -316,6 +337,7 @@ if phase main; then
                 nginx) port=$P_NGX; pids=("$NGX_PID") ;;
                 aiohttp) port=$P_AIO; pids=("$AIO_PID") ;;
                 baseline) port=$P_BASE; pids=("$BASE_PID") ;;
+                redis) port=$P_RED; pids=("$RED_PID") ;;
             esac
             u="http://127.0.0.1:$port"
             wrk_run wrk "$t" c64 "$u/api/chat" 64 1 "$LOAD_CPU" 0 "$rep" "${pids[@]}"

@@ -29,7 +29,7 @@ import sys
 from collections import Counter, defaultdict
 from typing import Any
 
-TARGETS = ("direct", "ollamamax", "nginx", "aiohttp", "baseline")
+TARGETS = ("direct", "ollamamax", "nginx", "aiohttp", "baseline", "redis")
 GOALS = {
     "throughput_x_nginx": 0.15,
     "throughput_x_nginx_stretch": 0.25,
@@ -215,6 +215,12 @@ def table(path: str, json_out: str | None) -> int:
 
             p(f"ollamamax vs baseline (--baseline, same run): CPU/req {rel('cpu_us_per_req')}, "
               f"stream chunks per proxy CPU-s {rel('chunks_per_cpu_core_s')}, req/s@64 {rel('rps_c64')}")
+        if "redis" in med and "ollamamax" in med:
+            o, rd = med["ollamamax"], med["redis"]
+            cpu_o, cpu_r = o.get("cpu_us_per_req"), rd.get("cpu_us_per_req")
+            added = f"{cpu_r - cpu_o:+.1f} us ({cpu_r / cpu_o:.3f}x)" if cpu_o and cpu_r else "-"
+            p(f"with --redis vs without (same run): CPU/req {added}; added p50@1 "
+              f"{_fmt((rd.get('p50_us_c1') or 0) - (o.get('p50_us_c1') or 0))} us")
     if mem:
         p("")
         p("memory (ollamamax, RSS of the gateway process):")
