@@ -431,8 +431,7 @@ def test_an_unload_another_gateway_announced_but_never_made_is_undone_by_a_refre
     # more, and the host counts as switching, so this replica never plans on it again
     res = Residency(1, room=[1])
     r = res.add(0, "a", LOADED, 0.0)
-    res.start_unload(r, 10.0)
-    r.hearsay = True
+    res.start_unload(r, 10.0, hearsay=True)
     res.reconcile(0, ["a"], 10.5, 11.0)  # too soon to tell: the unload may be on its way
     assert r.state == "unloading"
     res.reconcile(0, ["a"], 13.0, 13.2)  # still there well after: the unload never came

@@ -248,11 +248,10 @@ class Run:
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+            if watch is not None and watch.redis is not None:
+                others.append(watch.redis[0])  # Redis, or the one the watcher started again
             for p in (*others, *gateways, *hosts):
                 self.procs.stop(p)
-            for p in list(self.procs.procs):  # a Redis restarted by the watcher
-                if p.name.startswith("redis-again"):
-                    self.procs.stop(p)
         figures = target_figures(outcomes, stats, self.host_ids)
         figures["proxy_cpu_s"] = round(cpu_s, 2)
         figures["wall_s"] = round(wall, 2)

@@ -213,15 +213,6 @@ class ResponseCache:
         second level, the other gateways forget them too."""
         if not self.enabled:
             return
-        self.forget_model(model)
-        if self.shared is not None:
-            self.shared.invalidate(model)
-
-    def forget_model(self, model: str) -> None:
-        """This process's part of :meth:`invalidate_model`: a new generation, and the
-        model's entries dropped."""
-        if not self.enabled:
-            return
         gen = self._generation
         if model not in gen and len(gen) >= _MAX_GENERATIONS:
             self._epoch += 1  # a new epoch: no key of before can be built again
@@ -230,6 +221,8 @@ class ResponseCache:
             self._lfu.clear()
         gen[model] = gen.get(model, 0) + 1
         self._drop(model)
+        if self.shared is not None:
+            self.shared.invalidate(model)
 
     def adopt_generation(self, model: str, gen: int) -> None:
         """The fleet's generation of ``model`` (read from the second level): when it is not

@@ -352,14 +352,12 @@ class FleetScheduler:
             j = self.hosts[where]
             mine = res.get(where, r.model)
             if mine is None or mine.state == UNLOADING:
-                joined = res.start_load(where, r.model, now, j.expected_load_cost(r.model))
-                joined.hearsay = True
+                joined = res.start_load(where, r.model, now, j.expected_load_cost(r.model), hearsay=True)
                 self._joined[(where, r.model)] = (joined, now, now + LEASE_TTL + j.expected_load_cost(r.model))
             for e in other.get("evict") or ():
                 x = res.get(where, str(e))
                 if x is not None and x.state == LOADED and x.in_flight == 0:
-                    res.start_unload(x, now)
-                    x.hearsay = True
+                    res.start_unload(x, now, hearsay=True)
             what = f"joined replica {other.get('replica', '?')}'s load of {r.model} on {j.name}"
         else:
             if where is not None:
@@ -539,8 +537,7 @@ class FleetScheduler:
         for e in event.get("evict") or ():
             x = res.get(where, str(e))
             if x is not None and x.state == LOADED:  # even with requests of ours running there:
-                res.start_unload(x, now)  # they finish, but no more go (they would reload it)
-                x.hearsay = True
+                res.start_unload(x, now, hearsay=True)  # they finish, but no more go (they would reload it)
         mine = res.get(where, model)
         if mine is None or mine.state == UNLOADING:
             self._claimed_host[where] = (model, now + LEASE_TTL)
@@ -612,8 +609,7 @@ class FleetScheduler:
                     self.admission.grant(m)
                     changed = True
                 elif state == UNLOADING and mine is not None and mine.state == LOADED and mine.in_flight == 0:
-                    res.start_unload(mine, now)  # another replica evicts it: route nothing there
-                    mine.hearsay = True
+                    res.start_unload(mine, now, hearsay=True)  # another replica evicts it: route nothing there
         for (i, m), (r, since, give_up) in list(self._joined.items()):
             state = remote.hosts.get(self.hosts[i].url, {}).get(m, ("", 0))[0]
             if res.get(i, m) is not r or r.state != LOADING:

@@ -163,7 +163,6 @@ class SharedState:
         self._sync_script: Any = None
         self._claim_script: Any = None
         self._renew_script: Any = None
-        self.call_timeout = CALL_TIMEOUT
         # the response cache's second level (dispatch.sharedcache) hears each sync's
         # generations of cached models here
         self.on_generations: Callable[[dict[str, int]], None] | None = None

@@ -29,16 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Any
 
 from ..upstream.client import timeout
 from .cache import SHARED_KEY_BYTES, CachedResponse, CacheKey, ResponseCache
-from .shared import SharedState
+from .shared import CALL_TIMEOUT, SharedState
 
 __all__ = ["GET_TIMEOUT", "MAX_PENDING", "SharedCache", "decode", "encode"]
-
-log = logging.getLogger("ollamamax.shared")
 
 GET_TIMEOUT = 0.1  # seconds a local miss may wait for Redis before it goes to a host
 MAX_PENDING = 256  # background puts and bumps in flight, at most
@@ -182,7 +179,7 @@ class SharedCache:
         self._spawn(self._put(key, gen, encode(value), max(1, int(ttl * 1000))))
 
     async def _put(self, key: CacheKey, gen: int, blob: bytes, ttl_ms: int) -> None:
-        async with timeout(self.shared.call_timeout):
+        async with timeout(CALL_TIMEOUT):
             stored = await self._put_script(keys=[self._gens_key],
                                             args=[key[1], gen, self._head, self._tail(key), blob, ttl_ms])
         if int(stored):
@@ -197,7 +194,7 @@ class SharedCache:
 
     async def _bump(self, model: str) -> None:
         try:
-            async with timeout(self.shared.call_timeout):
+            async with timeout(CALL_TIMEOUT):
                 gen = await self.shared._client.hincrby(self._gens_key, model, 1)
         finally:
             n = self._bumping.pop(model, 1) - 1

@@ -143,14 +143,14 @@ class Residency:
         self.by_model.setdefault(model, {})[host] = r
         return r
 
-    def start_load(self, host: int, model: str, now: float, expected: float) -> Resident:
+    def start_load(self, host: int, model: str, now: float, expected: float, *, hearsay: bool = False) -> Resident:
         r = self.by_host[host].get(model)
         if r is None or r.state == UNLOADING:
             r = self.add(host, model, LOADING, now)
         r.state = LOADING
         r.since = now
         r.ready_at = now + expected
-        r.hearsay = False
+        r.hearsay = hearsay
         return r
 
     def loaded(self, r: Resident, now: float) -> None:
@@ -158,9 +158,12 @@ class Residency:
         r.since = r.last_used = now
         r.served = 0
 
-    def start_unload(self, r: Resident, now: float) -> None:
+    def start_unload(self, r: Resident, now: float, *, hearsay: bool = False) -> None:
+        """``r`` is being unloaded, by this gateway or (``hearsay``) by another."""
         r.state = UNLOADING
         r.since = now
+        if hearsay:
+            r.hearsay = True
 
     def forget(self, r: Resident, now: float | None = None) -> None:
         """``r`` is gone; ``now``: when the gateway saw it go (an unload answered), so a

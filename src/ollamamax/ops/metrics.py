@@ -171,6 +171,14 @@ _FRAMES: contextvars.ContextVar[dict[int, dict[str, Any]] | None] = contextvars.
     "ollamamax_metrics_frames", default=None)
 
 
+def _by_one_label(family: Any, name: str, doc: str, label: str, counts: dict[str, Any]) -> Any:
+    """A metric family with one label, one sample per item of ``counts`` (sorted)."""
+    fam = family(name, doc, labels=[label])
+    for value, n in sorted(counts.items()):
+        fam.add_metric([value], n)
+    return fam
+
+
 def _capture(d: Any) -> dict[str, Any]:
     """Everything collect() reads from the dispatcher, copied (histograms are thread-safe
     and read live).  Must run on the dispatcher's event loop thread."""
@@ -249,12 +257,9 @@ class _CollectorMixin:
         for (name, cause), n in sorted(by_cause.items()):
             ej.add_metric([name, cause], n)
         yield ej
-        prevented = core.CounterMetricFamily(
-            f"{p}_host_ejections_prevented", "Ejections skipped because max_ejection_percent of the hosts "
-            "were ejected already.", labels=["host"])
-        for name, n in sorted(c["ejections_prevented"].items()):
-            prevented.add_metric([name], n)
-        yield prevented
+        yield _by_one_label(core.CounterMetricFamily, f"{p}_host_ejections_prevented",
+                            "Ejections skipped because max_ejection_percent of the hosts were ejected already.",
+                            "host", c["ejections_prevented"])
         yield core.CounterMetricFamily(f"{p}_cache_hits", "Response cache hits.", value=c["cache_hits"])
         yield core.CounterMetricFamily(f"{p}_cache_misses", "Response cache misses.", value=c["cache_misses"])
 
@@ -312,25 +317,17 @@ class _CollectorMixin:
                                            value=shared["failures"])
             yield core.CounterMetricFamily(f"{p}_redis_reconnects", "Times Redis came back after being down.",
                                            value=shared["reconnects"])
-            claims = core.CounterMetricFamily(
-                f"{p}_redis_claims", "Load claims by outcome: won (this gateway loads), joined (another replica "
-                "loads the model), host_busy (another replica switches the host), unasked (Redis was down).",
-                labels=["outcome"])
-            for outcome, n in sorted(shared["claims"].items()):
-                claims.add_metric([outcome], n)
-            yield claims
+            yield _by_one_label(
+                core.CounterMetricFamily, f"{p}_redis_claims", "Load claims by outcome: won (this gateway loads), "
+                "joined (another replica loads the model), host_busy (another replica switches the host), unasked "
+                "(Redis was down).", "outcome", shared["claims"])
             if shared.get("cache") is not None:
-                l2 = core.CounterMetricFamily(
-                    f"{p}_redis_cache", "The response cache's second level in Redis, by outcome: hits and misses "
-                    "of local misses, puts stored, dropped (Redis down or too many in flight).", labels=["outcome"])
-                for outcome, n in sorted(shared["cache"].items()):
-                    l2.add_metric([outcome], n)
-                yield l2
-        by_model = core.GaugeMetricFamily(f"{p}_model_queue_depth", "Requests waiting in the gateway, by model.",
-                                          labels=["model"])
-        for model, n in sorted((snap.get("queue_by_model") or {}).items()):
-            by_model.add_metric([model], n)
-        yield by_model
+                yield _by_one_label(
+                    core.CounterMetricFamily, f"{p}_redis_cache", "The response cache's second level in Redis, by "
+                    "outcome: hits and misses of local misses, puts stored, dropped (Redis down or too many in "
+                    "flight).", "outcome", shared["cache"])
+        yield _by_one_label(core.GaugeMetricFamily, f"{p}_model_queue_depth",
+                            "Requests waiting in the gateway, by model.", "model", snap.get("queue_by_model") or {})
         from .._version import __version__
 
         info = core.GaugeMetricFamily(f"{p}_info", "ollamamax version and balancing strategy.",
