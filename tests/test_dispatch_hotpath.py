@@ -645,14 +645,14 @@ async def test_release_without_waiters_then_a_waiter_still_gets_the_slot() -> No
     t = asyncio.create_task(adm.wait("m", 5, 1.0))
     await asyncio.sleep(0)
     adm.release(rb, 2.0)  # grants t
-    assert await t is rb
+    assert (await t).resident is rb
     assert adm.queued("m") == 0 and "m" not in adm.queues  # no stale entry left behind
     adm.release(ra, 3.0)  # nobody waits: the slot just frees
     assert ra.in_flight == 0 and hs[0].in_flight == 0 and adm.try_take(ra)
     t2 = asyncio.create_task(adm.wait("m", 5, 4.0))
     await asyncio.sleep(0)
     adm.release(ra, 5.0)
-    assert await t2 is ra
+    assert (await t2).resident is ra
     assert adm.waiting == 0
 
 
@@ -740,7 +740,7 @@ async def test_a_refused_waiter_that_waits_again_is_not_orphaned_by_the_next_one
         try:
             await adm.wait("m", 5.0, 0.0)
         except RuntimeError:
-            got.append(await adm.wait("m", 1.0, 0.0))  # waits again at once
+            got.append((await adm.wait("m", 1.0, 0.0)).resident)  # waits again at once
 
     async def giving_up() -> None:
         with contextlib.suppress(RuntimeError):

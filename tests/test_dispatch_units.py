@@ -135,13 +135,13 @@ async def test_admission_slots_fifo_timeout_and_cancel() -> None:
     with pytest.raises(QueueFull):
         await adm.wait("m", 5, 4.0)
     adm.release(a, 5.0)  # -> w1 (head of the queue, accepts A)
-    assert await w1 is a
+    assert (await w1).resident is a
     adm.release(b, 6.0)  # -> w2 (older than w3, accepts B)
-    assert await w2 is b
+    assert (await w2).resident is b
     adm.release(a, 7.0)  # w3 refuses A: the slot stays free, w3 keeps its place
     assert a.in_flight == 0 and not w3.done() and a.last_used == 7.0
     adm.release(b, 8.0)
-    assert await w3 is b
+    assert (await w3).resident is b
     assert adm.waiting == 0 and adm.queued("m") == 0 and not adm.queues
     # timeout
     with pytest.raises((TimeoutError, asyncio.TimeoutError)):
@@ -182,7 +182,7 @@ async def test_admission_down_host_not_granted_until_it_comes_back() -> None:
     a.down = a.unreachable = False
     assert adm.stranded("m") == 0
     adm.grant("m")
-    assert await t is r
+    assert (await t).resident is r
 
 
 async def test_admission_the_host_cap_hands_slots_across_models() -> None:
@@ -196,7 +196,7 @@ async def test_admission_the_host_cap_hands_slots_across_models() -> None:
     t = asyncio.create_task(adm.wait("n", 5, 1.0))
     await asyncio.sleep(0)
     adm.release(rm, 2.0)
-    assert await t is rn and hosts[0].in_flight == 1
+    assert (await t).resident is rn and hosts[0].in_flight == 1
 
 
 async def test_admission_stale_waiters_do_not_pile_up_and_stranded_counts_only_live_ones() -> None:
@@ -208,7 +208,7 @@ async def test_admission_stale_waiters_do_not_pile_up_and_stranded_counts_only_l
         t = asyncio.create_task(adm.wait("m", 5, float(i)))
         await asyncio.sleep(0)
         adm.release(b, float(i))
-        assert await t is b
+        assert (await t).resident is b
     assert not adm.queues and adm.waiting == 0
     # a waiter that tried both copies is stranded: only a new copy elsewhere serves it
     t = asyncio.create_task(adm.wait("m", 5, 20.0, exclude=frozenset({0, 1})))
@@ -440,3 +440,69 @@ def test_an_unload_another_gateway_announced_but_never_made_is_undone_by_a_refre
     res.start_unload(own, 10.0)  # this gateway's own unload: its answer decides, not a refresh
     res.reconcile(0, ["b"], 13.0, 13.2)
     assert own.state == "unloading"
+
+
+def test_a_probe_that_cannot_tell_is_tried_again_and_only_a_run_of_them_backs_off() -> None:
+    # bug caught: a probe judged before the copy's first answers gave a time to compare
+    # with counted as "the host queued it" and stopped probing for 30 s, so a copy loaded
+    # for a batch served it at one slot while its host had two
+    from ollamamax.fleet.residency import PROBE_BACKOFF, PROBE_TRIES
+
+    res = Residency(1)
+    r = res.add(0, "a", LOADED, 0.0)
+    for i in range(PROBE_TRIES - 1):
+        r.probing = True
+        r.probe_result(None, 1.0 + i)
+        assert r.slots == 1 and r.probe_after == 1.0 + i and not r.probing  # probe again now
+    r.probe_result(None, 5.0)  # a run of them: the host never showed it runs one more
+    assert r.slots == 1 and r.probe_after == 5.0 + PROBE_BACKOFF
+    r.probe_result(True, 40.0)
+    assert r.slots == 2 and r.probe_after == 40.0 and r.probe_misses == 0
+
+
+async def test_waiters_left_when_a_copy_loads_are_handed_one_probe() -> None:
+    # bug caught: only a request arriving at a full copy could probe, never one already
+    # waiting, so the batch a load was made for went out one slot at a time until a new
+    # arrival happened to probe (p99 of small fleets above consistent hashing's)
+    hosts = mk_hosts(1, 8)
+    res = Residency(1)
+    r = res.start_load(0, "m", 0.0, 1.5)
+    adm = Admission(hosts, res, queue_size=8, clock=lambda: 2.0)
+    waits = [asyncio.create_task(adm.wait("m", 5, 0.1 * i)) for i in range(3)]
+    await asyncio.sleep(0)
+    res.loaded(r, 1.5)
+    adm.grant("m")
+    first, second = await waits[0], await waits[1]
+    assert first.resident is r and not first.probe  # its one learned slot
+    assert second.resident is r and second.probe and r.probing  # one above it, to learn
+    assert not waits[2].done() and r.in_flight == 2 and hosts[0].in_flight == 2
+    adm.release(r, 3.0)  # the first ends: the probe holds the copy's one slot, nobody moves
+    await asyncio.sleep(0)
+    assert not waits[2].done()
+    r.probe_result(True, 3.1)  # it ran alongside: two slots
+    adm.grant("m")
+    assert (await waits[2]) == (r, False)
+    # without a clock (as before), waiters never probe
+    hs2, res2 = mk_hosts(1, 8), Residency(1)
+    r2 = res2.add(0, "m", LOADED, 0.0)
+    adm2 = Admission(hs2, res2, queue_size=8)
+    assert adm2.try_take(r2)
+    w = asyncio.create_task(adm2.wait("m", 5, 1.0))
+    await asyncio.sleep(0)
+    assert not w.done() and not r2.probing
+    w.cancel()
+
+
+def test_an_explored_host_that_evicted_a_model_a_refresh_saw_go_first_has_known_room() -> None:
+    # bug caught: the host evicted another model than the one named, a refresh saw it go
+    # before the exploring load's own check, and that check (nothing it still believed
+    # loaded was missing) took the host for one with room for one more: room 3 on a
+    # 2-model host, and every later load there evicted a model the gateway sent requests to
+    res = Residency(1)
+    res.room_explored(0, 2)  # the first exploring load: both stayed
+    assert res.room == [2] and res.room_known == [False]
+    res.room_explored(0, 2)  # the second: still two listed, whichever went
+    assert res.room == [2] and res.room_known == [True]
+    fixed = Residency(1, room=[1])
+    fixed.room_explored(0, 3)
+    assert fixed.room == [1]  # configured: not learned

@@ -20,6 +20,10 @@ Invariants
     * When a slot frees on (host, model), the oldest live waiter of that model that accepts
       the host gets it; then, if the host's cap was the limit, the oldest waiters of the
       host's other models.  A waiter that timed out or was cancelled is skipped.
+    * At most one request per copy holds a slot above its learned slots (a **probe**,
+      ``Resident.probing``): taken by an arriving request (:meth:`Admission.take_probe`),
+      or handed to the oldest waiter left when every slot is taken (a copy just loaded for
+      a batch learns its parallelism from that batch, not from the next arrival).
     * No ``await`` inside a bookkeeping step, so the event loop never sees half an update.
 
 Cost
@@ -36,14 +40,22 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..fleet.hosts import HostState
 from ..fleet.residency import UNLOADING, Residency, Resident
 from ..structures.exceptions import QueueFull
 from ..upstream.client import timeout as _timeout
 
-__all__ = ["Admission", "LoadFailed", "QueueFull", "Waiter"]
+__all__ = ["Admission", "Grant", "LoadFailed", "QueueFull", "Waiter"]
+
+
+class Grant(NamedTuple):
+    """A slot a waiter got: the copy, and whether the slot is one above its learned slots
+    (a probe: the waiter's first byte tells whether the host runs one more)."""
+
+    resident: Resident
+    probe: bool
 
 
 class LoadFailed(Exception):
@@ -59,12 +71,12 @@ class LoadFailed(Exception):
 
 
 class Waiter:
-    """One waiting request: its future (resolved with the :class:`Resident` whose slot it
-    got), when it began to wait, and the hosts it does not accept (tried already)."""
+    """One waiting request: its future (resolved with the copy whose slot it got, and
+    whether that slot is a probe), when it began to wait, and the hosts it does not accept (tried already)."""
 
     __slots__ = ("fut", "since", "exclude", "panic")
 
-    def __init__(self, fut: asyncio.Future[Resident], since: float, exclude: frozenset[int], panic: bool) -> None:
+    def __init__(self, fut: asyncio.Future[Grant], since: float, exclude: frozenset[int], panic: bool) -> None:
         self.fut = fut
         self.since = since
         self.exclude = exclude
@@ -79,13 +91,15 @@ _NONE: frozenset[int] = frozenset()
 
 class Admission:
     def __init__(self, hosts: Sequence[HostState], residency: Residency, queue_size: int,
-                 *, on_queue: Callable[[str], None] = lambda model: None) -> None:
+                 *, on_queue: Callable[[str], None] = lambda model: None,
+                 clock: Callable[[], float] | None = None) -> None:
         self.queue_size = max(int(queue_size), 0)
         self.waiting = 0
         self.closed = False
         self.hosts = list(hosts)
         self.residency = residency
         self.on_queue = on_queue
+        self.clock = clock  # None: waiters are never handed a probe
         self.queues: dict[str, deque[Waiter]] = {}
 
     # -- slots -------------------------------------------------------------------------
@@ -103,6 +117,7 @@ class Admission:
     def take_probe(self, r: Resident) -> None:
         """One request above ``r.slots``, to learn whether the host runs it alongside."""
         r.probing = True
+        r.probe_mark = r.served
         r.in_flight += 1
         self.hosts[r.host].in_flight += 1
 
@@ -152,7 +167,20 @@ class Admission:
                 continue
             r.in_flight += 1
             h.in_flight += 1
-            w.fut.set_result(r)
+            w.fut.set_result(Grant(r, False))
+        if q and h.in_flight < h.capacity and self.clock is not None and r.may_probe(self.clock()):
+            # every slot taken and waiters left: one of them may learn if the host takes one
+            # more (a copy just loaded for a batch learns its slots from that batch)
+            while q:
+                w = q.popleft()
+                if w.fut.done():
+                    continue
+                if not w.accepts(r, h):
+                    skipped.append(w)
+                    continue
+                self.take_probe(r)
+                w.fut.set_result(Grant(r, True))
+                break
         if skipped:
             q.extendleft(reversed(skipped))
 
@@ -227,15 +255,16 @@ class Admission:
                     w.fut.set_exception(QueueFull())
 
     async def wait(self, model: str, timeout: float, now: float, *, exclude: frozenset[int] = _NONE,
-                   panic: bool = False) -> Resident:
-        """Wait up to ``timeout`` s for a slot on a loaded copy of ``model`` (FIFO).
+                   panic: bool = False) -> Grant:
+        """Wait up to ``timeout`` s for a slot on a loaded copy of ``model`` (FIFO); the
+        copy comes back with ``probe`` True when the slot is one above its learned slots.
 
         Raises ``QueueFull`` when the wait queue is full and ``asyncio.TimeoutError`` when no
         slot came in time.  Cancellation-safe.
         """
         if self.closed or self.waiting >= self.queue_size:
             raise QueueFull
-        fut: asyncio.Future[Resident] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
         w = Waiter(fut, now, exclude, panic)
         q = self.queues.get(model)
         if q is None:
@@ -251,7 +280,7 @@ class Admission:
                     continue
                 served = True
                 if self.try_take(r, panic):
-                    fut.set_result(r)
+                    fut.set_result(Grant(r, False))
                     break
             if not served:
                 # only a new copy serves it: plan now.  A waiter queued behind busy copies
@@ -262,7 +291,10 @@ class Admission:
                 return await fut
         except BaseException:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release(fut.result(), now)  # granted while we were leaving: give it back
+                got = fut.result()  # granted while we were leaving: give it back
+                if got.probe:
+                    got.resident.probing = False
+                self.release(got.resident, now)
             else:
                 fut.cancel()
             raise

@@ -200,7 +200,8 @@ class Dispatcher(EmbeddedClient):
         cfg = self.config
         hosts = self.hosts
         self._upstreams = [self._upstream_factory(h, cfg) for h in hosts]
-        self.admission = admission = Admission(hosts, self.residency, cfg.queue_size, on_queue=self._on_queue)
+        self.admission = admission = Admission(hosts, self.residency, cfg.queue_size, on_queue=self._on_queue,
+                                                  clock=self.clock)
         self.scheduler = scheduler = FleetScheduler(
             hosts, self.residency, admission, self.store, self._upstreams, self.demand, self.service,
             clock=self.clock, wall=self.wall, policy=self.policy, health=self.health,

@@ -420,7 +420,7 @@ class Forwarder:
                         return self.busy(req.route, queue_s=queue_s, attempts=attempts,
                                          cache="miss" if req.cache_header else None)
                     try:
-                        r = await adm.wait(model, deadline - t_wait, t_wait, exclude=tried, panic=panic)
+                        r, probe = await adm.wait(model, deadline - t_wait, t_wait, exclude=tried, panic=panic)
                     except (QueueFull, TimeoutError, asyncio.TimeoutError):
                         queue_s += clock() - t_wait
                         return self.busy(req.route, queue_s=queue_s, attempts=attempts,
@@ -437,7 +437,6 @@ class Forwarder:
                         continue
                     queue_s += clock() - t_wait
                     cold = r.since >= t_wait  # it waited for this copy to load: measured, not guessed
-                    probe = False
                 h = hosts[r.host]
                 attempts += 1
                 if retry:
@@ -511,19 +510,24 @@ class Forwarder:
             h.in_flight -= 1
             return
         if probe and r.probing:
-            r.probe_result(ttft is not None and self._ran_alongside(r, ttft), now)
+            r.probe_result(self._ran_alongside(r, ttft) if ttft is not None else False, now)
             if r.in_flight <= r.slots:
                 self.admission.grant(r.model)
         self.admission.release(r, now)
 
-    def _ran_alongside(self, r: Resident, ttft: float) -> bool:
-        """Whether a probe's time to first byte says the host served it with the others
-        (had it queued behind them, it would have waited for one of them to end)."""
+    def _ran_alongside(self, r: Resident, ttft: float) -> bool | None:
+        """Whether the host served a probe alongside the copy's other requests.  Had it
+        queued the probe behind them, its first byte would have come only after one of them
+        ended: a first byte before any ended says it ran alongside.  A first byte later than
+        an idle copy's usual time to first byte plus a third of a service says it queued.
+        Between the two it cannot tell (None): a short answer may have ended meanwhile."""
+        if r.probe_clean:
+            return True
         base = self._ttft_base.get((r.host, r.model))
         svc = self.service.get(r.model)
-        if base is None or svc is None or svc.value is None:
-            return False
-        return ttft < base.get(0.0) + 0.3 * svc.value
+        if base is None or base.value is None or svc is None or svc.value is None:
+            return None
+        return False if ttft >= base.value + 0.3 * svc.value else None
 
     async def _attempt(self, h: HostState, r: Resident | None, req: Request, attempts: int, queue_s: float,
                        cold: bool, probe: bool = False) -> DispatchResponse | _Failure:
@@ -562,6 +566,8 @@ class Forwarder:
             else:
                 body = await resp.read()
             t_first = clock()
+            if probe and r is not None:
+                r.probe_clean = r.served == r.probe_mark  # nothing here ended before it began
         except asyncio.CancelledError:
             if resp is not None:
                 resp.close()

@@ -289,7 +289,8 @@ class FleetScheduler:
         self.counters["evictions"] += len(victims)
         self.loads_by[(h.name, a.model)] += 1
         self.decisions.appendleft({"at": self.wall(), "host": h.name, "model": a.model,
-                                   "evict": list(a.evict), "reason": a.reason, "preload": a.preload})
+                                   "evict": list(a.evict), "reason": a.reason, "preload": a.preload,
+                                   "explore": a.explore})
         log.info("load %s on %s: %s", a.model, h.name, a.reason)
         t = asyncio.get_running_loop().create_task(self._load(h, r, victims, a.explore))
         self._tasks.add(t)
@@ -461,14 +462,15 @@ class FleetScheduler:
         res = self.residency
         held = [x for x in res.by_host[h.index].values() if x.state == LOADED]
         missing = [x for x in (*victims, *held) if x.model not in listed and x.in_flight == 0]
-        res.room_explored(h.index, held_on=not missing)
+        before = res.room[h.index]
+        res.room_explored(h.index, len(listed))
         for x in missing:
             res.forget(x)
         for v in victims:
             if v not in missing and res.get(h.index, v.model) is v:
                 res.loaded(v, now)
                 self.admission.grant(v.model)
-        if not missing:
+        if res.room[h.index] > before:
             log.info("%s holds %s beside the new model: room for %d", h.name,
                      ", ".join(v.model for v in victims), res.room[h.index])
 

@@ -37,6 +37,7 @@ FOUND = float("-inf")  # ``since`` of a model found loaded: how long it has been
 # that unload never happened (its switch was given up), so the model is there to use
 HEARSAY_UNLOAD = 2.0
 PROBE_BACKOFF = 30.0  # after a probe showed the host queued, try one more slot again this much later
+PROBE_TRIES = 3  # probes in a row that cannot tell count as one that showed it queued
 
 
 class Resident:
@@ -53,6 +54,9 @@ class Resident:
         "slots_fixed",
         "probing",
         "probe_after",
+        "probe_mark",
+        "probe_clean",
+        "probe_misses",
         "last_used",
         "served",
         "hearsay",
@@ -70,6 +74,9 @@ class Resident:
         self.slots_fixed = slots_fixed  # configured: never probed
         self.probing = False  # one request above ``slots`` is out to learn if the host takes it
         self.probe_after = now  # no probe before this
+        self.probe_mark = 0  # ``served`` when the probe went out
+        self.probe_clean = False  # no other request here ended before the probe's first byte
+        self.probe_misses = 0  # probes in a row that could not tell
         self.last_used = now
         self.served = 0  # requests answered here since it was loaded
         # its state is what another gateway said (dispatch.shared), not this one's own
@@ -81,15 +88,21 @@ class Resident:
         return (self.state == LOADED and not self.slots_fixed and not self.probing
                 and self.in_flight == self.slots and now >= self.probe_after)
 
-    def probe_result(self, parallel: bool, now: float) -> None:
+    def probe_result(self, parallel: bool | None, now: float) -> None:
         """The probe's answer: the host ran it alongside the others (``parallel``: one more
-        slot), or queued it (stay, and do not probe again for a while)."""
+        slot), queued it (False: stay, and do not probe again for a while), or nothing to
+        judge by yet (None: the copy's first answers are still out; probe again)."""
         self.probing = False
+        if parallel is None:
+            self.probe_misses += 1
+            if self.probe_misses < PROBE_TRIES:
+                self.probe_after = now
+                return
+            parallel = False  # it never showed it runs one more: take it as queued
+        self.probe_misses = 0
         if parallel:
             self.slots += 1
-            self.probe_after = now
-        else:
-            self.probe_after = now + PROBE_BACKOFF
+        self.probe_after = now if parallel else now + PROBE_BACKOFF
 
     def __repr__(self) -> str:
         return (f"Resident({self.model!r} on #{self.host}, {self.state}, {self.in_flight}/{self.slots}"
@@ -180,13 +193,15 @@ class Residency:
             if not by:
                 del self.by_model[r.model]
 
-    def room_explored(self, host: int, held_on: bool) -> None:
-        """The outcome of loading one model more than ``room`` without evicting first:
-        ``held_on`` (the host kept them all: one more fits) or not (it evicted one)."""
+    def room_explored(self, host: int, together: int) -> None:
+        """The outcome of loading one model more than ``room`` without evicting first: the
+        host then listed ``together`` models.  More than ``room``: it kept them all, so that
+        many fit; else it evicted one (whichever it chose, and maybe seen by a refresh
+        before this), so ``room`` is its limit."""
         if self.room_fixed[host]:
             return
-        if held_on:
-            self.room[host] += 1
+        if together > self.room[host]:
+            self.room[host] = together
         else:
             self.room_known[host] = True
 
