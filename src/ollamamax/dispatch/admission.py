@@ -170,7 +170,11 @@ class Admission:
             w.fut.set_result(Grant(r, False))
         if q and h.in_flight < h.capacity and self.clock is not None and r.may_probe(self.clock()):
             # every slot taken and waiters left: one of them may learn if the host takes one
-            # more (a copy just loaded for a batch learns its slots from that batch)
+            # more (a copy just loaded for a batch learns its slots from that batch).  The
+            # oldest goes, as it would to a free slot: on the simulator's fleets, handing
+            # the probe to the newest waiter instead, or only to a copy that has answered
+            # nothing yet, measured no better (p99 and p50 within noise over 4 seeds, more
+            # of the 54 sweep cells above hash's)
             while q:
                 w = q.popleft()
                 if w.fut.done():
