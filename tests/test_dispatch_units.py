@@ -400,12 +400,13 @@ def test_a_refresh_older_than_an_unload_does_not_bring_the_model_back() -> None:
     r = res.add(0, "a", LOADED, 0.0)
     res.start_unload(r, 10.0)
     res.forget(r, 10.5)  # the unload was answered at 10.5
-    res.start_load(0, "b", 10.5, 1.5)
+    b = res.start_load(0, "b", 10.5, 1.5)
     res.reconcile(0, ["a"], 10.2, 11.0)  # a refresh begun at 10.2 answers at 11.0, listing a
     assert res.get(0, "a") is None  # the stale listing did not bring it back
     assert res.get(0, "b").state == "loading"
-    res.reconcile(0, ["a"], 12.0, 12.5)  # a refresh begun after it left: the host did reload it
-    assert res.get(0, "a") is not None and res.get(0, "a").state == LOADED
+    res.loaded(b, 12.0)  # b's load answered
+    res.reconcile(0, ["a"], 12.5, 12.6)  # a refresh begun after a left, and after the switch
+    assert res.get(0, "a") is not None and res.get(0, "a").state == LOADED  # the host did reload a
 
 
 def test_learned_slots_outlive_a_copy_and_seed_a_new_model_on_the_host() -> None:
@@ -506,3 +507,26 @@ def test_an_explored_host_that_evicted_a_model_a_refresh_saw_go_first_has_known_
     fixed = Residency(1, room=[1])
     fixed.room_explored(0, 3)
     assert fixed.room == [1]  # configured: not learned
+
+
+def test_a_model_being_switched_out_is_not_taken_back_while_the_switch_runs() -> None:
+    # bug caught (two replicas): the host answers an unload at once but keeps a model that
+    # still serves requests (the other replica's); a refresh listed it, the residency took
+    # it back as loaded, both replicas routed more requests to it, and the load it was
+    # evicted for waited in the host 7 s and more, behind a model that never went idle
+    res = Residency(1)
+    a = res.add(0, "a", LOADED, 0.0)
+    res.start_unload(a, 10.0)
+    res.forget(a, 10.1)  # the unload was answered
+    b = res.start_load(0, "b", 10.1, 1.5)
+    res.reconcile(0, ["a"], 10.5, 10.6)  # begun after the answer, and still lists a: draining
+    assert res.get(0, "a") is None and b.state == "loading"
+    res.reconcile(0, ["a", "b"], 12.0, 12.1)  # b is loaded: a stays beside it, so room for two
+    assert res.get(0, "a") is not None and b.state == LOADED and res.room[0] == 2
+    # the same for a switch another replica announced (its load joined, its victim hearsay)
+    other = Residency(1)
+    x = other.add(0, "x", LOADED, 0.0)
+    other.start_unload(x, 10.0, hearsay=True)
+    other.start_load(0, "y", 10.0, 1.5, hearsay=True)
+    other.reconcile(0, ["x"], 13.0, 13.1)  # well past HEARSAY_UNLOAD, but the switch runs
+    assert x.state == "unloading"

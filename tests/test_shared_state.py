@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from ollamamax.dispatch import Dispatcher, HostConfig
@@ -65,7 +66,7 @@ async def test_exactly_one_replica_starts_a_load(redis_server: RedisServer) -> N
         assert not busy.ok and busy.conflict == "host" and busy.holder["model"] == "phi4"
         # released when the load ends: the next load may go
         owner = a if got[0].ok else b
-        await owner.renew(winner, "phi4", loser.holder["host"], release=True)
+        await owner.renew(winner, "phi4", loser.holder["host"], loaded=True)
         assert (await b.claim("llava", loser.holder["host"], ())).ok
 
 
@@ -358,6 +359,15 @@ async def test_a_heard_switch_stops_routing_to_its_victims_at_once() -> None:
         view = sched.view(d.clock())
         assert any(x.model == "phi4:latest" and x.state == "loading" for x in view.hosts[0].residents)
         sched.heard({"replica": "other", "host": "http://elsewhere:1", "model": "x", "evict": []})  # not ours
+        # bug caught: the heard load lived only in the planner's view, so this replica's
+        # own waiters of phi4 counted as stranded (no copy of theirs) and it planned a
+        # second load of phi4 elsewhere a moment later (two switches for one model)
+        now = d.clock()
+        w = asyncio.create_task(d.admission.wait("phi4:latest", 5.0, now))
+        await asyncio.sleep(0)
+        assert d.admission.queued("phi4:latest") == 1 and d.admission.stranded("phi4:latest") == 0
+        assert [ld for ld in sched.planner(sched.view(now), sched.policy) if ld.model == "phi4:latest"] == []
+        w.cancel()
 
 
 async def test_another_replicas_stale_picture_does_not_bring_back_what_this_one_evicted() -> None:
@@ -392,3 +402,66 @@ async def test_another_replicas_stale_picture_does_not_bring_back_what_this_one_
         assert phi is not None and phi.state == "loaded" and phi.hearsay  # taken, as hearsay
         published = sched.shared_state()["hosts"][h.url]["models"]
         assert "phi4:latest" not in published and "llama3.2:latest" not in published
+
+
+async def test_a_joined_load_is_handed_over_when_its_loader_announces_the_end(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug caught: a replica that joined another's load (it heard the claim) learns that
+    the load ended only from that replica's next published state, up to two sync intervals
+    later: its waiters sit beside a loaded copy.  The loader announces the end on the
+    events channel; here no sync comes for a minute, so only that announcement can hand
+    the copy over (without it the request times out)."""
+    async with FakeOllama(["llama3.2", "phi4"], tokens_per_sec=0, load_delay=0.2) as h, \
+            replica(redis_server.url, "a", prefix="j") as a, \
+            Dispatcher([h.url], redis_url=redis_server.url, redis_prefix="j", refresh_interval=30) as d:
+        assert d.shared is not None and d.scheduler is not None
+        for _ in range(100):  # its first sync (bounded)
+            if d.shared.up:
+                break
+            await asyncio.sleep(0.01)
+        monkeypatch.setattr(shared_mod, "SYNC_INTERVAL", 60.0)  # after the one under way
+        await asyncio.sleep(0.1)
+        claim = await a.claim("phi4:latest", h.url, ())
+        assert claim.ok
+        for _ in range(100):  # the claim is heard: d counts phi4 as loading there
+            r = d.residency.get(0, "phi4:latest")
+            if r is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert r is not None and r.state == "loading"
+        waiter = asyncio.create_task(ask(d, "phi4"))
+        await asyncio.sleep(0.05)
+        assert not waiter.done() and d.scheduler.counters["loads"] == 0  # it joined, no load of its own
+        async with aiohttp.ClientSession() as s, \
+                s.post(f"{h.url}/api/generate", json={"model": "phi4", "keep_alive": -1}) as resp:
+            assert resp.status == 200  # replica a's load
+            await resp.read()
+        await a.renew(claim, "phi4:latest", h.url, loaded=True)
+        status, _ = await asyncio.wait_for(waiter, 10.0)
+        assert status == 200 and d.scheduler.counters["loads"] == 0
+        assert h.stats()["totals"]["loads"] == 1  # the host loaded phi4 once, for both
+
+
+async def test_a_peers_older_picture_does_not_undo_a_switch_under_way(redis_server: RedisServer) -> None:
+    """Bug caught: while this replica unloads a model (its switch under way), the other
+    replica's last published picture, older than the switch, still lists it loaded; the
+    sync took that as fact, set it loaded again and handed it this replica's waiters: the
+    host reloaded it over the model just loaded in its place (seen in the two-replica
+    benchmark: the fleet's busiest model bounced, and the switch's waiters sat 6-9 s)."""
+    async with FakeOllama(["llama3.2", "phi4"], preload=("llama3.2",), tokens_per_sec=0, load_delay=0.05) as h:
+        peer_state = {"hosts": {h.url: {"models": {"llama3.2:latest": ["loaded", 0]}}}}
+        async with replica(redis_server.url, "peer", peer_state, prefix="u") as peer, \
+                Dispatcher([h.url], redis_url=redis_server.url, redis_prefix="u", refresh_interval=30) as d:
+            assert d.shared is not None and d.scheduler is not None and peer.up
+            assert (await ask(d, "llama3.2"))[0] == 200
+            mine = d.residency.get(0, "llama3.2:latest")
+            assert mine is not None and mine.state == "loaded"
+            d.residency.start_unload(mine, d.clock())  # this replica's switch
+            heard = mine.hearsay
+            for _ in range(100):  # a sync with the peer's picture (bounded)
+                if d.shared.peers():
+                    break
+                await asyncio.sleep(0.02)
+            d.scheduler.absorb()
+            assert d.residency.get(0, "llama3.2:latest") is mine and mine.state == "unloading"
+            assert mine.hearsay == heard  # still this replica's own unload

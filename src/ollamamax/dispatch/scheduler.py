@@ -332,7 +332,31 @@ class FleetScheduler:
             await self._load_now(h, r, victims, explore)
         finally:
             holder.cancel()
-            await shared.renew(claim, r.model, h.url, release=True)
+            loaded = r.state == LOADED and self.residency.get(h.index, r.model) is r
+            await shared.renew(claim, r.model, h.url, loaded=loaded)
+
+    def _join(self, where: int, model: str, now: float) -> None:
+        """Another replica loads ``model`` on host ``where``: this replica counts it as a
+        load under way there (its waiters get that copy once the syncs show it loaded)."""
+        cost = self.hosts[where].expected_load_cost(model)
+        joined = self.residency.start_load(where, model, now, cost, hearsay=True)
+        self._joined[(where, model)] = (joined, now, now + LEASE_TTL + cost)
+
+    def _joined_ended(self, where: int, model: str, loaded: bool, now: float) -> None:
+        """The replica whose load this one joined says how it ended: its copy goes to this
+        replica's waiters at once, or (failed) they are planned for again."""
+        entry = self._joined.pop((where, model), None)
+        if entry is None:
+            return
+        r = entry[0]
+        if self.residency.get(where, model) is not r or r.state != LOADING:
+            return
+        if loaded:
+            self.residency.loaded(r, now)
+            self.admission.grant(model)
+        else:
+            self.residency.forget(r)
+        self.nudge()
 
     def _yield(self, h: HostState, r: Resident, victims: list[Resident], claim: Claim) -> None:
         """Another replica claimed this load (or this host) first: undo the decision; when
@@ -353,8 +377,7 @@ class FleetScheduler:
             j = self.hosts[where]
             mine = res.get(where, r.model)
             if mine is None or mine.state == UNLOADING:
-                joined = res.start_load(where, r.model, now, j.expected_load_cost(r.model), hearsay=True)
-                self._joined[(where, r.model)] = (joined, now, now + LEASE_TTL + j.expected_load_cost(r.model))
+                self._join(where, r.model, now)
             for e in other.get("evict") or ():
                 x = res.get(where, str(e))
                 if x is not None and x.state == LOADED and x.in_flight == 0:
@@ -526,23 +549,29 @@ class FleetScheduler:
         return tuple(out)
 
     def heard(self, event: dict[str, Any]) -> None:
-        """Another replica claimed a switch (``dispatch.shared`` heard it on the events
-        channel): its victims stop taking this replica's requests now (the host would
-        load them again over the new model), and the host counts as switching to the new
-        model until the syncs show it loaded."""
+        """Another replica claimed a switch, or ended a load it claimed (``dispatch.shared``
+        heard it on the events channel).  A claim: its victims stop taking this replica's
+        requests now (the host would load them again over the new model), and this replica
+        joins the load (its waiters wait for that copy, its planner plans no other).  An
+        end: the joined copy is handed to the waiters, or, failed, planned for again."""
         where = self._url_index.get(str(event.get("host", "")))
         model = event.get("model")
         if where is None or not isinstance(model, str):
             return
         now = self.clock()
         res = self.residency
+        if "loaded" in event:  # the end of a load it claimed
+            self._joined_ended(where, model, event["loaded"] is True, now)
+            return
         for e in event.get("evict") or ():
             x = res.get(where, str(e))
             if x is not None and x.state == LOADED:  # even with requests of ours running there:
                 res.start_unload(x, now, hearsay=True)  # they finish, but no more go (they would reload it)
         mine = res.get(where, model)
         if mine is None or mine.state == UNLOADING:
-            self._claimed_host[where] = (model, now + LEASE_TTL)
+            # this replica's requests of the model join that load, as if it had yielded to
+            # it: its planner must not load the model again elsewhere for them meanwhile
+            self._join(where, model, now)
         self.nudge()
 
     def shared_state(self) -> dict[str, Any]:
@@ -600,9 +629,12 @@ class FleetScheduler:
             claimed = self._claimed_host.get(i)
             for m, (state, _) in remote.hosts.get(h.url, {}).items():
                 mine = res.get(i, m)
-                if state == LOADED and (mine is None or mine.state == UNLOADING and mine.in_flight == 0):
+                if state == LOADED and mine is None:
                     # a model this replica saw leave lately is not back on another's word
-                    # (its picture may predate the unload), unless it heard that load
+                    # (its picture may predate the unload), unless it heard that load; nor
+                    # is one it unloads, or heard is unloaded (the other's picture predates
+                    # the switch: taken back, its requests would reload it over the model
+                    # loaded in its place; a refresh tells if the unload never came)
                     if now - left.get(m, FOUND) < HEARSAY_GRACE and (claimed is None or claimed[0] != m):
                         continue
                     x = res.add(i, m, LOADED, now)  # loaded by another replica

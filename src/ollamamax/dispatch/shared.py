@@ -21,7 +21,9 @@ and two Lua scripts where atomicity matters:
   announces the claim on ``{prefix}:events`` (pub/sub): the other replicas hear of the
   switch within a millisecond, not at their next sync, and stop sending the evicted
   models' requests to that host at once (the host would load them again, evicting the
-  model just loaded: the switch undone by a stale picture).  So exactly one
+  model just loaded: the switch undone by a stale picture); they count the load as under
+  way there (their waiters join it).  The release announces how the load ended, so the
+  joined replicas hand the copy to their waiters at once too.  So exactly one
   replica starts a given load or switches a given host; another replica that decided the
   same load joins it instead (the host loads a model once, whoever asks), and a replica that
   dies mid-load blocks nothing for longer than the lease.
@@ -94,15 +96,17 @@ redis.call('PUBLISH', KEYS[3], ARGV[1])
 return {0, ''}
 """
 
-# KEYS = the claims; ARGV = value, ttl ms (0: delete) -> how many were still ours
+# KEYS[1], KEYS[2] = the claims, KEYS[3] = events; ARGV = value, ttl ms (0: delete), the
+# outcome to announce ('' none) -> how many were still ours
 _RENEW = """
 local n = 0
-for _, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[1] then
-    if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', k, ARGV[2]) else redis.call('DEL', k) end
+for i = 1, 2 do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[i], ARGV[2]) else redis.call('DEL', KEYS[i]) end
     n = n + 1
   end
 end
+if ARGV[3] ~= '' then redis.call('PUBLISH', KEYS[3], ARGV[3]) end
 return n
 """
 
@@ -336,14 +340,19 @@ class SharedState:
         self.claims["host_busy"] += 1
         return Claim(False, "host", who)
 
-    async def renew(self, claim: Claim, model: str, host: str, *, release: bool = False) -> None:
-        """Extend a claim while its load runs, or (``release``) give it up once it ended."""
+    async def renew(self, claim: Claim, model: str, host: str, *, loaded: bool | None = None) -> None:
+        """Extend a claim while its load runs, or give it up once the load ended (``loaded``:
+        whether the model is loaded now), announcing the outcome on the events channel: the
+        replicas that joined the load hand its copy to their waiters at once, not at their
+        next sync."""
         if not claim.token or self._client is None:
             return
+        done = "" if loaded is None else json.dumps(
+            {"replica": self.replica, "host": host, "model": model, "loaded": loaded}, separators=(",", ":"))
         try:
             async with timeout(CALL_TIMEOUT):
-                await self._renew_script(keys=[self._key("load", model), self._key("host", host)],
-                                         args=[claim.token, 0 if release else int(LEASE_TTL * 1000)])
+                await self._renew_script(keys=[self._key("load", model), self._key("host", host), self._key("events")],
+                                         args=[claim.token, 0 if loaded is not None else int(LEASE_TTL * 1000), done])
         except Exception as exc:  # noqa: BLE001 - the lease then expires by itself
             self._failed(exc)
 

@@ -212,13 +212,21 @@ class Residency:
         after the refresh began is kept (its own loads and unloads are newer)."""
         seen = set(observed)
         gone = []
-        for r in list(self.by_host[host].values()):
+        residents = self.by_host[host]
+        for r in residents.values():
+            if r.model in seen and r.state == LOADING and r.since < refreshed_at:
+                self.loaded(r, now)  # loaded by now (its answer may still be on the way)
+        # A switch under way (a load, this gateway's or one it joined): a model it evicts
+        # may still be listed, serving the requests it had (the host answers an unload at
+        # once and lets the model go when they end).  Taken back as loaded, it would get
+        # more requests, stay busy, and hold the new model's load off indefinitely.
+        switching = any(r.state == LOADING for r in residents.values())
+        for r in list(residents.values()):
             if r.model in seen:
-                if r.state == LOADING and r.since < refreshed_at:
-                    self.loaded(r, now)  # loaded by now (its answer may still be on the way)
                 if r.state == LOADED:
                     r.hearsay = False  # the host said so
-                elif r.state == UNLOADING and r.hearsay and r.since < refreshed_at - HEARSAY_UNLOAD:
+                elif (r.state == UNLOADING and r.hearsay and not switching
+                      and r.since < refreshed_at - HEARSAY_UNLOAD):
                     self.loaded(r, now)  # another gateway's unload never came: it is still there
                     r.hearsay = False
                 continue
@@ -227,7 +235,7 @@ class Residency:
                 gone.append(r.model)
         left = self.left[host]
         for m in seen:
-            if m not in self.by_host[host] and left.get(m, FOUND) < refreshed_at:
+            if m not in residents and left.get(m, FOUND) < refreshed_at and not switching:
                 # found loaded (at start, or loaded by someone else): not a fresh load of
                 # the scheduler's, so the planner's dwell does not shield it
                 self.add(host, m, LOADED, now).since = FOUND
