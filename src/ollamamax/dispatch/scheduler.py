@@ -337,7 +337,8 @@ class FleetScheduler:
 
     def _join(self, where: int, model: str, now: float) -> None:
         """Another replica loads ``model`` on host ``where``: this replica counts it as a
-        load under way there (its waiters get that copy once the syncs show it loaded)."""
+        load under way there (its waiters get that copy when the loader announces the end, or
+        the syncs show it loaded)."""
         cost = self.hosts[where].expected_load_cost(model)
         joined = self.residency.start_load(where, model, now, cost, hearsay=True)
         self._joined[(where, model)] = (joined, now, now + LEASE_TTL + cost)
