@@ -97,16 +97,26 @@ async def test_an_answer_one_gateway_cached_is_a_hit_on_another(redis_server: Re
             assert b._shared_cache.hits == hits
 
 
-async def test_a_pull_through_one_gateway_invalidates_every_gateways_cache(redis_server: RedisServer) -> None:
+CHANGES = {  # a call through one gateway that changes llama3.2 on the hosts
+    "pull": ("POST", "/api/pull", {"model": "llama3.2", "stream": False}),
+    "create": ("POST", "/api/create", {"model": "llama3.2", "from": "llama3.2", "system": "Be brief.",
+                                       "stream": False}),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+async def test_a_model_changed_through_one_gateway_is_invalidated_in_every_gateways_cache(
+        redis_server: RedisServer, change: str) -> None:
     """Bug caught: an invalidation (pull, create, copy, delete) that only the gateway it went
     through applies: the others keep replaying what the old model answered, from their own
     cache or from Redis."""
+    method, path, payload = CHANGES[change]
     async with FakeOllama(["llama3.2"], tokens_per_sec=0, load_delay=0.01) as h, \
             gateway(h, redis_server.url) as a, gateway(h, redis_server.url) as b:
         assert (await ask(a))[1] == "miss"
         await until(lambda: a._shared_cache is not None and a._shared_cache.puts >= 1, "the put")
         assert (await ask(b))[1] == "hit"  # b holds it now, locally too
-        r = await a.handle("POST", "/api/pull", json.dumps({"model": "llama3.2", "stream": False}).encode(), {})
+        r = await a.handle(method, path, json.dumps(payload).encode(), {})
         await r.read()
         assert r.status == 200
         await until(lambda: a._shared_cache is not None and not a._shared_cache._bumping, "the bump")
@@ -118,6 +128,23 @@ async def test_a_pull_through_one_gateway_invalidates_every_gateways_cache(redis
         async with gateway(h, redis_server.url) as c:
             await synced(c)
             assert (await ask(c))[1] == "hit"
+
+
+async def test_a_model_deleted_through_one_gateway_is_never_replayed_by_another(redis_server: RedisServer) -> None:
+    """Bug caught: a delete invalidated only the gateway it went through: another gateway
+    keeps answering for a model the hosts no longer have, from its own cache or Redis's."""
+    async with FakeOllama(["llama3.2"], tokens_per_sec=0, load_delay=0.01) as h, \
+            gateway(h, redis_server.url) as a, gateway(h, redis_server.url) as b:
+        assert (await ask(a))[1] == "miss"
+        await until(lambda: a._shared_cache is not None and a._shared_cache.puts >= 1, "the put")
+        assert (await ask(b))[1] == "hit"
+        r = await a.handle("DELETE", "/api/delete", json.dumps({"model": "llama3.2"}).encode(), {})
+        await r.read()
+        assert r.status == 200
+        await until(lambda: a._shared_cache is not None and not a._shared_cache._bumping, "the bump")
+        await synced(b)
+        status, cache, _ = await ask(b)
+        assert status == 404 and cache != "hit"  # the host's answer, not a replay
 
 
 async def test_with_redis_gone_each_gateway_keeps_its_own_cache(redis_server: RedisServer) -> None:

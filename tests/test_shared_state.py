@@ -465,3 +465,93 @@ async def test_a_peers_older_picture_does_not_undo_a_switch_under_way(redis_serv
             d.scheduler.absorb()
             assert d.residency.get(0, "llama3.2:latest") is mine and mine.state == "unloading"
             assert mine.hearsay == heard  # still this replica's own unload
+
+
+async def _one_cold_model_many_requests(url: str | None) -> tuple[list[int], int, int]:
+    """Two gateways in front of one empty host; 24 concurrent requests for one cold model,
+    half through each.  Returns the statuses, the loads the gateways started, and the loads
+    the host counted."""
+    async with contextlib.AsyncExitStack() as stack:
+        h = await stack.enter_async_context(FakeOllama(["mistral"], tokens_per_sec=0, load_delay=0.3))
+        extra: dict[str, Any] = {"redis_url": url, "redis_prefix": "many"} if url else {}
+        gws = [await stack.enter_async_context(Dispatcher([HostConfig(h.url, num_parallel=2)],
+                                                          refresh_interval=30, **extra)) for _ in range(2)]
+        for g in gws:  # both sharing before the burst (bounded)
+            for _ in range(100):
+                if g.shared is None or g.shared.peers():
+                    break
+                await asyncio.sleep(0.02)
+        results = await asyncio.gather(*(ask(gws[i % 2], "mistral", f"q{i}") for i in range(24)))
+        started = sum(g.scheduler.counters["loads"] for g in gws if g.scheduler is not None)
+        return [s for s, _ in results], started, h.stats()["totals"]["loads"]
+
+
+async def test_many_concurrent_requests_for_one_cold_model_start_one_load(redis_server: RedisServer) -> None:
+    """Bug caught: under a burst, both gateways see the cold model's queue and each starts
+    the load (the host merges them, but each gateway switched a host for it); with Redis
+    exactly one starts it and the other's waiters join it.  The control without Redis shows
+    the test can fail."""
+    statuses, started, host_loads = await _one_cold_model_many_requests(redis_server.url)
+    assert statuses == [200] * 24
+    assert started == 1 and host_loads == 1
+    statuses, started, _ = await _one_cold_model_many_requests(None)
+    assert statuses == [200] * 24 and started == 2  # alone, each gateway starts it
+
+
+async def test_every_request_succeeds_while_redis_is_flushed_stopped_and_restarted(
+        redis_server: RedisServer, fast_ttls: None) -> None:
+    """Bug caught: Redis as a dependency of correctness: a flushed keyspace (claims and
+    states gone under a load), a Redis that stops answering, or one that comes back empty
+    makes requests fail or hang instead of being served from local state.  (Planted: a
+    claim that raises when Redis is unreachable instead of going ahead alone: the traffic
+    stalls from the moment Redis stops.)"""
+    import redis.asyncio as aioredis
+
+    models = ["llama3.2", "mistral", "qwen3:0.6b"]
+    async with FakeOllama(models, tokens_per_sec=200, response_tokens=(5, 5), load_delay=0.05,
+                          max_loaded_models=1) as h, \
+            Dispatcher([h.url], redis_url=redis_server.url, redis_prefix="f", refresh_interval=1) as a, \
+            Dispatcher([h.url], redis_url=redis_server.url, redis_prefix="f", refresh_interval=1) as b:
+        statuses: list[int] = []
+        done = asyncio.Event()
+
+        async def traffic() -> None:
+            i = 0
+            while not done.is_set() and i < 400:  # bounded
+                batch = [ask((a, b)[j % 2], models[(i + j) % 3], f"r{i}-{j}") for j in range(4)]
+                statuses.extend(s for s, _ in await asyncio.gather(*batch))
+                i += 1
+
+        t = asyncio.create_task(traffic())
+        client = aioredis.from_url(redis_server.url)
+        served = [0]  # answers by the end of each phase
+
+        async def phase(seconds: float) -> None:
+            await asyncio.sleep(seconds)
+            for _ in range(100):  # at least one more answer in this phase (bounded)
+                if len(statuses) > served[-1]:
+                    break
+                await asyncio.sleep(0.05)
+            served.append(len(statuses))
+
+        try:
+            await phase(0.3)
+            await client.flushall()  # everything shared is gone at once
+            await phase(0.3)
+            redis_server.stop()  # down
+            await phase(0.6)
+            redis_server.start()  # back, empty
+            for _ in range(200):  # both reconnect (bounded)
+                if a.shared is not None and b.shared is not None and a.shared.up and b.shared.up:
+                    break
+                await asyncio.sleep(0.05)
+            await phase(0.3)
+            await client.flushall()  # and flushed once more while sharing
+            await phase(0.3)
+        finally:
+            done.set()
+            await t
+            await client.aclose()
+        assert a.shared is not None and b.shared is not None and a.shared.up and b.shared.up
+        assert all(x < y for x, y in zip(served, served[1:])), served  # traffic in every phase
+        assert set(statuses) == {200}, statuses

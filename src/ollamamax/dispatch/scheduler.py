@@ -216,6 +216,8 @@ class FleetScheduler:
         if self.admission.closed:
             return
         now = self.clock()
+        if self._joined:
+            self._drop_joined(now)
         view = self.view(now)
         loads = self.planner(view, self.policy)
         for a in loads:
@@ -358,6 +360,18 @@ class FleetScheduler:
         else:
             self.residency.forget(r)
         self.nudge()
+
+    def _drop_joined(self, now: float) -> None:
+        """Joined loads this replica can no longer hear of (Redis is down: no end will be
+        announced, no sync will show it) or that outlived their lease: forgotten, so their
+        waiters are planned for as a single gateway would (a load of the same model the
+        host is still running is merged there)."""
+        alone = self.shared is None or not self.shared.up
+        for key, (r, _, give_up) in list(self._joined.items()):
+            if alone or now > give_up:
+                del self._joined[key]
+                if self.residency.get(*key) is r and r.state == LOADING:
+                    self.residency.forget(r)
 
     def _yield(self, h: HostState, r: Resident, victims: list[Resident], claim: Claim) -> None:
         """Another replica claimed this load (or this host) first: undo the decision; when
@@ -654,7 +668,7 @@ class FleetScheduler:
                 self.admission.grant(m)
                 del self._joined[(i, m)]
                 changed = True
-            elif now > give_up or (state != LOADING and now > since + STATE_TTL):
+            elif state != LOADING and now > since + STATE_TTL:
                 res.forget(r)  # the other replica's load is not seen any more: plan again
                 del self._joined[(i, m)]
                 changed = True
