@@ -366,7 +366,7 @@ class FleetScheduler:
         announced, no sync will show it) or that outlived their lease: forgotten, so their
         waiters are planned for as a single gateway would (a load of the same model the
         host is still running is merged there)."""
-        alone = self.shared is None or not self.shared.up
+        alone = self.shared is not None and not self.shared.up
         for key, (r, _, give_up) in list(self._joined.items()):
             if alone or now > give_up:
                 del self._joined[key]
