@@ -72,7 +72,8 @@ class LoadFailed(Exception):
 
 class Waiter:
     """One waiting request: its future (resolved with the copy whose slot it got, and
-    whether that slot is a probe), when it began to wait, and the hosts it does not accept (tried already)."""
+    whether that slot is a probe), when it began to wait, and the hosts it does not accept
+    (tried already)."""
 
     __slots__ = ("fut", "since", "exclude", "panic")
 

@@ -90,8 +90,9 @@ class Resident:
 
     def probe_result(self, parallel: bool | None, now: float) -> None:
         """The probe's answer: the host ran it alongside the others (``parallel``: one more
-        slot), queued it (False: stay, and do not probe again for a while), or nothing to
-        judge by yet (None: the copy's first answers are still out; probe again)."""
+        slot), queued it (False: stay, and do not probe again for a while), or it cannot tell
+        (None: another answer ended before its first byte, too close to judge; probe again,
+        and after ``PROBE_TRIES`` such probes in a row take it as queued)."""
         self.probing = False
         if parallel is None:
             self.probe_misses += 1
