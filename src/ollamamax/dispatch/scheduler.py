@@ -646,7 +646,8 @@ class FleetScheduler:
                 mine = res.get(i, m)
                 if state == LOADED and mine is None:
                     # a model this replica saw leave lately is not back on another's word
-                    # (its picture may predate the unload), unless it heard that load; nor
+                    # (its picture may predate the unload), unless this replica yielded
+                    # that host to it (``_claimed_host``); nor
                     # is one it unloads, or heard is unloaded (the other's picture predates
                     # the switch: taken back, its requests would reload it over the model
                     # loaded in its place; a refresh tells if the unload never came)
